@@ -1,0 +1,240 @@
+"""The one dispatch point: which array module and which kernel tier run an op.
+
+Tiers (fastest-available first for each array type):
+
+=========  ======================================  ===========================================
+tier       implementation                          runs on
+=========  ======================================  ===========================================
+"numpy"    ``<op>/reference.py``: readable loops    any machine (the specification)
+"numba"    ``<op>/numba_cpu.py``: ``@njit``         any machine with Numba (default for NumPy)
+"cuda"     ``<op>/numba_cuda.py``: ``@cuda.jit``    a CUDA GPU, or the simulator when the
+                                                   environment has ``NUMBA_ENABLE_CUDASIM=1``
+"cupy"     ``<op>/cupy.py``: ``cupy.RawKernel``     a real CUDA GPU with CuPy (default for CuPy)
+=========  ======================================  ===========================================
+
+Every public op takes a keyword ``tier=None``. ``None`` means: the value of the environment
+variable ``MINIMASKRCNN_TIER`` if it is set, else the fastest tier available for the type of the
+op's input arrays (``"numba"`` for NumPy arrays, ``"cupy"`` for CuPy arrays). A tier that cannot
+run here raises :class:`TierUnavailableError` with one line that says why.
+
+An op package (``minimaskrcnn/ops/nms/`` say) calls :func:`implementation` with its own package
+name, the function name, the requested tier and its input arrays; the function with that name is
+looked up in the tier's module, imported lazily so that ``import minimaskrcnn`` never imports
+``numba.cuda`` or ``cupy``. Layers and models never import numba or cupy themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+from types import ModuleType
+
+import numpy as np
+
+TIERS: tuple[str, ...] = ("numpy", "numba", "cuda", "cupy")
+"""All tier names, reference first."""
+
+TIER_MODULES: dict[str, str] = {
+    "numpy": "reference",
+    "numba": "numba_cpu",
+    "cuda": "numba_cuda",
+    "cupy": "cupy",
+}
+"""Tier name -> module name inside an op package."""
+
+ENV_VAR = "MINIMASKRCNN_TIER"
+"""Environment variable that forces one tier for a whole run (e.g. ``MINIMASKRCNN_TIER=numpy``)."""
+
+
+class TierUnavailableError(RuntimeError):
+    """A requested kernel tier cannot run on this machine (the message says why)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Array modules
+# --------------------------------------------------------------------------------------------
+
+
+def _cupy_module() -> ModuleType | None:
+    try:
+        import cupy  # noqa: PLC0415
+    except Exception:  # ImportError, or a broken CUDA install raising at import
+        return None
+    return cupy
+
+
+def is_cupy_array(x) -> bool:
+    """True when ``x`` is a CuPy ndarray (checked without importing CuPy if it is not loaded)."""
+    return type(x).__module__.startswith("cupy")
+
+
+def get_array_module(*arrays) -> ModuleType:
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy`` (Chainer's helper).
+
+    Layers are written once against ``xp = get_array_module(x)`` and run on both.
+    """
+    for a in arrays:
+        if is_cupy_array(a):
+            import cupy  # noqa: PLC0415
+
+            return cupy
+    return np
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy a CuPy array to the host; return NumPy arrays (and array-likes) as ``np.ndarray``."""
+    if is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Tier availability
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _numba_reason() -> str | None:
+    try:
+        import numba  # noqa: F401, PLC0415
+    except Exception as e:  # pragma: no cover - numba is a dependency
+        return f"Numba is not importable ({e})"
+    return None
+
+
+def cuda_simulator_enabled() -> bool:
+    """True when Numba's CUDA simulator is switched on (``NUMBA_ENABLE_CUDASIM=1``)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+@functools.cache
+def _cuda_reason() -> str | None:
+    try:
+        from numba import cuda  # noqa: PLC0415
+    except Exception as e:
+        return f"numba.cuda is not importable ({e}); install numba-cuda"
+    try:
+        ok = cuda.is_available()
+    except Exception as e:  # pragma: no cover - driver errors
+        return f"the CUDA driver failed ({e})"
+    if not ok:
+        return (
+            "no CUDA GPU was found (numba.cuda.is_available() is False); "
+            "set NUMBA_ENABLE_CUDASIM=1 before starting Python to run this tier on the simulator"
+        )
+    return None
+
+
+@functools.cache
+def _cupy_reason() -> str | None:
+    cupy = _cupy_module()
+    if cupy is None:
+        return "CuPy is not installed (pip install 'minimaskrcnn[gpu]')"
+    try:
+        ok = cupy.is_available()
+    except Exception as e:  # pragma: no cover
+        return f"CuPy is installed but CUDA failed ({e})"
+    if not ok:
+        return "CuPy is installed but no CUDA GPU is visible"
+    return None
+
+
+def tier_unavailable_reason(tier: str) -> str | None:
+    """``None`` if ``tier`` can run here, else one line saying why not.
+
+    Raises:
+        ValueError: ``tier`` is not one of :data:`TIERS`.
+    """
+    _check_tier_name(tier)
+    if tier == "numpy":
+        return None
+    if tier == "numba":
+        return _numba_reason()
+    if tier == "cuda":
+        return _cuda_reason()
+    return _cupy_reason()
+
+
+def available_tiers() -> list[str]:
+    """The tiers that can run on this machine, in :data:`TIERS` order."""
+    return [t for t in TIERS if tier_unavailable_reason(t) is None]
+
+
+def _check_tier_name(tier) -> None:
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(map(repr, TIERS))}")
+
+
+def default_tier(*arrays) -> str:
+    """The tier used when ``tier=None``: ``$MINIMASKRCNN_TIER`` if set, else by array type.
+
+    NumPy inputs -> ``"numba"`` (``"numpy"`` if Numba is missing); CuPy inputs -> ``"cupy"``.
+    """
+    forced = os.environ.get(ENV_VAR, "").strip()
+    if forced:
+        if forced not in TIERS:
+            raise ValueError(
+                f"{ENV_VAR}={forced!r} is not a tier; expected one of {', '.join(TIERS)}"
+            )
+        return forced
+    if any(is_cupy_array(a) for a in arrays):
+        return "cupy"
+    return "numba" if _numba_reason() is None else "numpy"
+
+
+def resolve_tier(tier: str | None, *arrays) -> str:
+    """Turn a user's ``tier`` argument into a tier that can run, or raise.
+
+    Raises:
+        ValueError: unknown tier name.
+        TierUnavailableError: the tier cannot run here (message says why), or CuPy arrays were
+            given to a CPU tier.
+    """
+    if tier is None:
+        tier = default_tier(*arrays)
+    _check_tier_name(tier)
+    reason = tier_unavailable_reason(tier)
+    if reason is not None:
+        raise TierUnavailableError(f"tier {tier!r} is unavailable: {reason}")
+    if tier in ("numpy", "numba") and any(is_cupy_array(a) for a in arrays):
+        raise TierUnavailableError(
+            f"tier {tier!r} runs on the CPU but got CuPy arrays; pass NumPy arrays "
+            "(cupy.asnumpy) or use tier='cuda' / 'cupy'"
+        )
+    return tier
+
+
+def implementation(package: str, name: str, tier: str | None, *arrays) -> Callable:
+    """Return the function ``name`` of ``package``'s module for the resolved tier.
+
+    Args:
+        package: the op package, e.g. ``"minimaskrcnn.ops.nms"`` (pass ``__name__``).
+        name: the function's name inside the tier modules, e.g. ``"nms"``.
+        tier: the user's ``tier`` argument (``None`` for the default).
+        *arrays: the op's input arrays (used to pick the default and check placement).
+
+    Raises:
+        TierUnavailableError: the tier cannot run here, or the op has no such tier.
+    """
+    tier = resolve_tier(tier, *arrays)
+    return _lookup(package, name, tier)
+
+
+@functools.cache
+def _lookup(package: str, name: str, tier: str) -> Callable:
+    modname = f"{package}.{TIER_MODULES[tier]}"
+    try:
+        module = importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name == modname:
+            raise TierUnavailableError(
+                f"{package.rsplit('.', 1)[-1]}.{name} has no {tier!r} tier "
+                f"(no module {modname})"
+            ) from None
+        raise
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise TierUnavailableError(f"{name} has no {tier!r} tier (missing in {modname})")
+    return fn

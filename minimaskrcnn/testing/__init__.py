@@ -1,0 +1,1 @@
+"""Helpers for tests and notebooks: tier fixtures, hypothesis strategies, gradcheck."""

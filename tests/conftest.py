@@ -1,0 +1,33 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from minimaskrcnn.testing.tiers import tier_params
+
+# The first Numba call compiles; hypothesis must not time it.
+settings.register_profile(
+    "ci", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "cudasim", deadline=None, max_examples=8, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("cudasim" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "ci")
+
+
+@pytest.fixture(params=tier_params())
+def tier(request):
+    """Every kernel tier; unavailable ones are skipped with the backend's reason."""
+    return request.param
+
+
+@pytest.fixture(params=tier_params(("numba", "cuda", "cupy")))
+def fast_tier(request):
+    """The non-reference tiers, to compare against the NumPy reference."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
