@@ -1,0 +1,233 @@
+"""Configuration: frozen dataclasses with the paper's defaults, and named presets.
+
+A :class:`Config` has three parts: :class:`ModelConfig` (the network, its targets and its
+postprocess), :class:`TrainConfig` (data transforms, schedule, optimiser) and :class:`EvalConfig`.
+Presets are plain functions returning a ``Config``; ``get_preset(name)`` looks one up. Every
+number of ``nuclei-mini`` comes from ``specs/nuclei-mini.md`` (kept in ``docs/results.md``).
+
+Configs round-trip through JSON (:func:`config_to_dict` / :func:`config_from_dict`), which is how
+checkpoints store them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+ROI_OPS = ("align", "warp_avg", "warp_max", "pool")
+"""RoI feature extractors the heads can use (paper Table 2c): RoIAlign, RoIWarp avg/max, RoIPool."""
+
+MASK_LOSSES = ("sigmoid", "softmax")
+"""Mask losses (paper Table 2b): class-specific per-pixel sigmoid, or softmax across classes."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: backbone, FPN, RPN, RoI heads, postprocess. Units are input pixels."""
+
+    num_classes: int = 1
+    """K, foreground classes (background not counted)."""
+
+    # Backbone: ResNet-like with GroupNorm after every conv, no conv bias.
+    stem_channels: int = 32
+    stage_channels: tuple[int, ...] = (32, 64, 128, 256)
+    blocks_per_stage: tuple[int, ...] = (1, 1, 1, 1)
+    gn_groups: int = 8
+
+    # FPN
+    fpn_channels: int = 64
+
+    # Anchors and RPN
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    """One size per level P2..P6, pixels."""
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    """h / w of the cell anchors."""
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 1e-3
+    rpn_smooth_l1_beta: float = 1.0 / 9.0
+    bbox_xform_clip: float = math.log(1000.0 / 16)
+
+    # RoI heads
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 256
+    box_positive_fraction: float = 0.25
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_smooth_l1_beta: float = 1.0 / 9.0
+    roi_op: str = "align"
+    """One of :data:`ROI_OPS`."""
+    roi_aligned: bool = False
+    """RoIAlign's half-pixel offset (only for ``roi_op="align"``)."""
+    box_roi_size: int = 7
+    box_sampling_ratio: int = 2
+    representation_size: int = 256
+    """Width of the two FC layers of the box head."""
+    mask_roi_size: int = 14
+    mask_sampling_ratio: int = 2
+    mask_head_channels: int = 64
+    mask_head_convs: int = 4
+    mask_size: int = 28
+    """M: mask head output and mask target resolution."""
+    mask_loss: str = "sigmoid"
+    """One of :data:`MASK_LOSSES`."""
+    canonical_scale: int = 224
+    canonical_level: int = 4
+
+    # Inference
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_min_size: float = 1e-2
+    detections_per_img: int = 500
+    mask_threshold: float = 0.5
+    size_divisible: int = 32
+    """Images are zero-padded at the bottom and right to a multiple of this."""
+
+    def __post_init__(self):
+        if self.roi_op not in ROI_OPS:
+            raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
+        if self.mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss must be one of {MASK_LOSSES}, got {self.mask_loss!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if len(self.stage_channels) != len(self.blocks_per_stage):
+            raise ValueError("stage_channels and blocks_per_stage must have the same length")
+        if len(self.anchor_sizes) != len(self.stage_channels) + 1:
+            raise ValueError(
+                "anchor_sizes needs one size per RPN level (P2..P5 plus P6): "
+                f"{len(self.stage_channels) + 1}, got {len(self.anchor_sizes)}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Data transforms, schedule and optimiser (per-iteration units)."""
+
+    batch_size: int = 4
+    """Images per iteration (one random crop each)."""
+    crop_size: int = 256
+    hflip_prob: float = 0.5
+    vflip_prob: float = 0.5
+    iterations: int = 3000
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 200
+    warmup_factor: float = 0.001
+    milestones: tuple[int, ...] = (2000, 2666)
+    gamma: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 20
+    val_every: int = 1000
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_dets: tuple[int, ...] = (10, 100, 500)
+    """pycocotools ``params.maxDets``; AP is read at the last entry."""
+    dsb_score_thresh: float = 0.5
+    """Detections below this score are left out of the DSB 2018 score."""
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def nuclei_mini() -> Config:
+    """The reference preset: every number as in ``specs/nuclei-mini.md`` (the defaults above)."""
+    return Config(name="nuclei-mini")
+
+
+def shapes_mini() -> Config:
+    """Synthetic squares, circles and triangles (3 classes) on small images: trains in minutes.
+
+    Same structure as ``nuclei-mini`` with narrower layers, fewer sampled anchors and RoIs, and
+    a short schedule, so that chapter 7 and the tests can train it from scratch on a CPU.
+    """
+    return Config(
+        name="shapes-mini",
+        model=ModelConfig(
+            num_classes=3,
+            stem_channels=16,
+            stage_channels=(16, 32, 64, 64),
+            fpn_channels=32,
+            anchor_sizes=(8, 16, 32, 64, 128),
+            rpn_batch_size_per_image=128,
+            rpn_pre_nms_top_n_train=600,
+            rpn_pre_nms_top_n_test=300,
+            rpn_post_nms_top_n_train=300,
+            rpn_post_nms_top_n_test=300,
+            box_batch_size_per_image=128,
+            representation_size=128,
+            mask_head_channels=32,
+            detections_per_img=50,
+        ),
+        train=TrainConfig(
+            batch_size=4,
+            crop_size=128,
+            iterations=600,
+            base_lr=0.02,
+            warmup_iters=50,
+            milestones=(450, 550),
+            checkpoint_every=200,
+            log_every=10,
+            val_every=200,
+        ),
+        eval=EvalConfig(max_dets=(10, 100, 100)),
+    )
+
+
+PRESETS = {"nuclei-mini": nuclei_mini, "shapes-mini": shapes_mini}
+
+
+def get_preset(name: str) -> Config:
+    """Return the named preset.
+
+    Raises:
+        ValueError: unknown name (the message lists the presets).
+    """
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """A JSON-serialisable dict (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict) -> Config:
+    """Inverse of :func:`config_to_dict`; unknown keys raise ``ValueError`` naming them."""
+
+    def build(cls, values):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        kwargs = {}
+        for k, v in values.items():
+            if isinstance(v, list):
+                v = tuple(v)
+            kwargs[k] = v
+        return cls(**kwargs)
+
+    return Config(
+        name=d.get("name", "custom"),
+        model=build(ModelConfig, d.get("model", {})),
+        train=build(TrainConfig, d.get("train", {})),
+        eval=build(EvalConfig, d.get("eval", {})),
+    )

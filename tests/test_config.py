@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from minimaskrcnn.config import (
+    ModelConfig,
+    config_from_dict,
+    config_to_dict,
+    get_preset,
+)
+
+
+@pytest.mark.parametrize("name", ["nuclei-mini", "shapes-mini"])
+def test_preset_json_round_trip(name):
+    cfg = get_preset(name)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+def test_nuclei_mini_numbers_from_spec():
+    m = get_preset("nuclei-mini").model
+    t = get_preset("nuclei-mini").train
+    assert (m.stem_channels, m.stage_channels, m.fpn_channels) == (32, (32, 64, 128, 256), 64)
+    assert m.anchor_sizes == (8, 16, 32, 64, 128) and m.aspect_ratios == (0.5, 1.0, 2.0)
+    assert (m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test) == (2000, 1000)
+    assert (m.box_batch_size_per_image, m.box_positive_fraction) == (256, 0.25)
+    assert (m.mask_size, m.detections_per_img, m.box_score_thresh) == (28, 500, 0.05)
+    assert (t.batch_size, t.iterations, t.base_lr, t.milestones) == (4, 3000, 0.01, (2000, 2666))
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ValueError, match="nuclei-mini"):
+        get_preset("coco-huge")
+
+
+def test_bad_roi_op():
+    with pytest.raises(ValueError, match="roi_op"):
+        ModelConfig(roi_op="bilinear")
+
+
+def test_unknown_key_in_dict():
+    d = config_to_dict(get_preset("nuclei-mini"))
+    d["model"]["depth"] = 50
+    with pytest.raises(ValueError, match="depth"):
+        config_from_dict(d)
