@@ -1,0 +1,1 @@
+"""Training machinery: target assignment (matcher, sampler), optimiser, schedules, the loop."""

@@ -1,0 +1,92 @@
+"""Sample a fixed-size, class-balanced minibatch of anchors or RoIs per image.
+
+torchvision's ``models.detection._utils.BalancedPositiveNegativeSampler`` (paper section 3,
+"Training": 256 anchors per image at most half positive for the RPN, and 512 -- here 256 --
+RoIs per image with 25 % positives for the heads), with the randomness made explicit: an
+``np.random.Generator`` is passed in, so a seed reproduces the sample.
+
+Per image, with ``P`` positives and ``Q`` negatives:
+
+- ``num_pos = min(P, int(batch_size_per_image * positive_fraction))``
+- ``num_neg = min(Q, batch_size_per_image - num_pos)`` (negatives fill the positives' shortfall)
+- positives and negatives are chosen uniformly at random without replacement (a random
+  permutation of each set, cut at the count; torchvision uses ``torch.randperm`` the same way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minimaskrcnn._validate import check_array, check_scalar
+
+__all__ = ["BalancedPositiveNegativeSampler"]
+
+
+class BalancedPositiveNegativeSampler:
+    """Choose ``batch_size_per_image`` elements per image, at most a ``positive_fraction`` positive.
+
+    Args:
+        batch_size_per_image: elements sampled per image (RPN 256, RoI heads 256 in nuclei-mini).
+        positive_fraction: the largest share of positives (RPN 0.5, RoI heads 0.25).
+
+    Raises:
+        TypeError / ValueError: ``batch_size_per_image`` is not a non-negative integer, or
+            ``positive_fraction`` is not in ``[0, 1]``.
+    """
+
+    def __init__(self, batch_size_per_image: int, positive_fraction: float) -> None:
+        check_scalar("batch_size_per_image", batch_size_per_image, minimum=0, integer=True)
+        check_scalar("positive_fraction", positive_fraction, minimum=0.0, maximum=1.0)
+        self.batch_size_per_image = int(batch_size_per_image)
+        self.positive_fraction = float(positive_fraction)
+
+    def __repr__(self) -> str:
+        return (f"BalancedPositiveNegativeSampler(batch_size_per_image={self.batch_size_per_image}, "
+                f"positive_fraction={self.positive_fraction})")
+
+    def __call__(self, labels, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Sample positives and negatives in every image.
+
+        Args:
+            labels: list (one per image) of ``(N_i,)`` integer arrays: ``>= 1`` positive (1, or
+                the class label 1..K as torchvision accepts), ``0`` negative, ``-1`` (any negative
+                value) ignored.
+            rng: the random generator (advanced in image order: two positives draws then
+                negatives draws per image).
+
+        Returns:
+            ``(pos_masks, neg_masks)``: two lists of ``(N_i,)`` bool arrays, ``True`` where the
+            element was sampled as positive (negative). A mask never marks an ignored element.
+
+        Raises:
+            TypeError: ``labels`` is not a list/tuple of integer arrays, or ``rng`` is not a
+                ``np.random.Generator``.
+            ValueError: an element of ``labels`` is not 1-D.
+        """
+        if not isinstance(labels, (list, tuple)):
+            raise TypeError(f"labels must be a list of (N,) integer arrays, one per image, "
+                            f"got {type(labels).__name__}")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        pos_masks, neg_masks = [], []
+        for i, labels_per_image in enumerate(labels):
+            lab = check_array(f"labels[{i}]", labels_per_image, ndim=1, expected="(N,) int")
+            if not np.issubdtype(lab.dtype, np.integer):
+                raise TypeError(f"labels[{i}] must be an integer array, got {lab.dtype}")
+            lab = np.asarray(lab)
+            positive = np.flatnonzero(lab >= 1)
+            negative = np.flatnonzero(lab == 0)
+
+            num_pos = min(positive.size, int(self.batch_size_per_image * self.positive_fraction))
+            num_neg = min(negative.size, self.batch_size_per_image - num_pos)
+
+            pos_chosen = positive[rng.permutation(positive.size)[:num_pos]]
+            neg_chosen = negative[rng.permutation(negative.size)[:num_neg]]
+
+            pos_mask = np.zeros(lab.shape, dtype=bool)
+            neg_mask = np.zeros(lab.shape, dtype=bool)
+            pos_mask[pos_chosen] = True
+            neg_mask[neg_chosen] = True
+            pos_masks.append(pos_mask)
+            neg_masks.append(neg_mask)
+        return pos_masks, neg_masks
