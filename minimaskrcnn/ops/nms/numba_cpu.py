@@ -1,0 +1,55 @@
+"""Numba CPU tier of NMS: the greedy loop over score-sorted, contiguous coordinate arrays.
+
+Faster than a direct transcription of torchvision's CPU kernel because:
+
+* the boxes are gathered once into score order as four contiguous arrays (x1, y1, x2, y2) plus
+  their areas, so the inner loop streams through memory instead of gathering ``order[j]``;
+* the inner loop over later boxes has no branch: it computes the IoU with every later box and
+  ORs ``iou > t`` into a ``uint8`` suppression array, which LLVM turns into SIMD (8 float32
+  lanes with AVX2); the work skipped by torchvision's ``if suppressed[j] continue`` costs less
+  than the lost vectorisation;
+* the math stays in the boxes' dtype: the threshold is converted once
+  (:func:`.reference.threshold_in_dtype`) so that float32 ``iou > t`` decides exactly like the
+  reference's float64 comparison.
+
+Only a kept box runs the inner loop, so the cost is ``O(N * kept)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .reference import sort_by_score, threshold_in_dtype
+
+
+@njit(cache=True, error_model="numpy")  # 0 / 0 -> NaN (two empty boxes), never suppresses
+def _greedy_nms(x1, y1, x2, y2, threshold, keep):
+    """Greedy NMS of boxes already in score order; writes kept positions, returns their count."""
+    n = x1.shape[0]
+    zero = x1.dtype.type(0)
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(n, dtype=np.uint8)
+    n_keep = 0
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep[n_keep] = i
+        n_keep += 1
+        ix1, iy1, ix2, iy2, iarea = x1[i], y1[i], x2[i], y2[i], areas[i]
+        for j in range(i + 1, n):  # branch-free: vectorises
+            w = max(min(ix2, x2[j]) - max(ix1, x1[j]), zero)
+            h = max(min(iy2, y2[j]) - max(iy1, y1[j]), zero)
+            inter = w * h
+            suppressed[j] |= inter / (iarea + areas[j] - inter) > threshold
+    return n_keep
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """``(N, 4)`` boxes, ``(N,)`` scores -> int64 indices kept, by decreasing score."""
+    order = sort_by_score(scores)
+    sorted_boxes = boxes[order]
+    x1, y1, x2, y2 = (np.ascontiguousarray(sorted_boxes[:, k]) for k in range(4))
+    keep = np.empty(boxes.shape[0], dtype=np.int64)
+    n_keep = _greedy_nms(x1, y1, x2, y2, threshold_in_dtype(iou_threshold, boxes.dtype), keep)
+    return order[keep[:n_keep]].astype(np.int64)
