@@ -17,6 +17,7 @@ import numpy as np
 from minimaskrcnn import backend
 from minimaskrcnn._validate import check_array, check_boxes, check_scalar
 from minimaskrcnn.ops.boxes import check_float_dtype
+from minimaskrcnn.ops.nms.reference import sort_by_score
 
 __all__ = ["nms", "batched_nms"]
 
@@ -97,4 +98,4 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, *, tier: str | None =
         kept = fn(boxes[members], scores[members], iou_threshold)
         keep_mask[members[kept]] = True
     kept = xp.flatnonzero(keep_mask)
-    return kept[xp.argsort(-scores[kept], kind="stable")].astype(np.int64)
+    return kept[sort_by_score(scores[kept])].astype(np.int64)

@@ -53,3 +53,27 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     keep = np.empty(boxes.shape[0], dtype=np.int64)
     n_keep = _greedy_nms(x1, y1, x2, y2, threshold_in_dtype(iou_threshold, boxes.dtype), keep)
     return order[keep[:n_keep]].astype(np.int64)
+
+
+@njit(cache=True)
+def greedy_scan_bitmask(mask, keep):
+    """Host half of the bitmask NMS of the CUDA tiers (see :mod:`.numba_cuda`).
+
+    ``mask`` is ``(N, ceil(N / 64))`` uint64: bit ``b`` of ``mask[i, w]`` says that box
+    ``64 * w + b`` (score order) overlaps box ``i`` by more than the threshold. Walk the boxes in
+    score order keeping a running ``removed`` bit row; a box whose bit is not set is kept and ORs
+    its own row into ``removed``. Writes kept positions into ``keep``, returns their count.
+    """
+    n, words = mask.shape
+    removed = np.zeros(words, dtype=np.uint64)
+    n_keep = 0
+    for i in range(n):
+        word = i // 64
+        bit = np.uint64(1) << np.uint64(i % 64)
+        if removed[word] & bit:
+            continue
+        keep[n_keep] = i
+        n_keep += 1
+        for w in range(word, words):  # boxes before i's word are decided already
+            removed[w] |= mask[i, w]
+    return n_keep

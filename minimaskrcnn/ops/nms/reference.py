@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from minimaskrcnn import backend
 
-def sort_by_score(scores) -> np.ndarray:
-    """Indices that sort ``scores`` decreasing, ties by increasing index (stable sort of -scores)."""
+
+def sort_by_score(scores):
+    """Indices that sort ``scores`` decreasing, ties by increasing index (stable sort of -scores).
+
+    Works on NumPy and CuPy arrays (``cupy.argsort`` is always stable and takes no ``kind``).
+    """
+    if backend.is_cupy_array(scores):
+        return backend.get_array_module(scores).argsort(-scores)
     return np.argsort(-scores, kind="stable")
 
 
