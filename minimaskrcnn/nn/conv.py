@@ -1,0 +1,333 @@
+"""2-D convolution and transposed convolution, NCHW, lowered to one BLAS matrix product.
+
+Shapes: x ``(N, C, H, W)``, weight ``(O, C, kh, kw)`` (``ConvTranspose2d``: ``(C, O, kh, kw)``
+as in torch), y ``(N, O, Ho, Wo)`` with ``Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1``
+(torch.nn.Conv2d's formula, floor mode).
+
+The lowering (im2col). The input is zero-padded once; for every kernel tap ``t = (a, b)`` a
+strided *view* of the padded input, ``(N, C, Ho, Wq)``, holds the input pixel that tap reads
+for every output pixel; the taps are copied into ``cols (N, C*kh*kw, Ho*Wq)`` and
+``y = W(O, C*kh*kw) @ cols`` is one matrix product (per image, on the BLAS).
+
+* Stride 1 uses "wide rows": the padded image is flattened and output row ``i`` is computed for
+  all ``Wq = Wp`` padded columns, so each tap is a *contiguous* slice of the flat image
+  (``offset = a*dh*Wp + b*dw``) and both im2col and col2im are plain memory copies/adds; the
+  ``Wp - Wo`` extra columns of each output row are discarded (their gradient is zero).
+* Stride > 1 uses exact rows (``Wq = Wo``) and strided tap views.
+* A 1x1 stride-1 unpadded conv needs no copy at all: ``cols`` is ``x`` reshaped.
+
+The backward pass is the same lowering read backwards: ``dW = sum_n dy_n @ cols_n^T``,
+``dcols = W^T @ dy`` and col2im adds every tap's slice of ``dcols`` back into the padded input
+gradient. ``ConvTranspose2d`` is exactly the backward of a ``Conv2d`` (and vice versa).
+
+Everything runs on NumPy or CuPy arrays (``xp = get_array_module(x)``); float32 stays float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.nn import init
+from minimaskrcnn.nn.module import Module, Param
+
+
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class Geometry(NamedTuple):
+    """Index arithmetic of one convolution (input ``H x W`` -> output ``Ho x Wo``)."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    Hp: int  # padded height
+    Wp: int  # padded width
+    Wq: int  # computed row width: Wp for stride 1 ("wide rows"), Wo otherwise
+    wide: bool
+
+
+def conv_geometry(H, W, kernel, stride, padding, dilation, who: str) -> Geometry:
+    """Output size and lowering layout; raises ``ValueError`` (naming ``who``) if empty."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Ho = (Hp - dh * (kh - 1) - 1) // sh + 1
+    Wo = (Wp - dw * (kw - 1) - 1) // sw + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{who}: input of spatial size ({H}, {W}) is too small for the kernel "
+                         f"(padded ({Hp}, {Wp}), dilated kernel "
+                         f"({dh * (kh - 1) + 1}, {dw * (kw - 1) + 1}))")
+    wide = sh == 1 and sw == 1
+    return Geometry(kh, kw, sh, sw, ph, pw, dh, dw, H, W, Ho, Wo, Hp, Wp, Wp if wide else Wo, wide)
+
+
+def _flat_len(g: Geometry) -> int:
+    # the last tap of the last wide row reads dw*(kw-1) elements past Hp*Wp
+    return g.Hp * g.Wp + g.dw * (g.kw - 1)
+
+
+def pad_input(x, g: Geometry):
+    """Zero-padded input buffer: wide -> ``(N, C, flat_len)``, else ``(N, C, Hp, Wp)``."""
+    xp = get_array_module(x)
+    N, C = x.shape[:2]
+    no_pad = g.ph == 0 and g.pw == 0
+    if g.wide:
+        if no_pad and g.kw == 1:
+            return xp.ascontiguousarray(x).reshape(N, C, g.H * g.W)
+        buf = xp.zeros((N, C, _flat_len(g)), dtype=x.dtype)
+        buf[:, :, : g.Hp * g.Wp].reshape(N, C, g.Hp, g.Wp)[
+            :, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W] = x
+        return buf
+    if no_pad:
+        return x
+    buf = xp.zeros((N, C, g.Hp, g.Wp), dtype=x.dtype)
+    buf[:, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W] = x
+    return buf
+
+
+def _tap(buf, g: Geometry, a: int, b: int):
+    """View ``(N, C, Ho, Wq)`` of the padded buffer read by kernel tap ``(a, b)``."""
+    N, C = buf.shape[:2]
+    if g.wide:
+        off = a * g.dh * g.Wp + b * g.dw
+        return buf[:, :, off : off + g.Ho * g.Wp].reshape(N, C, g.Ho, g.Wp)
+    r0, c0 = a * g.dh, b * g.dw
+    return buf[:, :, r0 : r0 + g.sh * (g.Ho - 1) + 1 : g.sh, c0 : c0 + g.sw * (g.Wo - 1) + 1 : g.sw]
+
+
+def im2col(buf, g: Geometry):
+    """``cols (N, C*kh*kw, Ho*Wq)`` from a padded buffer (no copy for 1x1 wide convs)."""
+    xp = get_array_module(buf)
+    N, C = buf.shape[:2]
+    if g.kh == 1 and g.kw == 1 and g.wide:
+        return _tap(buf, g, 0, 0).reshape(N, C, g.Ho * g.Wq)
+    cols = xp.empty((N, C, g.kh * g.kw, g.Ho, g.Wq), dtype=buf.dtype)
+    for a in range(g.kh):
+        for b in range(g.kw):
+            cols[:, :, a * g.kw + b] = _tap(buf, g, a, b)
+    return cols.reshape(N, C * g.kh * g.kw, g.Ho * g.Wq)
+
+
+def col2im(dcols, g: Geometry, C: int):
+    """Adjoint of :func:`im2col` followed by un-padding: ``(N, C*kh*kw, Ho*Wq) -> (N, C, H, W)``."""
+    xp = get_array_module(dcols)
+    N = dcols.shape[0]
+    no_pad = g.ph == 0 and g.pw == 0
+    if g.kh == 1 and g.kw == 1 and g.wide and no_pad:
+        return dcols.reshape(N, C, g.H, g.W)
+    dcols = dcols.reshape(N, C, g.kh * g.kw, g.Ho, g.Wq)
+    shape = (N, C, _flat_len(g)) if g.wide else (N, C, g.Hp, g.Wp)
+    dbuf = xp.zeros(shape, dtype=dcols.dtype)
+    for a in range(g.kh):
+        for b in range(g.kw):
+            _tap(dbuf, g, a, b)[...] += dcols[:, :, a * g.kw + b]
+    if g.wide:
+        dbuf = dbuf[:, :, : g.Hp * g.Wp].reshape(N, C, g.Hp, g.Wp)
+    if no_pad:
+        return dbuf
+    return xp.ascontiguousarray(dbuf[:, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W])
+
+
+def to_wide(y, g: Geometry):
+    """``(N, O, Ho, Wo) -> (N, O, Ho*Wq)`` with zeros in the discarded wide columns."""
+    xp = get_array_module(y)
+    N, O = y.shape[:2]
+    if g.Wq == g.Wo:
+        return xp.ascontiguousarray(y).reshape(N, O, g.Ho * g.Wq)
+    yw = xp.zeros((N, O, g.Ho, g.Wq), dtype=y.dtype)
+    yw[..., : g.Wo] = y
+    return yw.reshape(N, O, g.Ho * g.Wq)
+
+
+def from_wide(yw, g: Geometry, bias=None):
+    """``(N, O, Ho*Wq) -> (N, O, Ho, Wo)`` contiguous, adding ``bias (O,)`` in the same pass."""
+    xp = get_array_module(yw)
+    N, O = yw.shape[:2]
+    y = yw.reshape(N, O, g.Ho, g.Wq)[..., : g.Wo]
+    if bias is not None:
+        return y + bias[:, None, None]
+    return xp.ascontiguousarray(y)
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation), ``torch.nn.Conv2d`` semantics without groups.
+
+    Args:
+        in_channels, out_channels: C and O.
+        kernel_size, stride, padding, dilation: int or ``(h, w)`` pair (zero padding, pixels).
+        bias: learn an additive ``(O,)`` bias.
+        rng: ``np.random.Generator`` for the default init (``None``: fresh OS entropy; pass one
+            for reproducible weights). Default init is PyTorch's: ``kaiming_uniform_(a=sqrt(5))``
+            for the weight and U(+-1/sqrt(fan_in)) for the bias.
+        dtype: parameter dtype (float32; use ``astype(np.float64)`` for gradient checks).
+
+    Parameters: ``weight (O, C, kh, kw)``, ``bias (O,)``.
+
+    ``forward(x)``: x ``(N, C, H, W)`` of the parameters' dtype -> ``(y (N, O, Ho, Wo), cache)``.
+    ``backward(dy, cache)`` -> dx ``(N, C, H, W)``; accumulates ``weight.grad``/``bias.grad``.
+
+    Raises:
+        ValueError: input rank is not 4, its channel count is not ``in_channels``, or the input
+            is smaller than the dilated kernel (the message names the layer and the shapes).
+        TypeError: input dtype differs from the parameters' dtype.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, bias: bool = True, rng=None, dtype=np.float32):
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
+        kh, kw = self.kernel_size
+        self.weight = Param(np.zeros((out_channels, in_channels, kh, kw), dtype=dtype), "weight")
+        self.bias = Param(np.zeros((out_channels,), dtype=dtype), "bias") if bias else None
+        init.default_layer_init_(self.weight, self.bias, init.make_rng(rng))
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        if self.stride != (1, 1):
+            s += f", stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+    def geometry(self, H: int, W: int) -> Geometry:
+        return conv_geometry(H, W, self.kernel_size, self.stride, self.padding, self.dilation,
+                             repr(self))
+
+    def forward(self, x):
+        self._check_input(x, 4, self.in_channels, f"(N, {self.in_channels}, H, W)",
+                          self.weight.data)
+        N = x.shape[0]
+        g = self.geometry(x.shape[2], x.shape[3])
+        cols = im2col(pad_input(x, g), g)                        # (N, C*kh*kw, Ho*Wq)
+        w2 = self.weight.data.reshape(self.out_channels, -1)     # (O, C*kh*kw)
+        yw = get_array_module(x).matmul(w2, cols)                # (N, O, Ho*Wq)
+        y = from_wide(yw, g, None if self.bias is None else self.bias.data)
+        assert y.shape == (N, self.out_channels, g.Ho, g.Wo)
+        return y, (cols, g)
+
+    def backward(self, dy, cache):
+        cols, g = cache
+        xp = get_array_module(dy)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))
+        dyw = to_wide(dy, g)                                     # (N, O, Ho*Wq)
+        w2 = self.weight.data.reshape(self.out_channels, -1)
+        dw = xp.matmul(dyw, cols.transpose(0, 2, 1)).sum(axis=0)  # (O, C*kh*kw)
+        self.weight.grad += dw.reshape(self.weight.grad.shape)
+        dcols = xp.matmul(w2.T, dyw)                             # (N, C*kh*kw, Ho*Wq)
+        return col2im(dcols, g, self.in_channels)
+
+
+class ConvTranspose2d(Module):
+    """Transposed convolution, ``torch.nn.ConvTranspose2d`` semantics without groups.
+
+    ``y`` is the gradient of a ``Conv2d(out_channels -> in_channels)`` with the same kernel,
+    stride, padding and dilation with respect to its input; output size
+    ``Ho = (H - 1)*sh - 2*ph + dh*(kh - 1) + output_padding + 1``. Kernel 2 stride 2 (the mask
+    head's 2x upsampling) gives non-overlapping 2x2 output blocks.
+
+    Args:
+        in_channels, out_channels: C and O.
+        kernel_size, stride, padding, output_padding, dilation: int or ``(h, w)``;
+            ``output_padding`` must be smaller than the stride or the dilation (torch's rule).
+        bias, rng, dtype: as :class:`Conv2d` (default init is torch's: its fan_in is
+            ``weight.shape[1]*kh*kw = O*kh*kw``).
+
+    Parameters: ``weight (C, O, kh, kw)``, ``bias (O,)``.
+
+    ``forward(x)``: x ``(N, C, H, W)`` -> ``(y (N, O, Ho, Wo), cache)``.
+
+    Raises:
+        ValueError: wrong rank or channel count (naming the layer and shapes), bad
+            ``output_padding``.
+        TypeError: input dtype differs from the parameters'.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, dilation=1, bias: bool = True, rng=None, dtype=np.float32):
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.output_padding = _pair(output_padding, "output_padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation, strict=True):
+            if op >= max(s, d):
+                raise ValueError(f"output_padding {self.output_padding} must be smaller than "
+                                 f"stride {self.stride} or dilation {self.dilation}")
+        kh, kw = self.kernel_size
+        self.weight = Param(np.zeros((in_channels, out_channels, kh, kw), dtype=dtype), "weight")
+        self.bias = Param(np.zeros((out_channels,), dtype=dtype), "bias") if bias else None
+        init.default_layer_init_(self.weight, self.bias, init.make_rng(rng))
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+    def geometry(self, H: int, W: int) -> Geometry:
+        """Geometry of the equivalent Conv2d whose *output* is ``H x W``."""
+        size = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, s, p, d, k, op in zip(
+            (H, W), self.stride, self.padding, self.dilation, self.kernel_size,
+            self.output_padding, strict=True)]
+        if min(size) < 1:
+            raise ValueError(f"{self!r}: input of spatial size ({H}, {W}) gives an empty output "
+                             f"{tuple(size)}")
+        g = conv_geometry(size[0], size[1], self.kernel_size, self.stride, self.padding,
+                          self.dilation, repr(self))
+        assert (g.Ho, g.Wo) == (H, W), (g, H, W)
+        return g
+
+    def forward(self, x):
+        self._check_input(x, 4, self.in_channels, f"(N, {self.in_channels}, H, W)",
+                          self.weight.data)
+        g = self.geometry(x.shape[2], x.shape[3])
+        xw = to_wide(x, g)                                       # (N, C, H*Wq)
+        w2 = self.weight.data.reshape(self.in_channels, -1)      # (C, O*kh*kw)
+        dcols = get_array_module(x).matmul(w2.T, xw)             # (N, O*kh*kw, H*Wq)
+        y = col2im(dcols, g, self.out_channels)                  # (N, O, Ho, Wo)
+        if self.bias is not None:
+            y = y + self.bias.data[:, None, None]
+        return y, (xw, g)
+
+    def backward(self, dy, cache):
+        xw, g = cache
+        xp = get_array_module(dy)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))
+        cols = im2col(pad_input(dy, g), g)                       # (N, O*kh*kw, H*Wq)
+        w2 = self.weight.data.reshape(self.in_channels, -1)
+        dw = xp.matmul(xw, cols.transpose(0, 2, 1)).sum(axis=0)  # (C, O*kh*kw)
+        self.weight.grad += dw.reshape(self.weight.grad.shape)
+        return from_wide(xp.matmul(w2, cols), g)                 # (N, C, H, W)
