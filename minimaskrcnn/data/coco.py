@@ -1,0 +1,381 @@
+"""COCO instance-segmentation datasets: annotation file + image folder, read with pycocotools.
+
+A :class:`CocoDataset` checks the whole annotation file when it is built (so a bad record is
+reported at once, naming the file and the record, instead of crashing mid-training) and reads
+images and masks lazily, one image at a time.
+
+Image kinds read (Pillow): grey, grey+alpha, palette, RGB, RGBA, 8 or 16 bit. The result is
+always ``(H, W, 3) uint8`` RGB: grey is replicated to three channels, alpha is dropped, and a
+16-bit (or 32-bit / float) image is scaled to 8 bit by ``round(x * 255 / max(x))`` over the
+image (its own maximum, not 65535, so a 12-bit microscopy image keeps its full range; an all-zero
+image stays zero; negative values are clipped to 0). The scaling is linear and the model
+standardises every image, so only the 8-bit quantisation is lost.
+
+Annotations: segmentations as compressed RLE, uncompressed RLE or polygons (all decoded by
+``pycocotools.mask``). ``iscrowd=1`` annotations are kept out of the training targets (their
+boxes are reported apart as ``crowd_boxes``) but stay in ``ds.coco`` so that ``COCOeval``
+ignores detections on them, as COCO intends. Images without annotations are fine (empty
+targets). Category ids are mapped to contiguous labels 1..K in increasing id order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+__all__ = ["CocoDataset", "DatasetError", "read_image", "to_rgb_uint8"]
+
+_OUTSIDE_TOLERANCE = 1.0
+"""Pixels a bbox or polygon may reach past the image border before it counts as outside."""
+
+
+class DatasetError(ValueError):
+    """A malformed annotation file, a missing or unreadable image, or an annotation that does
+    not fit its image. The message names the file and the record."""
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """Convert a decoded image array to ``(H, W, 3) uint8`` RGB.
+
+    Args:
+        arr: ``(H, W)`` grey, ``(H, W, 1)``, ``(H, W, 2)`` grey+alpha, ``(H, W, 3)`` RGB or
+            ``(H, W, 4)`` RGBA; uint8 is kept as is, any other dtype (uint16, int32, float) is
+            scaled by ``255 / max`` of the image (see the module docstring).
+
+    Raises:
+        ValueError: any other shape.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):  # drop alpha
+        arr = arr[:, :, :-1]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"image must be (H, W) grey or (H, W, 1|2|3|4) channels, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        x = np.clip(arr.astype(np.float64), 0.0, None)
+        peak = float(x.max()) if x.size else 0.0
+        if peak > 0:
+            x = x * (255.0 / peak)
+        arr = np.rint(x).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file with Pillow into ``(H, W, 3) uint8`` RGB (see :func:`to_rgb_uint8`).
+
+    Raises:
+        DatasetError: the file is missing or Pillow cannot decode it (message names the path).
+    """
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif img.mode == "1":
+                img = img.convert("L")
+            elif img.mode == "CMYK" or img.mode == "YCbCr" or img.mode == "LAB" or img.mode == "HSV":
+                img = img.convert("RGB")
+            arr = np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read image ({e})") from None
+    try:
+        return to_rgb_uint8(arr)
+    except ValueError as e:
+        raise DatasetError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Annotation file checks
+# --------------------------------------------------------------------------------------------
+
+
+def _load_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({e})") from None
+
+
+def _check_dataset(d, source: str) -> None:
+    """Check the COCO structure and the geometry of every annotation; raise DatasetError."""
+    if not isinstance(d, dict):
+        raise DatasetError(f"{source}: top level must be a JSON object, got {type(d).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in d:
+            raise DatasetError(f"{source}: missing top-level key {key!r}")
+        if not isinstance(d[key], list):
+            raise DatasetError(f"{source}: {key!r} must be a list")
+
+    cat_ids = set()
+    for k, c in enumerate(d["categories"]):
+        if not isinstance(c, dict) or "id" not in c:
+            raise DatasetError(f"{source}: categories[{k}] has no 'id'")
+        cat_ids.add(c["id"])
+    if not cat_ids:
+        raise DatasetError(f"{source}: 'categories' is empty")
+
+    images = {}
+    for k, im in enumerate(d["images"]):
+        where = f"{source}: images[{k}]"
+        if not isinstance(im, dict):
+            raise DatasetError(f"{where} is not an object")
+        for key in ("id", "file_name", "height", "width"):
+            if key not in im:
+                raise DatasetError(f"{where} (id {im.get('id')}) has no {key!r}")
+        if im["id"] in images:
+            raise DatasetError(f"{where}: duplicate image id {im['id']}")
+        if not (isinstance(im["height"], int) and isinstance(im["width"], int)
+                and im["height"] > 0 and im["width"] > 0):
+            raise DatasetError(f"{where} (id {im['id']}): height and width must be positive integers")
+        images[im["id"]] = im
+
+    tol = _OUTSIDE_TOLERANCE
+    for k, a in enumerate(d["annotations"]):
+        where = f"{source}: annotations[{k}] (id {a.get('id') if isinstance(a, dict) else None})"
+        if not isinstance(a, dict):
+            raise DatasetError(f"{where} is not an object")
+        for key in ("image_id", "category_id", "segmentation"):
+            if key not in a:
+                raise DatasetError(f"{where} has no {key!r}")
+        if a["image_id"] not in images:
+            raise DatasetError(f"{where}: image_id {a['image_id']} is not in 'images'")
+        if a["category_id"] not in cat_ids:
+            raise DatasetError(f"{where}: category_id {a['category_id']} is not in 'categories'")
+        im = images[a["image_id"]]
+        h, w = im["height"], im["width"]
+        where += f" of image {im['file_name']!r} ({w}x{h})"
+        seg = a["segmentation"]
+        if isinstance(seg, dict):
+            if "size" not in seg or "counts" not in seg:
+                raise DatasetError(f"{where}: RLE segmentation needs 'size' and 'counts'")
+            if list(seg["size"]) != [h, w]:
+                raise DatasetError(f"{where}: RLE size {list(seg['size'])} is not the image's [h, w] = [{h}, {w}]")
+        elif isinstance(seg, list):
+            if not seg:
+                raise DatasetError(f"{where}: empty polygon list")
+            for poly in seg:
+                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                    raise DatasetError(f"{where}: a polygon must be a flat list of >= 3 x, y pairs")
+                xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                if (xy[:, 0].min() < -tol or xy[:, 1].min() < -tol
+                        or xy[:, 0].max() > w + tol or xy[:, 1].max() > h + tol):
+                    raise DatasetError(f"{where}: polygon reaches outside the image")
+        else:
+            raise DatasetError(f"{where}: segmentation must be an RLE object or a list of polygons")
+        if "bbox" in a:
+            b = a["bbox"]
+            if not (isinstance(b, list) and len(b) == 4):
+                raise DatasetError(f"{where}: bbox must be [x, y, w, h]")
+            x, y, bw, bh = (float(v) for v in b)
+            if bw < 0 or bh < 0 or x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
+                raise DatasetError(f"{where}: bbox {b} lies outside the image")
+
+
+def _make_coco(d: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = d
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------
+
+
+class CocoDataset:
+    """A COCO instance-segmentation dataset.
+
+    Args:
+        annotation_file: path of a COCO instances JSON file, or the already-parsed dict.
+        image_dir: folder holding the images named by ``file_name``; ``None`` when ``images``
+            is given.
+        images: optional in-memory images, ``{image_id: (H, W, 3) uint8}`` (used by the
+            synthetic shapes); when given, ``image_dir`` is not read.
+
+    Attributes:
+        coco: the ``pycocotools.coco.COCO`` object (every annotation, crowds included).
+        image_ids: COCO image ids in file order; ``ds[i]`` is image ``image_ids[i]``.
+        category_ids: ``category_ids[label - 1]`` is the COCO category id of contiguous label
+            ``label`` (1..K).
+        class_names: category names, same order.
+
+    ``ds[i]`` returns ``(image, target)``: image ``(H, W, 3) uint8`` RGB and target a dict
+    ``boxes (G, 4) float32 [x1, y1, x2, y2]`` pixels (from the masks: ``[x_min, y_min,
+    x_max + 1, y_max + 1]``), ``labels (G,) int64`` in 1..K, ``masks (G, H, W) uint8``,
+    ``image_id`` int, ``crowd_boxes (C, 4) float32`` (iscrowd annotations, not in the G).
+    Annotations whose mask is empty are left out of the targets (nothing to learn from).
+
+    Raises:
+        DatasetError: malformed file, missing image file, annotation outside its image
+            (checked at construction); an image whose size differs from its record or cannot
+            be decoded (when read).
+    """
+
+    def __init__(self, annotation_file: str | dict, image_dir: str | None = None, *,
+                 images: Mapping[int, np.ndarray] | None = None):
+        if isinstance(annotation_file, dict):
+            self.source = "<in-memory COCO dict>"
+            d = annotation_file
+        else:
+            self.source = os.fspath(annotation_file)
+            d = _load_json(self.source)
+        _check_dataset(d, self.source)
+        self.coco = _make_coco(d)
+        self.image_dir = None if image_dir is None else os.fspath(image_dir)
+        self._images = images
+        self.image_ids = [im["id"] for im in d["images"]]
+        cats = sorted(d["categories"], key=lambda c: c["id"])
+        self.category_ids = [c["id"] for c in cats]
+        self.class_names = [str(c.get("name", c["id"])) for c in cats]
+        self._label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+        if images is None:
+            if self.image_dir is None:
+                raise DatasetError(f"{self.source}: image_dir is required when images are not given")
+            if not os.path.isdir(self.image_dir):
+                raise DatasetError(f"{self.image_dir}: image folder not found")
+            for im in d["images"]:
+                path = os.path.join(self.image_dir, im["file_name"])
+                if not os.path.isfile(path):
+                    raise DatasetError(
+                        f"{self.source}: image id {im['id']}: file {path} not found")
+        else:
+            missing = [i for i in self.image_ids if i not in images]
+            if missing:
+                raise DatasetError(f"{self.source}: no in-memory image for image ids {missing[:5]}")
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of categories (background not counted)."""
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_info(self, index: int) -> dict:
+        """The COCO image record of ``ds[index]`` (id, file_name, height, width)."""
+        return self.coco.imgs[self.image_ids[index]]
+
+    def image_path(self, index: int) -> str | None:
+        if self.image_dir is None:
+            return None
+        return os.path.join(self.image_dir, self.image_info(index)["file_name"])
+
+    def load_image(self, index: int) -> np.ndarray:
+        """``(H, W, 3) uint8`` RGB of ``ds[index]``; raises DatasetError on a size mismatch."""
+        info = self.image_info(index)
+        if self._images is not None:
+            image = to_rgb_uint8(self._images[info["id"]])
+            where = f"{self.source}: in-memory image id {info['id']}"
+        else:
+            where = self.image_path(index)
+            image = read_image(where)
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise DatasetError(
+                f"{where}: image is {image.shape[1]}x{image.shape[0]} but its record "
+                f"(id {info['id']}) says {info['width']}x{info['height']}")
+        return image
+
+    def annotations(self, index: int, *, crowd: bool = False) -> list[dict]:
+        """The COCO annotations of ``ds[index]``: non-crowd ones, or crowd ones with ``crowd=True``."""
+        anns = self.coco.imgToAnns.get(self.image_ids[index], [])
+        return [a for a in anns if bool(a.get("iscrowd", 0)) == crowd]
+
+    def has_instances(self, index: int) -> bool:
+        """True if the image has at least one non-crowd annotation."""
+        return bool(self.annotations(index))
+
+    def _rle(self, ann: dict, h: int, w: int):
+        seg = ann["segmentation"]
+        if isinstance(seg, list):
+            return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        if isinstance(seg["counts"], list):
+            return mask_utils.frPyObjects(seg, h, w)
+        return seg
+
+    def ann_box(self, index: int, ann: dict) -> np.ndarray:
+        """``(4,) float64 [x1, y1, x2, y2]`` bounding box of an annotation's mask (from its RLE)."""
+        info = self.image_info(index)
+        x, y, bw, bh = mask_utils.toBbox(self._rle(ann, info["height"], info["width"]))
+        return np.array([x, y, x + bw, y + bh])
+
+    def decode_masks(self, index: int, anns: list[dict],
+                     window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Decode annotations to ``(G, h, w) uint8`` masks, optionally cut to ``window =
+        (y0, x0, y1, x1)`` (pixel rows y0..y1-1, columns x0..x1-1)."""
+        info = self.image_info(index)
+        h, w = info["height"], info["width"]
+        y0, x0, y1, x1 = window if window is not None else (0, 0, h, w)
+        out = np.zeros((len(anns), y1 - y0, x1 - x0), dtype=np.uint8)
+        for g, ann in enumerate(anns):
+            out[g] = mask_utils.decode(self._rle(ann, h, w))[y0:y1, x0:x1]
+        return out
+
+    def label_of(self, ann: dict) -> int:
+        """Contiguous label 1..K of an annotation."""
+        return self._label_of[ann["category_id"]]
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        index %= len(self)
+        image = self.load_image(index)
+        anns = self.annotations(index)
+        masks = self.decode_masks(index, anns)
+        keep = masks.reshape(len(anns), -1).any(axis=1) if anns else np.zeros(0, dtype=bool)
+        masks = masks[keep]
+        labels = np.array([self.label_of(a) for a, k in zip(anns, keep, strict=True) if k], dtype=np.int64)
+        crowd = self.annotations(index, crowd=True)
+        crowd_boxes = np.array([self.ann_box(index, a) for a in crowd],
+                               dtype=np.float32).reshape(-1, 4)
+        target = {
+            "boxes": masks_to_boxes(masks),
+            "labels": labels,
+            "masks": masks,
+            "image_id": int(self.image_ids[index]),
+            "crowd_boxes": crowd_boxes,
+        }
+        return image, target
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of binary masks.
+
+    Args:
+        masks: ``(G, H, W)`` uint8/bool, each non-empty.
+
+    Returns:
+        ``(G, 4) float32 [x_min, y_min, x_max + 1, y_max + 1]`` pixels: the box covers every
+        pixel of the mask (pixel (i, j) covers [j, j+1) x [i, i+1)).
+    """
+    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
+    for g in range(masks.shape[0]):
+        rows = np.flatnonzero(masks[g].any(axis=1))
+        cols = np.flatnonzero(masks[g].any(axis=0))
+        if rows.size:
+            boxes[g] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes

@@ -1,0 +1,92 @@
+"""Seeded training batches: a pure function of (seed, iteration), so a resumed run sees exactly
+the data an uninterrupted one would.
+
+Data order: the training images are visited in epochs, each a permutation drawn from
+``np.random.default_rng([seed, 0, epoch])``; sample number ``p = iteration * batch_size + k``
+(k-th image of the batch) is image ``perm(p // n)[p % n]``. Its crop and flips are drawn from
+``np.random.default_rng([seed, 1, p])``. Nothing else is consumed, so the batch of iteration t
+needs no state from iterations 0..t-1 (the checkpoint stores ``seed`` and ``iteration``, which
+is the whole data RNG state).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minimaskrcnn.data.coco import CocoDataset
+from minimaskrcnn.data.transforms import sample_crop, standardize
+
+__all__ = ["TrainBatches", "sample_rng"]
+
+
+def sample_rng(seed: int, stream: int, counter: int) -> np.random.Generator:
+    """The generator of one counter of one stream (0 data order, 1 crops, 2 model sampling)."""
+    return np.random.default_rng([int(seed), int(stream), int(counter)])
+
+
+class TrainBatches:
+    """Training batches of random crops, standardised.
+
+    Args:
+        dataset: a :class:`CocoDataset`.
+        batch_size: images per iteration (one crop each).
+        crop_size, hflip_prob, vflip_prob: the transform (see ``transforms``).
+        seed: the run's seed.
+        indices: the dataset indices to train on; default every image with at least one
+            non-crowd instance (as torchvision's reference drops empty images from training).
+
+    ``batches.batch(t)`` -> list of ``batch_size`` pairs ``(image (3, crop, crop) float32,
+    target)``; target as :func:`~minimaskrcnn.data.transforms.random_crop_flip` returns it.
+
+    Raises:
+        ValueError: no image to train on, or a batch size < 1.
+    """
+
+    def __init__(self, dataset: CocoDataset, batch_size: int, crop_size: int, hflip_prob: float,
+                 vflip_prob: float, seed: int, indices=None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if indices is None:
+            indices = [i for i in range(len(dataset)) if dataset.has_instances(i)]
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if self.indices.size == 0:
+            raise ValueError(f"{dataset.source}: no image with instances to train on")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.crop_size = int(crop_size)
+        self.hflip_prob = float(hflip_prob)
+        self.vflip_prob = float(vflip_prob)
+        self.seed = int(seed)
+        self._perm_epoch = -1
+        self._perm = None
+
+    @classmethod
+    def from_config(cls, dataset: CocoDataset, train_cfg, indices=None) -> TrainBatches:
+        """Batches as a :class:`~minimaskrcnn.config.TrainConfig` describes them."""
+        return cls(dataset, train_cfg.batch_size, train_cfg.crop_size, train_cfg.hflip_prob,
+                   train_cfg.vflip_prob, train_cfg.seed, indices)
+
+    def image_index(self, position: int) -> int:
+        """Dataset index of sample number ``position`` of the run."""
+        n = self.indices.size
+        epoch, offset = divmod(int(position), n)
+        if epoch != self._perm_epoch:
+            self._perm = sample_rng(self.seed, 0, epoch).permutation(self.indices)
+            self._perm_epoch = epoch
+        return int(self._perm[offset])
+
+    def batch(self, iteration: int) -> list[tuple[np.ndarray, dict]]:
+        out = []
+        for k in range(self.batch_size):
+            p = iteration * self.batch_size + k
+            image, target = sample_crop(self.dataset, self.image_index(p), self.crop_size,
+                                        self.hflip_prob, self.vflip_prob,
+                                        sample_rng(self.seed, 1, p))
+            out.append((standardize(image), target))
+        return out
+
+    def __iter__(self):
+        t = 0
+        while True:
+            yield self.batch(t)
+            t += 1
