@@ -21,6 +21,7 @@ targets). Category ids are mapped to contiguous labels 1..K in increasing id ord
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -194,7 +195,32 @@ def _check_dataset(d, source: str) -> None:
                 raise DatasetError(f"{where}: bbox {b} lies outside the image")
 
 
+def _fill_defaults(d: dict) -> None:
+    """Add what COCOeval needs and a file may omit: ``iscrowd`` (0), ``area`` and ``bbox`` (from
+    the mask) and ``id`` (running number) of annotations."""
+    heights = {im["id"]: (im["height"], im["width"]) for im in d["images"]}
+    used = {a["id"] for a in d["annotations"] if "id" in a}
+    next_id = max(used, default=0) + 1
+    for a in d["annotations"]:
+        a.setdefault("iscrowd", 0)
+        if "id" not in a:
+            a["id"] = next_id
+            next_id += 1
+        if "area" not in a or "bbox" not in a:
+            h, w = heights[a["image_id"]]
+            seg = a["segmentation"]
+            if isinstance(seg, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg["counts"], list):
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:
+                rle = seg
+            a.setdefault("area", float(mask_utils.area(rle)))
+            a.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle)])
+
+
 def _make_coco(d: dict) -> COCO:
+    _fill_defaults(d)
     coco = COCO()
     coco.dataset = d
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -240,7 +266,7 @@ class CocoDataset:
                  images: Mapping[int, np.ndarray] | None = None):
         if isinstance(annotation_file, dict):
             self.source = "<in-memory COCO dict>"
-            d = annotation_file
+            d = copy.deepcopy(annotation_file)  # defaults are filled in below
         else:
             self.source = os.fspath(annotation_file)
             d = _load_json(self.source)

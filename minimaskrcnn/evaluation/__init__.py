@@ -1,0 +1,111 @@
+"""Evaluation: COCO AP (pycocotools) for masks and boxes, the DSB 2018 score, metrics files.
+
+    evaluate_coco(coco_gt, results_by_image, category_ids, max_dets)   -> segm / bbox AP, AP50, AP75
+    dsb_score(gt_masks_by_image, results_by_image, score_thresh)       -> DSB 2018 score
+    coco_results / write_results_json                                  -> COCO results JSON
+    evaluate_model(model, dataset, eval_cfg, out_dir)                  -> all of it for a model
+    write_metrics / format_metrics                                     -> metrics.json, a table
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from minimaskrcnn.evaluation.coco_eval import coco_results, evaluate_coco, write_results_json
+from minimaskrcnn.evaluation.dsb import DSB_IOU_THRESHOLDS, dsb_image_score, dsb_score
+
+__all__ = [
+    "DSB_IOU_THRESHOLDS", "coco_results", "dsb_image_score", "dsb_score", "evaluate_coco",
+    "evaluate_model", "format_metrics", "predict_dataset", "write_metrics", "write_results_json",
+]
+
+METRICS_FILE = "metrics.json"
+RESULTS_FILE = "results.json"
+
+
+def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool = False):
+    """Run ``model.predict`` on each image of a dataset at native size, one image at a time.
+
+    Args:
+        model: has ``predict(list of (3, H, W) float32) -> list of prediction dicts``.
+        dataset: a :class:`~minimaskrcnn.data.CocoDataset`.
+        limit: only the first ``limit`` images.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(results_by_image, seconds)``: ``{image_id: prediction}`` and the ``(N,)`` wall-clock
+        seconds of each ``predict`` call (standardisation included, image reading not).
+    """
+    from tqdm import tqdm
+
+    from minimaskrcnn.data import standardize
+
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    results, seconds = {}, []
+    for i in tqdm(range(n), desc="predict", unit="img", disable=not progress, leave=False):
+        image = dataset.load_image(i)
+        t0 = time.perf_counter()
+        pred = model.predict([standardize(image)])[0]
+        seconds.append(time.perf_counter() - t0)
+        results[int(dataset.image_ids[i])] = pred
+    return results, np.asarray(seconds)
+
+
+def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
+                   limit: int | None = None, progress: bool = False) -> dict:
+    """Predict every image of ``dataset`` and compute every metric.
+
+    Args:
+        model: see :func:`predict_dataset`.
+        dataset: the ground truth, a ``CocoDataset``.
+        eval_cfg: an :class:`~minimaskrcnn.config.EvalConfig` (``max_dets``, ``dsb_score_thresh``).
+        out_dir: if given, write ``metrics.json`` and the COCO results JSON ``results.json`` there.
+        limit: evaluate only the first ``limit`` images.
+
+    Returns:
+        ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}, "dsb_score", "seconds_per_image"
+        (mean), "seconds_per_image_median", "num_images", "max_dets"}``.
+    """
+    results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress)
+    metrics = evaluate_coco(dataset.coco, results, dataset.category_ids, eval_cfg.max_dets)
+    index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
+    gt = {i: dataset.decode_masks(index_of[i], dataset.annotations(index_of[i])) for i in results}
+    metrics["dsb_score"] = dsb_score(gt, results, eval_cfg.dsb_score_thresh)
+    metrics["seconds_per_image"] = float(seconds.mean()) if seconds.size else float("nan")
+    metrics["seconds_per_image_median"] = float(np.median(seconds)) if seconds.size else float("nan")
+    metrics["num_images"] = len(results)
+    metrics["max_dets"] = [int(m) for m in eval_cfg.max_dets]
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        write_metrics(os.path.join(out_dir, METRICS_FILE), metrics)
+        write_results_json(os.path.join(out_dir, RESULTS_FILE),
+                           coco_results(results, dataset.category_ids))
+    metrics["_results"] = results
+    return metrics
+
+
+def write_metrics(path: str, metrics: dict) -> None:
+    """Write the metrics (keys starting with ``_`` left out) as indented JSON."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({k: v for k, v in metrics.items() if not k.startswith("_")}, f, indent=2)
+        f.write("\n")
+
+
+def format_metrics(metrics: dict) -> str:
+    """A small text table of :func:`evaluate_model`'s metrics."""
+    lines = [f"{'':6s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}"]
+    for kind, name in (("segm", "mask"), ("bbox", "box")):
+        if kind in metrics:
+            m = metrics[kind]
+            lines.append(f"{name:6s} {m['AP']:6.3f} {m['AP50']:6.3f} {m['AP75']:6.3f}")
+    if "dsb_score" in metrics:
+        lines.append(f"DSB 2018 score {metrics['dsb_score']:.3f}")
+    if "seconds_per_image" in metrics:
+        lines.append(f"{metrics['seconds_per_image']:.3f} s per image "
+                     f"({metrics.get('num_images', '?')} images, maxDets "
+                     f"{metrics.get('max_dets', '?')})")
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""COCO metrics with pycocotools ``COCOeval`` (``iouType`` "segm" and "bbox"), and the COCO
+results JSON.
+
+AP is read from ``COCOeval.eval['precision']`` (shape ``(T, R, K, A, M)``: IoU thresholds,
+recall thresholds, categories, area ranges, maxDets) at area range "all" and the LAST maxDets
+entry, averaged over the entries that are not -1 (as ``summarize()`` does). Not from
+``summarize()``'s first line: that one uses maxDets=100 whatever ``params.maxDets`` says, which
+on images with hundreds of nuclei understates AP (``specs/nuclei-mini.md``, "Evaluation").
+AP50 is the IoU-threshold index of 0.50, AP75 that of 0.75. (``COCOeval.evaluate`` sorts
+``maxDets``, so the last entry is the largest.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+__all__ = ["coco_results", "evaluate_coco", "write_results_json"]
+
+
+def _prediction_arrays(pred: dict):
+    boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(pred["scores"], dtype=np.float64).reshape(-1)
+    labels = np.asarray(pred["labels"], dtype=np.int64).reshape(-1)
+    masks = pred.get("masks")
+    if not (len(boxes) == len(scores) == len(labels)) or (masks is not None and len(masks) != len(boxes)):
+        raise ValueError("a prediction's boxes (D, 4), scores (D,), labels (D,) and masks "
+                         "(D, H, W) must have the same D")
+    return boxes, scores, labels, masks
+
+
+def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None = None) -> list[dict]:
+    """COCO results entries of model predictions.
+
+    Args:
+        results_by_image: ``{image_id: prediction}`` with prediction a dict ``boxes (D, 4)
+            [x1, y1, x2, y2]`` pixels, ``scores (D,)``, ``labels (D,) int64`` in 1..K and
+            (for segm) ``masks (D, H, W) bool``.
+        category_ids: ``category_ids[label - 1]`` is the COCO category id of a label.
+        iou_type: ``"bbox"`` (entries carry ``bbox`` only), ``"segm"`` (``segmentation`` only)
+            or ``None`` (both: the form written to disk).
+
+    Returns:
+        list of dicts ``image_id, category_id, score`` plus ``bbox [x, y, w, h]`` and/or
+        ``segmentation`` (compressed RLE, ``counts`` a str), JSON-ready.
+
+    Raises:
+        ValueError: mismatched lengths, or a label outside 1..K.
+    """
+    out = []
+    for image_id, pred in results_by_image.items():
+        boxes, scores, labels, masks = _prediction_arrays(pred)
+        if labels.size and (labels.min() < 1 or labels.max() > len(category_ids)):
+            raise ValueError(f"labels must be in 1..{len(category_ids)}, got {labels.min()}..{labels.max()}")
+        rles = None
+        if iou_type != "bbox" and masks is not None and len(masks):
+            rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
+        for d in range(len(scores)):
+            entry = {"image_id": int(image_id), "category_id": int(category_ids[labels[d] - 1]),
+                     "score": float(scores[d])}
+            if iou_type != "segm":
+                x1, y1, x2, y2 = (float(v) for v in boxes[d])
+                entry["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+            if rles is not None:
+                entry["segmentation"] = {"size": [int(v) for v in rles[d]["size"]],
+                                         "counts": rles[d]["counts"].decode("ascii")}
+            out.append(entry)
+    return out
+
+
+def write_results_json(path: str, results: list[dict]) -> None:
+    """Write :func:`coco_results` entries as a COCO results JSON file."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f)
+
+
+def _ap_from_precision(precision: np.ndarray, iou_thrs: np.ndarray) -> dict:
+    """AP, AP50, AP75 from ``eval['precision']`` at area "all" (index 0), last maxDets."""
+    p = precision[:, :, :, 0, -1]  # (T, R, K)
+
+    def mean_valid(x):
+        v = x[x > -1]
+        return float(v.mean()) if v.size else -1.0
+
+    t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
+    t75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+    return {"AP": mean_valid(p), "AP50": mean_valid(p[t50]), "AP75": mean_valid(p[t75])}
+
+
+def evaluate_coco(coco_gt: COCO, results_by_image: dict, category_ids, max_dets=(10, 100, 500),
+                  iou_types=("segm", "bbox")) -> dict:
+    """COCO AP of predictions against a ground truth.
+
+    Args:
+        coco_gt: the ground truth (``CocoDataset.coco``; crowd annotations are honoured).
+        results_by_image: ``{image_id: prediction}`` (see :func:`coco_results`); the images
+            evaluated are exactly its keys (an image without detections must still appear,
+            with empty arrays).
+        category_ids: contiguous label -> COCO category id (``CocoDataset.category_ids``).
+        max_dets: ``COCOeval.params.maxDets``; AP is read at the last entry.
+        iou_types: subset of ``("segm", "bbox")``.
+
+    Returns:
+        ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}}`` floats in [0, 1] (-1 when no image
+        has a ground truth, as COCOeval marks it; 0 when there is no detection at all).
+
+    Raises:
+        ValueError: an image id that is not in ``coco_gt``, or bad predictions.
+    """
+    image_ids = sorted(int(i) for i in results_by_image)
+    unknown = set(image_ids) - set(coco_gt.getImgIds())
+    if unknown:
+        raise ValueError(f"predictions for image ids not in the ground truth: {sorted(unknown)[:5]}")
+    metrics = {}
+    for iou_type in iou_types:
+        if iou_type not in ("segm", "bbox"):
+            raise ValueError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
+        results = coco_results(results_by_image, category_ids, iou_type=iou_type)
+        if not results:
+            has_gt = any(not a.get("iscrowd", 0) for i in image_ids for a in coco_gt.imgToAnns.get(i, []))
+            v = 0.0 if has_gt else -1.0
+            metrics[iou_type] = {"AP": v, "AP50": v, "AP75": v}
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+            ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+            ev.params.imgIds = image_ids
+            ev.params.maxDets = [int(m) for m in max_dets]
+            ev.evaluate()
+            ev.accumulate()
+        metrics[iou_type] = _ap_from_precision(ev.eval["precision"], ev.params.iouThrs)
+    return metrics
