@@ -1,0 +1,203 @@
+"""RoIAlign: golden cases worked by hand, every tier against the NumPy reference, gradients."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minimaskrcnn.ops import roi_align, roi_align_backward
+from minimaskrcnn.testing.gradcheck import gradcheck
+from minimaskrcnn.testing.roi_cases import random_rois
+
+fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def tol(dtype):
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+
+# ------------------------------------------------------------------------------------------
+# Golden cases, worked by hand
+# ------------------------------------------------------------------------------------------
+
+# The 5x5 arange map has value f(y, x) = 5*y + x at cell (y, x). It is linear, so bilinear
+# interpolation at any point inside [0, 4] x [0, 4] returns exactly 5*y + x.
+# Box [1, 1, 3, 3], output 4x4, scale 1, sampling_ratio -1:
+#   aligned=False: RoI [1, 3] on each axis, length 2, bin 0.5, grid ceil(2/4) = 1 sample per bin
+#     at 1 + 0.5*p + 0.25 -> coordinates 1.25, 1.75, 2.25, 2.75.
+#   aligned=True: RoI shifted by -0.5 to [0.5, 2.5], same bins -> 0.75, 1.25, 1.75, 2.25.
+ARANGE_CASES = {
+    False: np.array([1.25, 1.75, 2.25, 2.75]),
+    True: np.array([0.75, 1.25, 1.75, 2.25]),
+}
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_arange_5x5_golden(tier, aligned, sampling_ratio):
+    x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    boxes = np.array([[0, 1, 1, 3, 3]], dtype=np.float32)
+    c = ARANGE_CASES[aligned]
+    # sampling_ratio=2 puts two samples per bin at the bin's quarter points (+-0.125 around the
+    # single sample above); their mean is the same point because f is linear.
+    expected = 5 * c[:, None] + c[None, :]
+    out = roi_align(x, boxes, 4, 1.0, sampling_ratio, aligned, tier=tier)
+    assert out.shape == (1, 1, 4, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-6)
+
+
+def test_arange_5x5_list_format_and_scale(tier):
+    # The same case through the list-of-(R_i, 4) format, on a map at half resolution with the
+    # box given in input pixels (box [2, 2, 6, 6] * 0.5 = [1, 1, 3, 3]).
+    x = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)
+    out = roi_align(x, [np.array([[2.0, 2.0, 6.0, 6.0]])], (4, 4), 0.5, -1, False, tier=tier)
+    c = ARANGE_CASES[False]
+    np.testing.assert_allclose(out[0, 0], 5 * c[:, None] + c[None, :], rtol=1e-12)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_constant_map_gives_the_constant_inside_the_image(tier, aligned):
+    x = np.full((2, 3, 6, 7), 2.5, dtype=np.float32)
+    # Every sample of these boxes lies in [-1, H] x [-1, W], so each bilinear value is 2.5.
+    boxes = np.array([[0, 0, 0, 7, 6], [1, 1.3, 0.2, 4.1, 5.9], [1, 2, 2, 2.5, 2.2],
+                      [0, 5.5, 4.5, 7, 6]], dtype=np.float32)
+    out = roi_align(x, boxes, (3, 2), 1.0, 2, aligned, tier=tier)
+    np.testing.assert_allclose(out, 2.5, rtol=1e-6)
+
+
+def test_box_of_zero_height_gives_zeros(tier):
+    # aligned=True does not clamp the RoI: height 0 -> adaptive grid ceil(0 / Ph) = 0 samples,
+    # and an empty grid outputs 0 (torchvision's count = max(0, 1) = 1 divides an empty sum).
+    x = np.random.default_rng(0).standard_normal((1, 2, 8, 8)).astype(np.float32)
+    boxes = np.array([[0, 1, 3, 6, 3]], dtype=np.float32)
+    out = roi_align(x, boxes, 2, 1.0, -1, True, tier=tier)
+    np.testing.assert_array_equal(out, 0)
+    # aligned=False clamps the height to 1 cell instead: samples on rows 3..4, not zeros.
+    assert np.abs(roi_align(x, boxes, 2, 1.0, -1, False, tier=tier)).max() > 0
+
+
+def test_box_wholly_outside_gives_zeros(tier):
+    x = np.ones((1, 1, 8, 8), dtype=np.float32)
+    boxes = np.array([[0, 20, 20, 30, 30], [0, -9, -9, -2.5, -2.5]], dtype=np.float32)
+    np.testing.assert_array_equal(roi_align(x, boxes, 3, 1.0, 2, False, tier=tier), 0)
+
+
+def test_zero_boxes_give_empty_output(tier):
+    x = np.ones((2, 3, 8, 8), dtype=np.float64)
+    out = roi_align(x, np.zeros((0, 5)), (2, 4), tier=tier)
+    assert out.shape == (0, 3, 2, 4) and out.dtype == np.float64
+    out = roi_align(x, [np.zeros((0, 4)), np.zeros((0, 4))], 7, tier=tier)
+    assert out.shape == (0, 3, 7, 7)
+    g = roi_align_backward(np.zeros((0, 3, 7, 7)), np.zeros((0, 5)), (2, 3, 8, 8), 7, tier=tier)
+    assert g.shape == (2, 3, 8, 8) and not g.any()
+
+
+# ------------------------------------------------------------------------------------------
+# Every tier against the reference (hypothesis), gradients, adjoint
+# ------------------------------------------------------------------------------------------
+
+
+@st.composite
+def cases(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    H, W = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    R = draw(st.integers(1, 5))
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25]))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    boxes = random_rois(rng, N, H, W, R, scale, dtype)
+    size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    g = rng.standard_normal((R, C) + size).astype(dtype)
+    return x, boxes, size, scale, g
+
+
+@fixture_ok
+@given(case=cases(), sampling_ratio=st.sampled_from([-1, 0, 1, 2, 4]), aligned=st.booleans())
+def test_tiers_match_reference(fast_tier, case, sampling_ratio, aligned):
+    x, boxes, size, scale, g = case
+    args = (size, scale, sampling_ratio, aligned)
+    ref = roi_align(x, boxes, *args, tier="numpy")
+    out = roi_align(x, boxes, *args, tier=fast_tier)
+    assert out.dtype == x.dtype
+    np.testing.assert_allclose(out, ref, **tol(x.dtype))
+    gref = roi_align_backward(g, boxes, x.shape, *args, tier="numpy")
+    gout = roi_align_backward(g, boxes, x.shape, *args, tier=fast_tier)
+    assert gout.dtype == x.dtype
+    np.testing.assert_allclose(gout, gref, **tol(x.dtype))
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_gradcheck_float64(tier, aligned, sampling_ratio):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 7, 8))
+    boxes = random_rois(rng, 2, 7, 8, 4, 0.5, np.float64)
+    args = ((2, 3), 0.5, sampling_ratio, aligned)
+
+    def f(x):
+        y = roi_align(x, boxes, *args, tier=tier)
+        return y, lambda dy: roi_align_backward(dy, boxes, x.shape, *args, tier=tier)
+
+    gradcheck(f, [x], directions=3, seeds=(0, 1))
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_adjoint_identity(tier, aligned):
+    # RoIAlign is linear in its input, so <op(x), g> == <x, op_backward(g)> exactly (in exact
+    # arithmetic) for every x and g.
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 8, 8))
+    boxes = random_rois(rng, 2, 8, 8, 5, 1.0, np.float64)
+    g = rng.standard_normal((5, 3, 3, 3))
+    lhs = np.sum(roi_align(x, boxes, 3, 1.0, -1, aligned, tier=tier) * g)
+    rhs = np.sum(x * roi_align_backward(g, boxes, x.shape, 3, 1.0, -1, aligned, tier=tier))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------
+
+X = np.zeros((2, 1, 4, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize(("boxes", "match"), [
+    (np.array([[2, 0, 0, 1, 1]], np.float32), r"batch indices must lie in \[0, 2\)"),
+    (np.array([[-1, 0, 0, 1, 1]], np.float32), r"batch indices must lie"),
+    (np.array([[0.5, 0, 0, 1, 1]], np.float32), "must be integers"),
+    (np.array([[0, 0, 1, 1]], np.float32), r"boxes must have last dimension 5"),
+    (np.zeros((1, 1, 5), np.float32), r"boxes must have 2 dimensions"),
+    (np.array([[0, 0, 0, np.nan, 1]], np.float32), "NaN or inf"),
+    (np.array([[0, 0, 0, np.inf, 1]], np.float32), "NaN or inf"),
+    ([np.zeros((1, 5), np.float32)], r"boxes\[0\] must have last dimension 4"),
+    ([np.zeros((1, 4))] * 3, r"batch indices must lie in \[0, 2\)"),
+])
+def test_bad_boxes(boxes, match):
+    with pytest.raises(ValueError, match=match):
+        roi_align(X, boxes, 2, tier="numpy")
+
+
+def test_bad_arguments():
+    boxes = np.zeros((1, 5), np.float32)
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        roi_align(X, boxes, -1)
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        roi_align(X, boxes, (2, 0))
+    with pytest.raises(TypeError, match="output_size"):
+        roi_align(X, boxes, 2.5)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        roi_align(X, boxes, 2, spatial_scale=0)
+    with pytest.raises(ValueError, match="sampling_ratio must be an integer"):
+        roi_align(X, boxes, 2, sampling_ratio=1.5)
+    with pytest.raises(ValueError, match=r"input must have 4 dimensions"):
+        roi_align(X[0], boxes, 2)
+    with pytest.raises(TypeError, match="input must be a floating"):
+        roi_align(X.astype(np.int32), boxes, 2)
+    with pytest.raises(TypeError, match="boxes must be a floating"):
+        roi_align(X, boxes.astype(np.int64), 2)
+    with pytest.raises(ValueError, match=r"grad_output must have shape"):
+        roi_align_backward(np.zeros((1, 1, 3, 3), np.float32), boxes, X.shape, 2)
+    with pytest.raises(ValueError, match="input_shape"):
+        roi_align_backward(np.zeros((1, 1, 2, 2), np.float32), boxes, (2, 1, 4), 2)
