@@ -166,11 +166,17 @@ def layer_function(layer) -> Callable:
 
 def loss_function(loss: Callable, *args, **kwargs) -> Callable:
     """``f(x) -> (value, backward)`` for ``loss(x, *args, **kwargs) -> (value, dvalue_dx)``
-    (``reduction="none"`` losses are element-wise, so ``backward(dy) = dy * dvalue_dx``)."""
+    (``reduction="none"`` losses are element-wise, so ``backward(dy) = dy * dvalue_dx``; a
+    per-row loss such as cross-entropy's ``(R,)`` broadcasts ``dy`` over the trailing axes)."""
 
     def f(x):
         value, grad = loss(x, *args, **kwargs)
-        return value, lambda dy: dy * grad
+
+        def backward(dy):
+            dy = np.reshape(dy, np.shape(dy) + (1,) * (np.ndim(grad) - np.ndim(dy)))
+            return dy * grad
+
+        return value, backward
 
     return f
 
