@@ -219,12 +219,12 @@ def quantized_span(lo, hi):
         ``(start, length)`` ints: the quantised RoI covers cells ``start .. start + length - 1``
         with ``length = max(round(hi) - round(lo) + 1, 1)`` (Fast R-CNN's inclusive width).
     """
-    qlo = math.trunc(lo)
+    qlo = int(lo)  # truncates toward zero
     if lo - qlo >= 0.5:
         qlo += 1
     elif qlo - lo >= 0.5:
         qlo -= 1
-    qhi = math.trunc(hi)
+    qhi = int(hi)
     if hi - qhi >= 0.5:
         qhi += 1
     elif qhi - hi >= 0.5:
