@@ -13,6 +13,8 @@ import math
 import cupy
 import numpy as np
 
+from minimaskrcnn import backend
+
 BOX_IOU_SOURCE = r"""
 template <typename T>
 __global__ void box_iou(const T* boxes1, const T* boxes2, long long n, long long m, T* out) {
@@ -43,7 +45,8 @@ def _kernel(dtype: np.dtype) -> cupy.RawKernel:
 
 
 def box_iou(boxes1, boxes2):
-    """``(N, 4)``, ``(M, 4)`` -> ``(N, M)`` IoU (CuPy arrays in and out)."""
+    """``(N, 4)``, ``(M, 4)`` -> ``(N, M)`` IoU, in the array type of ``boxes1``."""
+    on_host = not backend.is_cupy_array(boxes1)
     boxes1 = cupy.ascontiguousarray(cupy.asarray(boxes1))
     boxes2 = cupy.ascontiguousarray(cupy.asarray(boxes2))
     n, m = boxes1.shape[0], boxes2.shape[0]
@@ -54,4 +57,4 @@ def box_iou(boxes1, boxes2):
         _kernel(np.dtype(boxes1.dtype))(
             (blocks,), (threads,), (boxes1, boxes2, np.int64(n), np.int64(m), out)
         )
-    return out
+    return out.get() if on_host else out

@@ -13,6 +13,8 @@ import math
 import cupy
 import numpy as np
 
+from minimaskrcnn import backend
+
 from .numba_cpu import greedy_scan_bitmask
 from .reference import sort_by_score, threshold_in_dtype
 
@@ -53,8 +55,10 @@ def _kernel(dtype: np.dtype) -> cupy.RawKernel:
 
 
 def nms(boxes, scores, iou_threshold: float):
-    """``(N, 4)`` boxes, ``(N,)`` scores -> int64 indices kept (CuPy arrays in and out)."""
-    boxes, scores = cupy.asarray(boxes), cupy.asarray(scores)
+    """``(N, 4)`` boxes, ``(N,)`` scores -> int64 indices kept, in the array type of ``boxes``."""
+    if not backend.is_cupy_array(boxes):
+        return nms(cupy.asarray(boxes), cupy.asarray(scores), iou_threshold).get()
+    scores = cupy.asarray(scores)
     n = boxes.shape[0]
     if n == 0:
         return cupy.empty(0, dtype=np.int64)
