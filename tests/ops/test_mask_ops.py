@@ -208,7 +208,8 @@ def test_loss_matches_reference(fast_tier, mode, seed, R, K, M):
     loss, grad = mask_loss(logits, labels, targets, mode=mode, tier=fast_tier)
     assert loss == pytest.approx(want_loss, rel=1e-6)
     assert grad.dtype == logits.dtype
-    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-9)
+    # gradients are O(1 / (R M M)); p_c - t cancels, so the tolerance is absolute on that scale
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6 / (R * M * M))
     if mode == "sigmoid":  # only the label's channel carries gradient
         other = np.ones(grad.shape, bool)
         other[np.arange(R), labels - 1] = False
