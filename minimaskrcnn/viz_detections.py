@@ -1,0 +1,143 @@
+"""Pictures of detections: mask overlays, predictions next to the ground truth, the loss curve.
+
+Overlays are plain NumPy (no plotting state): each instance gets a colour, its mask is blended
+into the image and its box outline drawn. Figures use matplotlib's object API with the Agg
+canvas (``matplotlib.figure.Figure``), so nothing touches pyplot's global state or needs a
+display.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+
+__all__ = ["instance_colours", "overlay", "plot_loss_curve", "plot_predictions_vs_gt",
+           "save_overlay"]
+
+
+def instance_colours(n: int) -> np.ndarray:
+    """``(n, 3) uint8`` well-separated colours (golden-ratio hue steps, bright and saturated)."""
+    hues = (np.arange(n) * 0.618033988749895) % 1.0
+    return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 1.0)] for h in hues],
+                    dtype=np.uint8).reshape(n, 3)
+
+
+def overlay(image: np.ndarray, instances: dict, *, score_thresh: float = 0.5,
+            alpha: float = 0.45, boxes: bool = True) -> np.ndarray:
+    """Blend instance masks and box outlines into an image.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB.
+        instances: a prediction (``masks (D, H, W)``, ``boxes (D, 4)``, ``scores (D,)``) or a
+            target (no ``scores``: every instance is drawn).
+        score_thresh: predictions below it are not drawn.
+        alpha: mask opacity.
+        boxes: draw the box outlines.
+
+    Returns:
+        ``(H, W, 3) uint8`` new image.
+    """
+    out = np.asarray(image, dtype=np.float32).copy()
+    h, w = out.shape[:2]
+    masks = np.asarray(instances.get("masks", np.zeros((0, h, w))), dtype=bool)
+    box_arr = np.asarray(instances.get("boxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
+    keep = np.arange(len(box_arr)) if "scores" not in instances else np.flatnonzero(
+        np.asarray(instances["scores"]) >= score_thresh)
+    colours = instance_colours(len(keep)).astype(np.float32)
+    for c, d in zip(colours, keep, strict=True):
+        if d < len(masks):
+            m = masks[d]
+            out[m] = (1 - alpha) * out[m] + alpha * c
+    if boxes:
+        for c, d in zip(colours, keep, strict=True):
+            x1, y1, x2, y2 = box_arr[d]
+            c0, c1 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.ceil(x2) - 1, 0, w - 1))
+            r0, r1 = int(np.clip(np.floor(y1), 0, h - 1)), int(np.clip(np.ceil(y2) - 1, 0, h - 1))
+            out[r0, c0:c1 + 1] = c
+            out[r1, c0:c1 + 1] = c
+            out[r0:r1 + 1, c0] = c
+            out[r0:r1 + 1, c1] = c
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def save_overlay(path: str, image: np.ndarray, instances: dict, **kwargs) -> None:
+    """Write :func:`overlay` as a PNG (Pillow)."""
+    from PIL import Image
+
+    Image.fromarray(overlay(image, instances, **kwargs)).save(path)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=None,
+                           score_thresh: float = 0.5) -> None:
+    """A figure with one row per image: the image, its ground truth, the predictions.
+
+    Args:
+        images: list of ``(H, W, 3) uint8``.
+        targets: list of ground-truth dicts (``masks``, ``boxes``).
+        predictions: list of prediction dicts (``masks``, ``boxes``, ``scores``).
+        path: output PNG.
+        titles: optional row titles.
+        score_thresh: predictions below it are not drawn.
+    """
+    n = len(images)
+    fig = _figure(9.0, 3.0 * n + 0.3)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for r in range(n):
+        panels = [
+            (images[r], "image" if titles is None else titles[r]),
+            (overlay(images[r], targets[r]), f"ground truth ({len(targets[r]['boxes'])})"),
+            (overlay(images[r], predictions[r], score_thresh=score_thresh),
+             f"predictions >= {score_thresh} "
+             f"({int((np.asarray(predictions[r]['scores']) >= score_thresh).sum())})"),
+        ]
+        for ax, (picture, title) in zip(axes[r], panels, strict=True):
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_loss_curve(records: list[dict], path: str, *, val_records=None, window: int = 20) -> None:
+    """Loss terms against the iteration (moving average over ``window``), log scale; val mask
+    AP on a second axis when ``val_records`` are given.
+
+    Args:
+        records: the training log (``log.jsonl`` records: iteration, loss, loss_* terms).
+        path: output PNG.
+        val_records: optional ``val.jsonl`` records (iteration, segm AP).
+    """
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    if records:
+        it = np.array([r["iteration"] for r in records])
+        keys = ["loss"] + sorted(k for k in records[0] if k.startswith("loss_"))
+        for k in keys:
+            y = np.array([r[k] for r in records], dtype=np.float64)
+            win = max(1, min(window, len(y)))
+            smooth = np.convolve(y, np.ones(win) / win, mode="valid")
+            ax.plot(it[win - 1:], np.maximum(smooth, 1e-6), label=k,
+                    linewidth=2.0 if k == "loss" else 1.0)
+        ax.set_yscale("log")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"loss (moving average over {window})")
+    ax.grid(True, alpha=0.3)
+    if val_records:
+        ax2 = ax.twinx()
+        ax2.plot([v["iteration"] for v in val_records], [v["segm"]["AP"] for v in val_records],
+                 "ko-", label="val mask AP")
+        ax2.set_ylabel("val mask AP")
+        ax2.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
