@@ -241,7 +241,8 @@ class MaskRCNN(Module):
             ps[:-1], proposals, sizes, batch.shape[-2:], targets, rng, timer=timer)
         losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box, **roi_losses}
         cache = {"features": feat_cache, "rpn_head": head_cache, "obj_shapes": obj_shapes,
-                 "d_obj": d_obj, "d_deltas": d_deltas, "roi_heads": roi_cache, "timer": timer}
+                 "d_obj": d_obj, "d_deltas": d_deltas, "roi_heads": roi_cache, "timer": timer,
+                 "proposals": proposals}
         return losses, cache
 
     def backward(self, cache) -> None:

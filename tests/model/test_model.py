@@ -1,0 +1,272 @@
+"""The whole Mask R-CNN: parameter count, the float64 gradient check of the training loss,
+input handling (different sizes, no instances, degenerate boxes, mismatched masks), outputs of
+``predict`` and the state-dict round trip."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import minimaskrcnn
+from minimaskrcnn.config import ModelConfig, get_preset
+from minimaskrcnn.model import LOSS_KEYS, build_model
+
+TINY = ModelConfig(
+    num_classes=2, stem_channels=8, stage_channels=(8, 8, 16, 16), gn_groups=4, fpn_channels=8,
+    rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=100, rpn_pre_nms_top_n_test=50,
+    rpn_post_nms_top_n_train=40, rpn_post_nms_top_n_test=30, box_batch_size_per_image=16,
+    representation_size=16, mask_head_channels=8, detections_per_img=20,
+)
+
+
+def disc(h, w, cx, cy, r):
+    yy, xx = np.mgrid[:h, :w]
+    return (((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2) < r * r).astype(np.uint8)
+
+
+def target_from_masks(masks, labels):
+    boxes = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return {"boxes": np.array(boxes, np.float32).reshape(-1, 4),
+            "labels": np.array(labels, np.int64), "masks": np.stack(masks).astype(np.uint8)}
+
+
+def tiny_batch(dtype=np.float32, seed=0):
+    """Two images of different sizes with two classes."""
+    rng = np.random.default_rng(seed)
+    img1 = rng.standard_normal((3, 64, 64)).astype(dtype)
+    img2 = rng.standard_normal((3, 48, 60)).astype(dtype)
+    t1 = target_from_masks([disc(64, 64, 20, 22, 9), disc(64, 64, 44, 40, 12)], [1, 2])
+    t2 = target_from_masks([disc(48, 60, 30, 24, 10)], [2])
+    return [img1, img2], [t1, t2]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_parameter_count_matches_torchvision():
+    model = minimaskrcnn.build_model("nuclei-mini", np.random.default_rng(0))
+    counts = {}
+    for name, p in model.named_parameters():
+        stage = name.split(".")[0]
+        counts[stage] = counts.get(stage, 0) + p.data.size
+    # torchvision 0.29 MaskRCNN built to specs/nuclei-mini.md (peer-results.md)
+    assert sum(counts.values()) == 2_479_803
+    assert counts["backbone"] + counts["fpn"] == 1_406_176
+    assert counts["rpn_head"] == 37_903
+    assert counts["roi_heads"] == 1_035_724
+    assert all(p.data.dtype == np.float32 for p in model.parameters())
+
+
+def test_build_model_accepts_names_configs_and_refuses_others():
+    rng = np.random.default_rng(0)
+    cfg = get_preset("shapes-mini")
+    assert build_model(cfg, rng).config == cfg.model
+    assert build_model(cfg.model, rng).config.num_classes == 3
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_model("nope", rng)
+    with pytest.raises(TypeError, match="rng"):
+        build_model("shapes-mini", 0)
+    with pytest.raises(TypeError, match="preset_or_config"):
+        build_model(3, rng)
+
+
+def test_init_follows_the_spec():
+    model = build_model("nuclei-mini", np.random.default_rng(0))
+    w = model.backbone.layers[3].layers[0].conv2.weight.data  # (256, 256, 3, 3), fan_out 2304
+    assert abs(w.std() - np.sqrt(2 / (256 * 9))) < 0.05 * np.sqrt(2 / (256 * 9))
+    assert np.all(model.backbone.gn1.weight.data == 1) and np.all(model.backbone.gn1.bias.data == 0)
+    assert abs(model.rpn_head.conv.weight.data.std() - 0.01) < 0.001
+    assert np.all(model.fpn.layer_blocks[0].bias.data == 0)
+    fc6 = model.roi_heads.box_head.fc6.weight.data  # U(+-1/sqrt(3136))
+    assert np.abs(fc6).max() <= 1 / np.sqrt(64 * 49)
+
+
+def test_state_dict_round_trip_and_errors():
+    a = build_model(TINY, np.random.default_rng(0))
+    b = build_model(TINY, np.random.default_rng(1))
+    state = a.state_dict()
+    state_name = next(iter(state))
+    state[state_name][...] += 1  # a copy: the model is untouched
+    assert not np.array_equal(state[state_name], dict(a.named_parameters())[state_name].data)
+    b.load_state_dict(a.state_dict())
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert na == nb and np.array_equal(pa.data, pb.data)
+    bad = a.state_dict()
+    bad.pop(state_name)
+    with pytest.raises(ValueError, match="missing"):
+        b.load_state_dict(bad)
+    bad = a.state_dict()
+    bad[state_name] = np.zeros((1, 2, 3), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        b.load_state_dict(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# gradient check
+
+
+def _total(model, images, targets, proposals, seed):
+    losses, cache = model.forward_train(images, targets, np.random.default_rng(seed),
+                                        proposals=proposals)
+    return sum(losses.values()), cache
+
+
+def test_gradient_check_whole_training_loss_float64():
+    """d(total loss)/d(params) against central differences along random directions.
+
+    What makes the loss a smooth function of the parameters for the check: the samplers draw
+    from a generator re-seeded identically for every evaluation, and the proposals (which
+    depend on the RPN outputs but carry no gradient, as in torchvision) are fixed to those of
+    the unperturbed model. Matching then only depends on fixed boxes, and every remaining op
+    is smooth up to ReLU/smooth-L1 kinks that a 1e-7 step almost never crosses (1e-6 crossed
+    one on this case). Biases start at 0 (the spec's init), which puts whole blocks of ReLU
+    inputs exactly on the kink (zero-padded regions, RoIs reaching outside the map): they are
+    moved off it with small random values first.
+    """
+    model = build_model(TINY, np.random.default_rng(0)).astype(np.float64)
+    brng = np.random.default_rng(5)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data += brng.uniform(-0.1, 0.1, p.shape)
+    images, targets = tiny_batch(np.float64)
+    seed = 7
+    loss0, cache = _total(model, images, targets, None, seed)
+    proposals = cache["proposals"]
+    model.zero_grad()
+    loss0, cache = _total(model, images, targets, proposals, seed)
+    model.backward(cache)
+    losses, _ = model.forward_train(images, targets, np.random.default_rng(seed), proposals=proposals)
+    assert all(losses[k] > 0 for k in LOSS_KEYS), losses
+
+    params = dict(model.named_parameters())
+    # every parameter receives a gradient, except the mask predictor's background channel
+    for name, p in params.items():
+        if name.startswith("roi_heads.mask_head.mask_fcn_logits"):
+            assert not p.grad[0].any() and p.grad[1:].any(), name
+        else:
+            assert np.abs(p.grad).sum() > 0, f"{name} got no gradient"
+
+    stages = ["backbone.conv1", "backbone.gn1", "backbone.layers.0", "backbone.layers.1",
+              "backbone.layers.2", "backbone.layers.3", "fpn.inner_blocks", "fpn.layer_blocks",
+              "rpn_head", "roi_heads.box_head", "roi_heads.box_predictor",
+              "roi_heads.mask_head.mask_fcn", "roi_heads.mask_head.conv5_mask",
+              "roi_heads.mask_head.mask_fcn_logits"]
+    rng = np.random.default_rng(123)
+    eps = 1e-7
+    for stage in stages:
+        names = [n for n in params if n.startswith(stage)]
+        assert names, stage
+        chosen = rng.choice(names, size=min(3, len(names)), replace=False)
+        direction = {n: rng.standard_normal(params[n].shape) for n in chosen}
+        analytic = sum(float((params[n].grad * v).sum()) for n, v in direction.items())
+
+        def shift(sign, direction=direction):
+            for n, v in direction.items():
+                params[n].data += sign * eps * v
+
+        shift(+1)
+        lp, _ = _total(model, images, targets, proposals, seed)
+        shift(-2)
+        lm, _ = _total(model, images, targets, proposals, seed)
+        shift(+1)
+        numeric = (lp - lm) / (2 * eps)
+        assert numeric == pytest.approx(analytic, rel=1e-4, abs=1e-7), (stage, numeric, analytic)
+
+
+def test_backward_accumulates():
+    model = build_model(TINY, np.random.default_rng(0))
+    images, targets = tiny_batch()
+    _, cache = model.forward_train(images, targets, np.random.default_rng(0))
+    model.backward(cache)
+    g1 = {n: p.grad.copy() for n, p in model.named_parameters()}
+    _, cache = model.forward_train(images, targets, np.random.default_rng(0))
+    model.backward(cache)
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, 2 * g1[n], rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def test_images_of_different_sizes_and_an_image_without_instances():
+    model = build_model(TINY, np.random.default_rng(0))
+    images, targets = tiny_batch()
+    rng = np.random.default_rng(0)
+    images.append(rng.standard_normal((3, 33, 70)).astype(np.float32))
+    targets.append({"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+                    "masks": np.zeros((0, 33, 70), np.uint8)})
+    losses, cache = model.forward_train(images, targets, rng)
+    assert set(losses) == set(LOSS_KEYS)
+    assert all(isinstance(v, float) and np.isfinite(v) for v in losses.values())
+    model.backward(cache)
+    # boxes are clipped to each image's own size, not the padded batch (64 x 96)
+    for (h, w), props in zip([(64, 64), (48, 60), (33, 70)], cache["proposals"], strict=True):
+        assert props[:, [0, 2]].max() <= w and props[:, [1, 3]].max() <= h
+    out = model.predict(images)
+    assert len(out) == 3
+    for det, im in zip(out, images, strict=True):
+        d = det["boxes"].shape[0]
+        assert det["boxes"].dtype == np.float32 and det["boxes"].shape == (d, 4)
+        assert det["labels"].dtype == np.int64 and det["labels"].shape == (d,)
+        assert det["scores"].dtype == np.float32 and det["scores"].shape == (d,)
+        assert det["masks"].dtype == bool and det["masks"].shape == (d,) + im.shape[1:]
+        assert np.all(det["boxes"][:, 2] <= im.shape[2]) and np.all(det["boxes"][:, 3] <= im.shape[1])
+        assert np.all(np.diff(det["scores"]) <= 0) and np.all(det["scores"] > 0.05)
+        assert d <= TINY.detections_per_img
+        assert set(det["labels"].tolist()) <= {1, 2}
+
+
+def test_batch_where_no_image_has_instances():
+    model = build_model(TINY, np.random.default_rng(0))
+    img = np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32)
+    t = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+         "masks": np.zeros((0, 32, 32), np.uint8)}
+    losses, cache = model.forward_train([img], [t], np.random.default_rng(0))
+    assert losses["loss_mask"] == 0.0 and losses["loss_box_reg"] == 0.0
+    assert losses["loss_rpn_box_reg"] == 0.0 and losses["loss_objectness"] > 0
+    model.backward(cache)
+    assert not model.roi_heads.mask_head.mask_fcn_logits.weight.grad.any()
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = build_model(TINY, np.random.default_rng(0))
+    images, targets = tiny_batch()
+    rng = np.random.default_rng(0)
+    with pytest.raises(TypeError, match="non-empty list"):
+        model.predict([])
+    with pytest.raises(ValueError, match=r"images\[1\] must have shape \(3, H, W\)"):
+        model.predict([images[0], images[1][:2]])
+    with pytest.raises(TypeError, match=r"images\[0\] must be a float"):
+        model.predict([images[0].astype(np.uint8)])
+    with pytest.raises(ValueError, match="one per image"):
+        model.forward_train(images, targets[:1], rng)
+    bad = dict(targets[0], masks=targets[0]["masks"][:, :-1])  # (G, 63, 64) vs image (64, 64)
+    with pytest.raises(ValueError, match=r"targets\[0\]\['masks'\] must have shape"):
+        model.forward_train(images, [bad, targets[1]], rng)
+    bad = dict(targets[1], labels=np.array([3]))
+    with pytest.raises(ValueError, match=r"labels'\] must lie in 1..2"):
+        model.forward_train(images, [targets[0], bad], rng)
+    bad = dict(targets[0], boxes=targets[0]["boxes"].copy())
+    bad["boxes"][1, 2] = bad["boxes"][1, 0]  # zero width
+    with pytest.raises(ValueError, match=r"boxes'\]\[1\].*zero or negative width"):
+        model.forward_train(images, [bad, targets[1]], rng)
+    bad = dict(targets[0], boxes=targets[0]["boxes"][:1])
+    with pytest.raises(ValueError, match="labels"):
+        model.forward_train(images, [bad, targets[1]], rng)
+
+
+def test_softmax_mask_loss_and_other_roi_ops_run():
+    images, targets = tiny_batch()
+    for change in ({"mask_loss": "softmax"}, {"roi_op": "pool"}, {"roi_op": "warp_max"},
+                   {"roi_op": "align", "roi_aligned": True}):
+        cfg = dataclasses.replace(TINY, **change)
+        model = build_model(cfg, np.random.default_rng(0))
+        losses, cache = model.forward_train(images, targets, np.random.default_rng(0))
+        assert all(np.isfinite(v) for v in losses.values()), change
+        model.backward(cache)
+        out = model.predict(images[:1])
+        assert out[0]["masks"].shape[1:] == (64, 64)
