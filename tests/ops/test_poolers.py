@@ -71,7 +71,7 @@ def test_large_boxes_go_to_coarse_levels():
     np.testing.assert_allclose(out[2:], ref, rtol=1e-12)
 
 
-@pytest.mark.parametrize("roi_op", ["align"])
+@pytest.mark.parametrize("roi_op", ["align", "warp_avg", "warp_max", "pool"])
 def test_backward_is_the_adjoint_per_level(roi_op):
     rng = np.random.default_rng(2)
     feats = [f + 0.01 * rng.permutation(f.size).reshape(f.shape) for f in pyramid(rng)]

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from minimaskrcnn.ops import roi_align, roi_align_backward
 from minimaskrcnn.testing.gradcheck import gradcheck
 from minimaskrcnn.testing.roi_cases import random_rois
+from minimaskrcnn.testing.tiers import tier_params
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -201,3 +202,27 @@ def test_bad_arguments():
         roi_align_backward(np.zeros((1, 1, 3, 3), np.float32), boxes, X.shape, 2)
     with pytest.raises(ValueError, match="input_shape"):
         roi_align_backward(np.zeros((1, 1, 2, 2), np.float32), boxes, (2, 1, 4), 2)
+
+
+# ------------------------------------------------------------------------------------------
+# GPU tiers: atomic and deterministic backward
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpu_tier", tier_params(("cuda", "cupy")))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_backward_atomic_and_deterministic(gpu_tier, dtype):
+    rng = np.random.default_rng(5)
+    x_shape = (2, 2, 8, 8)
+    boxes = random_rois(rng, 2, 8, 8, 5, 1.0, dtype)
+    boxes[:, 0] = [0, 0, 1, 0, 1]
+    boxes[1, 1:] = boxes[0, 1:]  # two identical RoIs: same cells receive from both
+    g = rng.standard_normal((5, 2, 3, 3)).astype(dtype)
+    args = (3, 1.0, 2, True)
+    ref = roi_align_backward(g, boxes, x_shape, *args, tier="numpy")
+    atomic = roi_align_backward(g, boxes, x_shape, *args, tier=gpu_tier)
+    det1 = roi_align_backward(g, boxes, x_shape, *args, tier=gpu_tier, deterministic=True)
+    det2 = roi_align_backward(g, boxes, x_shape, *args, tier=gpu_tier, deterministic=True)
+    np.testing.assert_allclose(atomic, ref, **tol(dtype))
+    np.testing.assert_allclose(det1, ref, **tol(dtype))
+    np.testing.assert_array_equal(det1, det2)
