@@ -108,6 +108,16 @@ def test_project_equals_roi_align_on_the_same_inputs():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
+def test_project_accepts_bool_and_float_masks(tier):
+    # uint8 is read as is by the kernels; bool is viewed as uint8; floats are converted.
+    masks, boxes, idx = _project_case(11, 3, 4)
+    want = project_masks_on_boxes(masks, boxes, idx, 4, tier="numpy")
+    for m in (masks.astype(bool), masks.astype(np.float32), masks.astype(np.float64)):
+        got = project_masks_on_boxes(m, boxes, idx, 4, tier=tier)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_project_float64_boxes_give_float64(tier):
     masks = np.ones((1, 4, 4), np.uint8)
     out = project_masks_on_boxes(masks, np.array([[0.5, 0.5, 3, 3]]), np.array([0]), 2, tier=tier)

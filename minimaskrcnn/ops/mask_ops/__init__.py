@@ -109,7 +109,12 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, *, tier=None):
         return xp.zeros((0, M, M), dtype=boxes.dtype)
     if gt_masks.shape[1] == 0 or gt_masks.shape[2] == 0:  # nothing to sample from
         return xp.zeros((R, M, M), dtype=boxes.dtype)
-    gt_masks = xp.ascontiguousarray(gt_masks, dtype=boxes.dtype)
+    # 0/1 masks stay uint8 (the kernels read them as such: a float copy of every mask would cost
+    # more than the resampling); any other dtype is converted to the boxes' dtype.
+    if gt_masks.dtype == np.bool_:
+        gt_masks = gt_masks.view(np.uint8)
+    target_dtype = np.uint8 if gt_masks.dtype == np.uint8 else boxes.dtype
+    gt_masks = xp.ascontiguousarray(gt_masks, dtype=target_dtype)
     boxes = xp.ascontiguousarray(boxes)
     matched_idxs = xp.ascontiguousarray(matched_idxs, dtype=np.int64)
     return fn(gt_masks, boxes, matched_idxs, M)

@@ -58,7 +58,10 @@ def _project(gt_masks, boxes, matched_idxs, M, out):
 
 
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
-    """``(G, H, W)``, ``(R, 4)``, ``(R,)`` -> ``(R, M, M)`` in boxes' dtype."""
+    """``(G, H, W)`` uint8 or boxes' dtype, ``(R, 4)``, ``(R,)`` -> ``(R, M, M)`` in boxes' dtype.
+
+    A uint8 mask value times a float weight is computed in the float type (Numba's promotion).
+    """
     out = np.empty((boxes.shape[0], M, M), dtype=boxes.dtype)
     _project(gt_masks, boxes, matched_idxs, M, out)
     return out

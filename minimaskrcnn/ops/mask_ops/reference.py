@@ -49,12 +49,13 @@ def linear_source(dst, scale, in_size):
 
 
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
-    """``(G, H, W)`` masks (boxes' dtype), ``(R, 4)`` boxes, ``(R,)`` indices -> ``(R, M, M)``.
+    """``(G, H, W)`` masks (uint8 or boxes' dtype), ``(R, 4)`` boxes, ``(R,)`` indices -> ``(R, M, M)``.
 
     RoIAlign with ``spatial_scale=1``, ``aligned=False`` and the adaptive sampling grid
     ``ceil(roi_size / M)`` per bin on each axis, of mask ``matched_idxs[r]`` over box ``r``.
     """
     R = boxes.shape[0]
+    gt_masks = gt_masks.astype(boxes.dtype)  # torchvision's gt_masks[:, None].to(rois)
     _, H, W = gt_masks.shape
     out = np.zeros((R, M, M), dtype=boxes.dtype)
     for r in range(R):

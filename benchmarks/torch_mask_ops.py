@@ -1,0 +1,62 @@
+"""torchvision's CPU mask-head functions on the inputs of bench_mask_ops.py, for comparison.
+
+Run with the separate torch interpreter (torch is never a dependency of minimaskrcnn)::
+
+    /work/torchvenv/bin/python benchmarks/torch_mask_ops.py [--json]
+
+``roi_heads.project_masks_on_boxes``, ``F.binary_cross_entropy_with_logits`` forward + backward
+on the label channel (what ``maskrcnn_loss`` does), ``roi_heads.paste_masks_in_image``.
+Prints median milliseconds (one warm-up call, then ``REPEATS`` runs).
+"""
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection import roi_heads
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mask_ops_data import REPEATS, M, loss_inputs, paste_inputs, target_inputs  # noqa: E402
+
+
+def median_ms(fn) -> float:
+    fn()
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main():
+    results = {}
+    masks, boxes, idx = (torch.from_numpy(a) for a in target_inputs())
+    results["targets"] = median_ms(lambda: roi_heads.project_masks_on_boxes(masks, boxes, idx, M))
+
+    logits, labels, targets = (torch.from_numpy(a) for a in loss_inputs())
+
+    def loss_step():
+        x = logits.clone().requires_grad_()
+        loss = F.binary_cross_entropy_with_logits(x[torch.arange(len(labels)), labels - 1],
+                                                  targets)
+        loss.backward()
+
+    results["loss"] = median_ms(loss_step)
+    pm, pb, shape = paste_inputs()
+    pm, pb = torch.from_numpy(pm)[:, None], torch.from_numpy(pb)
+    results["paste"] = median_ms(lambda: roi_heads.paste_masks_in_image(pm, pb, shape, padding=1))
+    if "--json" in sys.argv:
+        print(json.dumps(results))
+    else:
+        for k, v in results.items():
+            print(f"{k}: {v:.2f} ms")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(True)
+    main()
