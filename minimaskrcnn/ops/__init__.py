@@ -2,52 +2,54 @@
 
 Every op lives in its own package (``nms/``, ``roi_align/``, ...) with ``reference.py`` (NumPy),
 ``numba_cpu.py``, ``numba_cuda.py`` and, where natural, ``cupy.py``; the package's
-``__init__`` validates arguments and asks :mod:`minimaskrcnn.backend` for the tier.
+``__init__`` validates arguments and asks :mod:`minimaskrcnn.backend` for the tier. Importing
+this module is cheap: the tier modules (and so Numba compilation, ``numba.cuda``, CuPy) are
+imported on the first call that needs them.
 
-The public names below are imported on first use (so ``import minimaskrcnn.ops`` stays cheap and
-never compiles a kernel).
+Several ops share their package's name (``nms``, ``roi_align``, ...). The imports below bind the
+*function* over the subpackage attribute that Python sets while importing it, so
+``minimaskrcnn.ops.nms`` is the function; the package stays reachable through ``sys.modules``
+and ``import minimaskrcnn.ops.nms.reference``.
 """
 
-from __future__ import annotations
+from minimaskrcnn.ops.anchors import AnchorGenerator
+from minimaskrcnn.ops.boxes import (
+    BoxCoder,
+    box_area,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
+from minimaskrcnn.ops.mask_ops import (
+    mask_loss,
+    mask_loss_backward,
+    paste_masks_in_image,
+    project_masks_on_boxes,
+)
+from minimaskrcnn.ops.nms import batched_nms, nms
+from minimaskrcnn.ops.poolers import MultiScaleRoIAlign
+from minimaskrcnn.ops.roi_align import roi_align, roi_align_backward
+from minimaskrcnn.ops.roi_pool import roi_pool, roi_pool_backward
+from minimaskrcnn.ops.roi_warp import roi_warp, roi_warp_backward
 
-import importlib
-
-_PUBLIC = {
-    # boxes and box coding (issue: foundation)
-    "box_area": "minimaskrcnn.ops.boxes",
-    "box_iou": "minimaskrcnn.ops.boxes",
-    "clip_boxes_to_image": "minimaskrcnn.ops.boxes",
-    "remove_small_boxes": "minimaskrcnn.ops.boxes",
-    "BoxCoder": "minimaskrcnn.ops.boxes",
-    "AnchorGenerator": "minimaskrcnn.ops.anchors",
-    "nms": "minimaskrcnn.ops.nms",
-    "batched_nms": "minimaskrcnn.ops.nms",
-    # RoI feature extraction
-    "roi_align": "minimaskrcnn.ops.roi_align",
-    "roi_align_backward": "minimaskrcnn.ops.roi_align",
-    "roi_pool": "minimaskrcnn.ops.roi_pool",
-    "roi_pool_backward": "minimaskrcnn.ops.roi_pool",
-    "roi_warp": "minimaskrcnn.ops.roi_warp",
-    "roi_warp_backward": "minimaskrcnn.ops.roi_warp",
-    "MultiScaleRoIAlign": "minimaskrcnn.ops.poolers",
-    # mask head ops
-    "project_masks_on_boxes": "minimaskrcnn.ops.mask_ops",
-    "mask_loss": "minimaskrcnn.ops.mask_ops",
-    "mask_loss_backward": "minimaskrcnn.ops.mask_ops",
-    "paste_masks_in_image": "minimaskrcnn.ops.mask_ops",
-}
-
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'minimaskrcnn.ops' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__all__ = [
+    "AnchorGenerator",
+    "BoxCoder",
+    "MultiScaleRoIAlign",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "clip_boxes_to_image",
+    "mask_loss",
+    "mask_loss_backward",
+    "nms",
+    "paste_masks_in_image",
+    "project_masks_on_boxes",
+    "remove_small_boxes",
+    "roi_align",
+    "roi_align_backward",
+    "roi_pool",
+    "roi_pool_backward",
+    "roi_warp",
+    "roi_warp_backward",
+]

@@ -12,9 +12,6 @@ Tiers (see :mod:`minimaskrcnn.backend`): ``reference.py`` (NumPy, the specificat
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 
 from minimaskrcnn import backend
@@ -103,19 +100,3 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, *, tier: str | None =
     kept = xp.flatnonzero(keep_mask)
     return kept[sort_by_score(scores[kept])].astype(np.int64)
 
-
-class _CallablePackage(types.ModuleType):
-    """This package, callable as :func:`nms`.
-
-    ``minimaskrcnn.ops.nms`` names both this package and the function. Importing the package
-    (which the tier dispatch does) makes Python bind the *package* as the attribute ``nms`` of
-    ``minimaskrcnn.ops``, shadowing the lazily exported function; so calling the package calls
-    the function, and ``minimaskrcnn.ops.nms(boxes, scores, t)`` works either way.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return nms(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
-__wrapped__ = nms  # inspect.signature(minimaskrcnn.ops.nms) shows the function's signature
