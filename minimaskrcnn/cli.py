@@ -2,14 +2,136 @@
 
 Subcommands:
     tiers       which kernel tiers can run on this machine, and why not for the others
+    demo        train on the embedded DSB2018 sample, evaluate on its val part, draw predictions
+    train       train a preset on a COCO dataset (train JSON + image folder), optional validation
+    evaluate    COCO AP (masks, boxes), DSB score and seconds per image of a checkpoint
+    predict     detections of a checkpoint on image files: overlay PNGs and a COCO results JSON
 
 Errors are printed as one line on stderr with a non-zero exit status, never a traceback.
+
+The demo schedule (``nuclei-mini-demo``) is ``nuclei-mini`` with the same model, data
+transforms, optimiser and evaluation, and a schedule cut to fit a 2-core CPU: see
+:func:`demo_config`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
+import time
+
+DEMO_ITERATIONS = 60
+"""Iterations of ``minimaskrcnn demo`` (about 10 minutes on a 2-core CPU, evaluation included)."""
+DEMO_QUICK_ITERATIONS = 6
+"""Iterations of ``minimaskrcnn demo --quick`` (about a minute)."""
+
+
+class CLIError(Exception):
+    """An error the command reports as one line (bad path, bad argument, ...)."""
+
+
+def demo_config(iterations: int = DEMO_ITERATIONS, *, batch_size: int = 2, crop_size: int = 256,
+                preset: str = "nuclei-mini"):
+    """``nuclei-mini-demo``: ``nuclei-mini`` with a schedule cut to ``iterations``.
+
+    Same model, transforms, optimiser (SGD momentum 0.9, weight decay 1e-4, base lr 0.01) and
+    evaluation; batch ``batch_size`` crops; the linear warm-up lasts ``iterations // 10``
+    iterations (at least 1) and the lr drops x0.1 at 2/3 and 8/9 of the run (the preset's
+    2000 and 2666 of 3000); no intermediate validation, one checkpoint at the end. Another
+    ``preset`` (``shapes-mini``: a smaller network, for a smoke test) is cut the same way, with
+    one class.
+    """
+    from minimaskrcnn.config import get_preset
+
+    base = get_preset(preset)
+    if base.model.num_classes != 1:  # the nuclei sample has one class
+        base = dataclasses.replace(base, model=dataclasses.replace(base.model, num_classes=1))
+    milestones = tuple(sorted({max(1, round(iterations * 2 / 3)), max(2, round(iterations * 8 / 9))}))
+    train = dataclasses.replace(
+        base.train, iterations=iterations, batch_size=batch_size, crop_size=crop_size,
+        warmup_iters=max(1, iterations // 10), milestones=milestones,
+        checkpoint_every=iterations, val_every=iterations, log_every=1)
+    return dataclasses.replace(base, name=f"{preset}-demo", train=train)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _dataset(json_path: str, images: str):
+    from minimaskrcnn.data import CocoDataset
+
+    if not os.path.isfile(json_path):
+        raise CLIError(f"{json_path}: annotation file not found")
+    if not os.path.isdir(images):
+        raise CLIError(f"{images}: image folder not found")
+    return CocoDataset(json_path, images)
+
+
+def _load_model(checkpoint: str):
+    """(config, model, category_ids, class_names) from a checkpoint written by ``train``."""
+    import numpy as np
+
+    from minimaskrcnn import build_model
+    from minimaskrcnn.config import config_from_dict
+    from minimaskrcnn.training.checkpoint import load_checkpoint
+
+    if not os.path.isfile(checkpoint):
+        raise CLIError(f"{checkpoint}: checkpoint not found")
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt.config)
+    model = build_model(cfg, np.random.default_rng(0))
+    model.load_state_dict(ckpt.params)
+    ds = ckpt.config.get("dataset") or {}
+    k = cfg.model.num_classes
+    category_ids = ds.get("category_ids") or list(range(1, k + 1))
+    class_names = ds.get("class_names") or [str(c) for c in category_ids]
+    return cfg, model, category_ids, class_names
+
+
+def _with_overrides(cfg, args):
+    changes = {}
+    for name in ("batch_size", "crop_size", "checkpoint_every", "val_every", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    if getattr(args, "iters", None) is not None:
+        changes["iterations"] = args.iters
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+
+
+def _figure(model, dataset, path: str, n: int, results=None) -> None:
+    """Predictions next to ground truth for the first ``n`` images of ``dataset``."""
+    from minimaskrcnn.data import standardize
+    from minimaskrcnn.viz_detections import plot_predictions_vs_gt
+
+    images, targets, preds, titles = [], [], [], []
+    for i in range(min(n, len(dataset))):
+        image, target = dataset[i]
+        image_id = int(dataset.image_ids[i])
+        pred = results[image_id] if results and image_id in results else model.predict(
+            [standardize(image)])[0]
+        images.append(image)
+        targets.append(target)
+        preds.append(pred)
+        titles.append(dataset.image_info(i)["file_name"][:16])
+    plot_predictions_vs_gt(images, targets, preds, path, titles=titles)
+
+
+def _check_model_available() -> None:
+    try:
+        from minimaskrcnn import build_model  # noqa: F401
+    except ImportError as e:  # pragma: no cover - only while the model is missing
+        raise CLIError(f"the model is not available: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
 
 
 def _cmd_tiers(args: argparse.Namespace) -> int:
@@ -22,6 +144,120 @@ def _cmd_tiers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from minimaskrcnn.data import load_sample
+    from minimaskrcnn.evaluation import evaluate_model, format_metrics
+    from minimaskrcnn.training.loop import train
+
+    _check_model_available()
+    iterations = args.iters or (DEMO_QUICK_ITERATIONS if args.quick else DEMO_ITERATIONS)
+    cfg = demo_config(iterations, crop_size=args.crop_size or 256, preset=args.preset)
+    out = args.out
+    train_ds, val_ds = load_sample("train"), load_sample("val")
+    val_limit = args.val_images or (2 if args.quick else None)
+    print(f"minimaskrcnn demo: {cfg.name}, {iterations} iterations of {cfg.train.batch_size} "
+          f"crops {cfg.train.crop_size}x{cfg.train.crop_size} on the embedded DSB2018 sample "
+          f"({len(train_ds)} train images), then evaluation on "
+          f"{val_limit or len(val_ds)} val images; run folder {out}")
+    t0 = time.perf_counter()
+    result = train(cfg, train_ds, out, progress=not args.no_progress)
+    t_train = time.perf_counter() - t0
+    metrics = evaluate_model(result["model"], val_ds, cfg.eval, out_dir=out, limit=val_limit,
+                             progress=not args.no_progress)
+    figure = os.path.join(out, "predictions.png")
+    _figure(result["model"], val_ds, figure, min(3, val_limit or 3), metrics["_results"])
+    print(format_metrics(metrics))
+    print(f"training: {t_train:.0f} s ({result['seconds_per_iteration']:.2f} s per iteration, "
+          f"median); total {time.perf_counter() - t0:.0f} s")
+    print(f"wrote {os.path.join(out, 'metrics.json')}, {figure}, "
+          f"{os.path.join(out, 'loss_curve.png')}, checkpoint {result['checkpoint']}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from minimaskrcnn.config import get_preset
+    from minimaskrcnn.evaluation import format_metrics
+    from minimaskrcnn.training.loop import train
+
+    _check_model_available()
+    cfg = _with_overrides(get_preset(args.preset), args)
+    train_ds = _dataset(args.train_json, args.images)
+    val_ds = None
+    if args.val_json:
+        val_ds = _dataset(args.val_json, args.val_images or args.images)
+    if val_ds is not None and train_ds.category_ids != val_ds.category_ids:
+        raise CLIError(f"{args.val_json} has category ids {val_ds.category_ids}, "
+                       f"{args.train_json} has {train_ds.category_ids}")
+    if train_ds.num_classes != cfg.model.num_classes:
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, num_classes=train_ds.num_classes))
+    result = train(cfg, train_ds, args.out, val_dataset=val_ds, resume=args.resume,
+                   val_limit=args.val_limit, progress=not args.no_progress)
+    print(f"trained {result['iteration']} iterations; checkpoint {result['checkpoint']}")
+    if result["val"]:
+        print(format_metrics(result["val"][-1]))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from minimaskrcnn.evaluation import evaluate_model, format_metrics
+
+    cfg, model, category_ids, _ = _load_model(args.checkpoint)
+    ds = _dataset(args.coco_json, args.images)
+    if len(ds.category_ids) != cfg.model.num_classes:
+        raise CLIError(f"{args.coco_json} has {len(ds.category_ids)} categories, the checkpoint's "
+                       f"model {cfg.model.num_classes}")
+    metrics = evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
+                             progress=not args.no_progress)
+    if args.figure:
+        _figure(model, ds, os.path.join(args.out, "predictions.png"), args.figure,
+                metrics["_results"])
+    print(format_metrics(metrics))
+    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from minimaskrcnn.data import read_image, standardize
+    from minimaskrcnn.evaluation import coco_results, write_results_json
+    from minimaskrcnn.viz_detections import save_overlay
+
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise CLIError(f"{path}: image file not found")
+    cfg, model, category_ids, class_names = _load_model(args.checkpoint)
+    os.makedirs(args.out, exist_ok=True)
+    results, records = {}, []
+    for k, path in enumerate(args.images):
+        image = read_image(path)
+        t0 = time.perf_counter()
+        pred = model.predict([standardize(image)])[0]
+        dt = time.perf_counter() - t0
+        image_id = k + 1
+        results[image_id] = pred
+        records.append({"id": image_id, "file_name": os.path.abspath(path),
+                        "height": int(image.shape[0]), "width": int(image.shape[1])})
+        stem = os.path.splitext(os.path.basename(path))[0]
+        out_png = os.path.join(args.out, f"{image_id:04d}_{stem}.png")
+        save_overlay(out_png, image, pred, score_thresh=args.score_thresh)
+        n = int((pred["scores"] >= args.score_thresh).sum())
+        print(f"{path}: {n} detections with score >= {args.score_thresh} "
+              f"({len(pred['scores'])} in all), {dt:.2f} s -> {out_png}")
+    write_results_json(os.path.join(args.out, "results.json"), coco_results(results, category_ids))
+    with open(os.path.join(args.out, "images.json"), "w", encoding="utf-8") as f:
+        json.dump({"images": records,
+                   "categories": [{"id": c, "name": n}
+                                  for c, n in zip(category_ids, class_names, strict=True)]}, f)
+    print(f"wrote {os.path.join(args.out, 'results.json')} (COCO results; image ids in "
+          f"{os.path.join(args.out, 'images.json')})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minimaskrcnn",
@@ -30,11 +266,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("tiers", help="list the kernel tiers available on this machine")
     p.set_defaults(func=_cmd_tiers)
+
+    p = sub.add_parser("demo", help="train on the embedded DSB2018 nuclei sample and evaluate",
+                       description="Train nuclei-mini-demo (nuclei-mini with a short schedule) on "
+                                   "the 24 embedded DSB2018 train images, evaluate on the 8 val "
+                                   "images, print the metrics and draw predictions next to the "
+                                   "ground truth.")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{DEMO_QUICK_ITERATIONS} iterations and 2 val images (about a minute)")
+    p.add_argument("--out", default="minimaskrcnn-demo", help="run folder (default %(default)s)")
+    p.add_argument("--iters", type=int, help="override the number of iterations")
+    p.add_argument("--crop-size", type=int, help="training crop side (default 256)")
+    p.add_argument("--val-images", type=int, help="evaluate on the first N val images only")
+    p.add_argument("--preset", default="nuclei-mini",
+                   help="network preset (default %(default)s; shapes-mini is a smaller network "
+                        "for a smoke test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train a preset on a COCO dataset")
+    p.add_argument("--preset", default="nuclei-mini", help="nuclei-mini or shapes-mini")
+    p.add_argument("--train-json", required=True, help="COCO instances file to train on")
+    p.add_argument("--images", required=True, help="image folder of --train-json")
+    p.add_argument("--val-json", help="COCO instances file to validate on")
+    p.add_argument("--val-images", help="image folder of --val-json (default --images)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--iters", type=int, help="total iterations (default: the preset's)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last "
+                   "checkpoint (exactly)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--val-limit", type=int, help="validate on the first N images only")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="COCO metrics and DSB score of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--coco-json", required=True, help="ground-truth COCO instances file")
+    p.add_argument("--images", required=True, help="its image folder")
+    p.add_argument("--out", required=True, help="folder for metrics.json and results.json")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--figure", type=int, default=0, metavar="N",
+                   help="also draw predictions next to ground truth for N images")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="detect on image files: overlays + COCO results JSON")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="draw detections with at least this score (default %(default)s); the "
+                        "JSON has them all")
+    p.set_defaults(func=_cmd_predict)
     return parser
-
-
-class CLIError(Exception):
-    """An error the command reports as one line (bad path, bad argument, ...)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"minimaskrcnn {args.command}: error: {e}", file=sys.stderr)
+    except (CLIError, OSError, ValueError, RuntimeError, KeyError) as e:
+        msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
+        print(f"minimaskrcnn {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -16,7 +16,7 @@ the parameters, the optimiser's momentum buffers and the iteration, and continue
 the batches, crops and samples of the uninterrupted run.
 
 Files in the run folder ``out_dir``:
-    config.json                     the Config (JSON)
+    config.json                     the Config (JSON) and the class names (checkpoint_config)
     log.jsonl                       one JSON line per iteration: iteration, lr, the five loss
                                     terms, loss (their sum), seconds, images_per_s
     val.jsonl                       one line per validation: iteration and the metrics
@@ -39,7 +39,7 @@ import numpy as np
 from minimaskrcnn.config import Config, config_to_dict
 from minimaskrcnn.data.loader import TrainBatches, sample_rng
 
-__all__ = ["LOSS_KEYS", "NonFiniteLossError", "find_last_checkpoint", "train"]
+__all__ = ["LOSS_KEYS", "NonFiniteLossError", "checkpoint_config", "find_last_checkpoint", "train"]
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 """torchvision's names of the five Mask R-CNN losses (total = their plain sum)."""
@@ -81,7 +81,17 @@ def find_last_checkpoint(out_dir: str) -> str | None:
     return ckpt
 
 
-def _save(out_dir: str, model, optimizer, iteration: int, cfg: Config) -> str:
+def checkpoint_config(cfg: Config, dataset) -> dict:
+    """The ``config`` a checkpoint stores: the Config's dict plus ``"dataset": {"category_ids",
+    "class_names"}`` (label k is COCO category ``category_ids[k - 1]``), which
+    ``config_from_dict`` ignores and ``predict`` / ``evaluate`` use to name the classes."""
+    d = config_to_dict(cfg)
+    d["dataset"] = {"category_ids": [int(c) for c in dataset.category_ids],
+                    "class_names": list(dataset.class_names)}
+    return d
+
+
+def _save(out_dir: str, model, optimizer, iteration: int, cfg: Config, config_dict: dict) -> str:
     from minimaskrcnn.training.checkpoint import save_checkpoint
 
     path = os.path.join(out_dir, checkpoint_name(iteration))
@@ -90,7 +100,7 @@ def _save(out_dir: str, model, optimizer, iteration: int, cfg: Config) -> str:
                             "order (counter epoch), 1 crops (counter sample), 2 model "
                             "sampling (counter iteration)"}
     save_checkpoint(path, model, optimizer=optimizer, iteration=iteration,
-                    config=config_to_dict(cfg), rng_state=rng_state)
+                    config=config_dict, rng_state=rng_state)
     tmp = os.path.join(out_dir, LAST_FILE + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(os.path.basename(path) + "\n")
@@ -217,8 +227,9 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
             if os.path.exists(os.path.join(out_dir, name)):
                 os.remove(os.path.join(out_dir, name))
         vals = []
+    ckpt_config = checkpoint_config(cfg, train_dataset)
     with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(config_to_dict(cfg), f, indent=2)
+        json.dump(ckpt_config, f, indent=2)
 
     def validate(iteration):
         from minimaskrcnn.evaluation import evaluate_model
@@ -261,7 +272,7 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
                             refresh=False)
             done = t + 1
             if done % tc.checkpoint_every == 0 or done == total:
-                last_ckpt = _save(out_dir, model, optimizer, done, cfg)
+                last_ckpt = _save(out_dir, model, optimizer, done, cfg, ckpt_config)
             if val_dataset is not None and (done % tc.val_every == 0 or done == total):
                 m = validate(done)
                 bar.write(f"iteration {done}: val mask AP {m['segm']['AP']:.3f}, "
