@@ -4,19 +4,22 @@ Shapes: x ``(N, C, H, W)``, weight ``(O, C, kh, kw)`` (``ConvTranspose2d``: ``(C
 as in torch), y ``(N, O, Ho, Wo)`` with ``Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1``
 (torch.nn.Conv2d's formula, floor mode).
 
-The lowering (im2col). The input is zero-padded once; for every kernel tap ``t = (a, b)`` a
-strided *view* of the padded input, ``(N, C, Ho, Wq)``, holds the input pixel that tap reads
-for every output pixel; the taps are copied into ``cols (N, C*kh*kw, Ho*Wq)`` and
-``y = W(O, C*kh*kw) @ cols`` is one matrix product (per image, on the BLAS).
+The lowering (im2col). The input is zero-padded once into a channel-major buffer
+``(C, N, ...)``; for every kernel tap ``t = (a, b)`` a strided *view* of it holds the input pixel
+that tap reads for every output pixel; the taps are copied into
+``cols (C*kh*kw, N*Ho*Wq)`` and ``y = W(O, C*kh*kw) @ cols`` is a matrix product on the BLAS.
+On the CPU the product is done block by block (whole small images, or bands of output rows of
+a large one) so that each block of ``cols`` (~4 MiB) is still in cache when the BLAS reads it;
+on the GPU it is one product.
 
 * Stride 1 uses "wide rows": the padded image is flattened and output row ``i`` is computed for
   all ``Wq = Wp`` padded columns, so each tap is a *contiguous* slice of the flat image
   (``offset = a*dh*Wp + b*dw``) and both im2col and col2im are plain memory copies/adds; the
   ``Wp - Wo`` extra columns of each output row are discarded (their gradient is zero).
 * Stride > 1 uses exact rows (``Wq = Wo``) and strided tap views.
-* A 1x1 stride-1 unpadded conv needs no copy at all: ``cols`` is ``x`` reshaped.
+* A 1x1 stride-1 unpadded conv needs no im2col: ``cols`` is the (channel-major) input.
 
-The backward pass is the same lowering read backwards: ``dW = sum_n dy_n @ cols_n^T``,
+The backward pass is the same lowering read backwards: ``dW = dy @ cols^T``,
 ``dcols = W^T @ dy`` and col2im adds every tap's slice of ``dcols`` back into the padded input
 gradient. ``ConvTranspose2d`` is exactly the backward of a ``Conv2d`` (and vice versa).
 
@@ -85,153 +88,174 @@ def _flat_len(g: Geometry) -> int:
 
 
 def _is_pointwise(g: Geometry) -> bool:
-    """1x1, stride 1, no padding: ``cols`` is the input itself (no copy, no col2im)."""
+    """1x1, stride 1, no padding: ``cols`` is the input itself (no im2col, no col2im)."""
     return g.kh == 1 and g.kw == 1 and g.wide and g.ph == 0 and g.pw == 0
 
 
 def pad_input(x, g: Geometry):
-    """Zero-padded input buffer: wide -> ``(N, C, flat_len)``, else ``(N, C, Hp, Wp)``."""
+    """Zero-padded, channel-major copy of ``x (N, C, H, W)``: ``(C, N, flat_len)`` for wide
+    rows (stride 1), else ``(C, N, Hp, Wp)``."""
     xp = get_array_module(x)
     N, C = x.shape[:2]
+    xt = x.transpose(1, 0, 2, 3)                                 # (C, N, H, W) view
+    if _is_pointwise(g):
+        return xp.ascontiguousarray(xt).reshape(C, N, g.H * g.W)
     if g.wide:
-        if _is_pointwise(g):
-            return xp.ascontiguousarray(x).reshape(N, C, g.H * g.W)
-        buf = xp.zeros((N, C, _flat_len(g)), dtype=x.dtype)
-        buf[:, :, : g.Hp * g.Wp].reshape(N, C, g.Hp, g.Wp)[
-            :, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W] = x
-        return buf
-    if g.ph == 0 and g.pw == 0:
-        return x
-    buf = xp.zeros((N, C, g.Hp, g.Wp), dtype=x.dtype)
-    buf[:, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W] = x
+        buf = xp.zeros((C, N, _flat_len(g)), dtype=x.dtype)
+        interior = buf[:, :, : g.Hp * g.Wp].reshape(C, N, g.Hp, g.Wp)
+    else:
+        buf = interior = xp.zeros((C, N, g.Hp, g.Wp), dtype=x.dtype)
+    interior[:, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W] = xt
     return buf
 
 
 def unpad(dbuf, g: Geometry):
     """Inverse of :func:`pad_input`'s layout: the ``(N, C, H, W)`` interior, contiguous."""
     xp = get_array_module(dbuf)
-    N, C = dbuf.shape[:2]
+    C, N = dbuf.shape[:2]
     if g.wide:
-        if _is_pointwise(g):
-            return dbuf.reshape(N, C, g.H, g.W)
-        dbuf = dbuf[:, :, : g.Hp * g.Wp].reshape(N, C, g.Hp, g.Wp)
-    if g.ph == 0 and g.pw == 0:
-        return dbuf
-    return xp.ascontiguousarray(dbuf[:, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W])
+        dbuf = dbuf[:, :, : g.Hp * g.Wp].reshape(C, N, g.Hp, g.Wp)
+    interior = dbuf[:, :, g.ph : g.ph + g.H, g.pw : g.pw + g.W]
+    return xp.ascontiguousarray(interior.transpose(1, 0, 2, 3))
 
 
-def _tap(bufn, g: Geometry, a: int, b: int, r0: int, r1: int):
-    """View of one image's padded buffer read by kernel tap ``(a, b)`` for output rows
-    ``r0:r1``: ``(C, (r1 - r0)*Wq)`` when wide, ``(C, r1 - r0, Wo)`` otherwise."""
+class Block(NamedTuple):
+    """Images ``n0:n1`` and output rows ``r0:r1`` of each (a block of ``cols``)."""
+
+    n0: int
+    n1: int
+    r0: int
+    r1: int
+
+
+BLOCK_ELEMENTS = 1 << 20
+"""Target size of one block of ``cols`` on the CPU (4 MiB of float32). The matrix products of a
+convolution have few rows (O = 32..64), so the BLAS is limited by reading ``cols``; a block
+that was just written is still in the L2/L3 caches when the BLAS reads it. Measured on the
+2-core machine: 2^20 beat 2^15..2^19 and 2^22 (and one product over all of ``cols``) by
+10-40%."""
+
+
+def _blocks(xp, g: Geometry, N: int, C: int) -> list[Block]:
+    """Split the work into blocks of about BLOCK_ELEMENTS values of ``cols``: several whole
+    images when they fit, else bands of output rows of one image; one block on the GPU."""
+    if xp is not np:
+        return [Block(0, N, 0, g.Ho)]
+    row = C * g.kh * g.kw * g.Wq                                 # cols values per output row
+    if row * g.Ho <= BLOCK_ELEMENTS:
+        k = max(1, BLOCK_ELEMENTS // (row * g.Ho))
+        return [Block(n0, min(n0 + k, N), 0, g.Ho) for n0 in range(0, N, k)]
+    rows = max(1, BLOCK_ELEMENTS // row)
+    return [Block(n, n + 1, r0, min(r0 + rows, g.Ho))
+            for n in range(N) for r0 in range(0, g.Ho, rows)]
+
+
+def _span(a, blk: Block, g: Geometry):
+    """``a (K, N, Ho*Wq)`` restricted to a block, as a 2-D view ``(K, images*rows*Wq)``."""
+    return a[:, blk.n0 : blk.n1, blk.r0 * g.Wq : blk.r1 * g.Wq].reshape(a.shape[0], -1)
+
+
+def _tap(buf, g: Geometry, a: int, b: int, blk: Block):
+    """View of the padded buffer read by kernel tap ``(a, b)`` for a block:
+    ``(C, images, rows*Wq)`` when wide, ``(C, images, rows, Wo)`` otherwise."""
     if g.wide:
         off = a * g.dh * g.Wp + b * g.dw
-        return bufn[:, off + r0 * g.Wp : off + r1 * g.Wp]
-    i0, c0 = a * g.dh + g.sh * r0, b * g.dw
-    return bufn[:, i0 : i0 + g.sh * (r1 - r0 - 1) + 1 : g.sh,
-                c0 : c0 + g.sw * (g.Wo - 1) + 1 : g.sw]
+        return buf[:, blk.n0 : blk.n1, off + blk.r0 * g.Wp : off + blk.r1 * g.Wp]
+    i0, c0 = a * g.dh + g.sh * blk.r0, b * g.dw
+    return buf[:, blk.n0 : blk.n1, i0 : i0 + g.sh * (blk.r1 - blk.r0 - 1) + 1 : g.sh,
+               c0 : c0 + g.sw * (g.Wo - 1) + 1 : g.sw]
 
 
-BLOCK_ELEMENTS = 1 << 18
-"""Target size of one block of ``cols`` on the CPU (1 MiB of float32: it stays in L2 while the
-matrix product reads it, which is ~2.5x faster than one huge product over all of ``cols``)."""
+def _block_size(blk: Block, g: Geometry) -> int:
+    return (blk.n1 - blk.n0) * (blk.r1 - blk.r0) * g.Wq
 
 
-def _row_blocks(xp, g: Geometry, C: int):
-    """Output-row ranges ``(r0, r1)`` whose ``cols`` block has about BLOCK_ELEMENTS values
-    (one block per image on the GPU, where fewer larger launches win)."""
-    if xp is not np:
-        return [(0, g.Ho)]
-    rows = max(1, min(g.Ho, BLOCK_ELEMENTS // max(1, C * g.kh * g.kw * g.Wq)))
-    return [(r0, min(r0 + rows, g.Ho)) for r0 in range(0, g.Ho, rows)]
-
-
-def _cols_block(bufn, g: Geometry, r0: int, r1: int, scratch):
-    """``cols`` of output rows ``r0:r1`` of one image: ``(C*kh*kw, (r1 - r0)*Wq)``; a view of
-    the input for pointwise convs, else copied tap by tap into ``scratch``."""
-    C = bufn.shape[0]
-    n = (r1 - r0) * g.Wq
+def _cols_block(buf, g: Geometry, blk: Block, scratch):
+    """``cols`` of one block, ``(C*kh*kw, images*rows*Wq)``: a view of the input for pointwise
+    convs, else copied tap by tap into ``scratch (C, kh*kw, >= n)``."""
     if _is_pointwise(g):
-        return bufn[:, r0 * g.Wq : r1 * g.Wq]
+        return _span(buf, blk, g)
+    C = buf.shape[0]
+    n = _block_size(blk, g)
     out = scratch[:, :, :n]                                      # (C, kh*kw, n)
     for a in range(g.kh):
         for b in range(g.kw):
-            out[:, a * g.kw + b] = _tap(bufn, g, a, b, r0, r1).reshape(C, n)
+            tap = _tap(buf, g, a, b, blk)
+            out[:, a * g.kw + b].reshape(tap.shape)[...] = tap
     return out.reshape(C * g.kh * g.kw, n)
 
 
 def conv_lowered(buf, g: Geometry, w2=None, dyw=None):
     """One pass over the ``cols`` of a padded buffer ``buf`` (from :func:`pad_input`):
 
-    * ``w2 (O, C*kh*kw)`` given: ``yw = w2 @ cols``, ``(N, O, Ho*Wq)`` (the forward);
-    * ``dyw (N, O, Ho*Wq)`` given: ``dw = sum_n dyw_n @ cols_n^T``, ``(O, C*kh*kw)``.
+    * ``w2 (O, C*kh*kw)`` given: ``yw = w2 @ cols``, ``(O, N, Ho*Wq)`` (the forward);
+    * ``dyw (O, N, Ho*Wq)`` given: ``dw = dyw @ cols^T``, ``(O, C*kh*kw)``.
 
     Returns ``(yw, dw)`` (``None`` for what was not asked).
     """
     xp = get_array_module(buf)
-    N, C = buf.shape[:2]
+    C, N = buf.shape[:2]
     kk = g.kh * g.kw
-    blocks = _row_blocks(xp, g, C)
-    rows = max(r1 - r0 for r0, r1 in blocks)
-    scratch = None if _is_pointwise(g) else xp.empty((C, kk, rows * g.Wq), dtype=buf.dtype)
+    blocks = _blocks(xp, g, N, C)
+    biggest = max(_block_size(blk, g) for blk in blocks)
+    scratch = None if _is_pointwise(g) else xp.empty((C, kk, biggest), dtype=buf.dtype)
     yw = dw = None
     if w2 is not None:
-        yw = xp.empty((N, w2.shape[0], g.Ho * g.Wq), dtype=buf.dtype)
+        yw = xp.empty((w2.shape[0], N, g.Ho * g.Wq), dtype=buf.dtype)
     if dyw is not None:
-        dw = xp.zeros((dyw.shape[1], C * kk), dtype=buf.dtype)
-    for n in range(N):
-        for r0, r1 in blocks:
-            cols = _cols_block(buf[n], g, r0, r1, scratch)         # (C*kh*kw, rows*Wq)
-            span = slice(r0 * g.Wq, r1 * g.Wq)
-            if w2 is not None:
-                xp.matmul(w2, cols, out=yw[n, :, span])
-            if dyw is not None:
-                dw += dyw[n, :, span] @ cols.T
+        dw = xp.zeros((dyw.shape[0], C * kk), dtype=buf.dtype)
+    for blk in blocks:
+        cols = _cols_block(buf, g, blk, scratch)                 # (C*kh*kw, n)
+        if w2 is not None:
+            xp.matmul(w2, cols, out=_span(yw, blk, g))
+        if dyw is not None:
+            dw += _span(dyw, blk, g) @ cols.T
     return yw, dw
 
 
 def conv_lowered_input_grad(dyw, g: Geometry, w2, C: int):
-    """``col2im(w2^T @ dyw)`` un-padded: the gradient ``(N, C, H, W)`` of the conv input
-    (equivalently, the output of the transposed convolution of ``dyw``)."""
+    """``col2im(w2^T @ dyw)`` un-padded: from ``dyw (O, N, Ho*Wq)`` the gradient
+    ``(N, C, H, W)`` of the conv input (equivalently: the transposed convolution of ``dyw``)."""
     xp = get_array_module(dyw)
-    N = dyw.shape[0]
+    N = dyw.shape[1]
     kk = g.kh * g.kw
     w2t = xp.ascontiguousarray(w2.T)                               # (C*kh*kw, O)
     if _is_pointwise(g):
-        return unpad(xp.matmul(w2t, dyw), g)
-    shape = (N, C, _flat_len(g)) if g.wide else (N, C, g.Hp, g.Wp)
+        dx = xp.matmul(w2t, dyw.reshape(dyw.shape[0], -1))         # (C, N*H*W)
+        return unpad(dx.reshape(C, N, g.H * g.W), g)
+    shape = (C, N, _flat_len(g)) if g.wide else (C, N, g.Hp, g.Wp)
     dbuf = xp.zeros(shape, dtype=dyw.dtype)
-    blocks = _row_blocks(xp, g, C)
-    rows = max(r1 - r0 for r0, r1 in blocks)
-    scratch = xp.empty((C * kk, rows * g.Wq), dtype=dyw.dtype)
-    for n in range(N):
-        for r0, r1 in blocks:
-            m = (r1 - r0) * g.Wq
-            dcols = scratch[:, :m]
-            xp.matmul(w2t, dyw[n, :, r0 * g.Wq : r1 * g.Wq], out=dcols)
-            dcols = dcols.reshape(C, kk, m)
-            for a in range(g.kh):
-                for b in range(g.kw):
-                    tap = _tap(dbuf[n], g, a, b, r0, r1)
-                    tap += dcols[:, a * g.kw + b].reshape(tap.shape)
+    blocks = _blocks(xp, g, N, C)
+    scratch = xp.empty((C * kk, max(_block_size(blk, g) for blk in blocks)), dtype=dyw.dtype)
+    for blk in blocks:
+        n = _block_size(blk, g)
+        dcols = scratch[:, :n]
+        xp.matmul(w2t, _span(dyw, blk, g), out=dcols)
+        dcols = dcols.reshape(C, kk, n)
+        for a in range(g.kh):
+            for b in range(g.kw):
+                tap = _tap(dbuf, g, a, b, blk)
+                tap += dcols[:, a * g.kw + b].reshape(tap.shape)
     return unpad(dbuf, g)
 
 
 def to_wide(y, g: Geometry):
-    """``(N, O, Ho, Wo) -> (N, O, Ho*Wq)`` with zeros in the discarded wide columns."""
+    """``(N, O, Ho, Wo) -> (O, N, Ho*Wq)``, channel-major, zeros in the discarded columns."""
     xp = get_array_module(y)
     N, O = y.shape[:2]
+    yt = y.transpose(1, 0, 2, 3)                                 # (O, N, Ho, Wo) view
     if g.Wq == g.Wo:
-        return xp.ascontiguousarray(y).reshape(N, O, g.Ho * g.Wq)
-    yw = xp.zeros((N, O, g.Ho, g.Wq), dtype=y.dtype)
-    yw[..., : g.Wo] = y
-    return yw.reshape(N, O, g.Ho * g.Wq)
+        return xp.ascontiguousarray(yt).reshape(O, N, g.Ho * g.Wq)
+    yw = xp.zeros((O, N, g.Ho, g.Wq), dtype=y.dtype)
+    yw[..., : g.Wo] = yt
+    return yw.reshape(O, N, g.Ho * g.Wq)
 
 
 def from_wide(yw, g: Geometry, bias=None):
-    """``(N, O, Ho*Wq) -> (N, O, Ho, Wo)`` contiguous, adding ``bias (O,)`` in the same pass."""
+    """``(O, N, Ho*Wq) -> (N, O, Ho, Wo)`` contiguous, adding ``bias (O,)`` in the same pass."""
     xp = get_array_module(yw)
-    N, O = yw.shape[:2]
-    y = yw.reshape(N, O, g.Ho, g.Wq)[..., : g.Wo]
+    O, N = yw.shape[:2]
+    y = yw.reshape(O, N, g.Ho, g.Wq)[..., : g.Wo].transpose(1, 0, 2, 3)
     if bias is not None:
         return y + bias[:, None, None]
     return xp.ascontiguousarray(y)
@@ -293,7 +317,7 @@ class Conv2d(Module):
         g = self.geometry(x.shape[2], x.shape[3])
         buf = pad_input(x, g)
         w2 = self.weight.data.reshape(self.out_channels, -1)     # (O, C*kh*kw)
-        yw, _ = conv_lowered(buf, g, w2=w2)                      # (N, O, Ho*Wq)
+        yw, _ = conv_lowered(buf, g, w2=w2)                      # (O, N, Ho*Wq)
         y = from_wide(yw, g, None if self.bias is None else self.bias.data)
         return y, (buf, g)
 
@@ -301,11 +325,25 @@ class Conv2d(Module):
         buf, g = cache
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))
-        dyw = to_wide(dy, g)                                     # (N, O, Ho*Wq)
+        dyw = to_wide(dy, g)                                     # (O, N, Ho*Wq)
         _, dw = conv_lowered(buf, g, dyw=dyw)                    # (O, C*kh*kw)
         self.weight.grad += dw.reshape(self.weight.grad.shape)
+        if g.wide and g.ph <= g.dh * (g.kh - 1) and g.pw <= g.dw * (g.kw - 1):
+            return self._input_grad_as_conv(dy)
         w2 = self.weight.data.reshape(self.out_channels, -1)
         return conv_lowered_input_grad(dyw, g, w2, self.in_channels)
+
+    def _input_grad_as_conv(self, dy):
+        """Stride 1: dx is the convolution of dy with the kernel flipped and its channels
+        swapped, padding ``d*(k-1) - p`` (a forward lowering: im2col copies instead of col2im
+        read-modify-write adds, and a product with C output rows; ~20% faster on the CPU)."""
+        xp = get_array_module(dy)
+        (kh, kw), (dh, dw), (ph, pw) = self.kernel_size, self.dilation, self.padding
+        g2 = conv_geometry(dy.shape[2], dy.shape[3], self.kernel_size, (1, 1),
+                           (dh * (kh - 1) - ph, dw * (kw - 1) - pw), self.dilation, repr(self))
+        wflip = xp.ascontiguousarray(self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        dxw, _ = conv_lowered(pad_input(dy, g2), g2, w2=wflip.reshape(self.in_channels, -1))
+        return from_wide(dxw, g2)                                # (N, C, H, W)
 
 
 class ConvTranspose2d(Module):
@@ -379,7 +417,7 @@ class ConvTranspose2d(Module):
         self._check_input(x, 4, self.in_channels, f"(N, {self.in_channels}, H, W)",
                           self.weight.data)
         g = self.geometry(x.shape[2], x.shape[3])
-        xw = to_wide(x, g)                                       # (N, C, H*Wq)
+        xw = to_wide(x, g)                                       # (C, N, H*Wq)
         w2 = self.weight.data.reshape(self.in_channels, -1)      # (C, O*kh*kw)
         y = conv_lowered_input_grad(xw, g, w2, self.out_channels)  # (N, O, Ho, Wo)
         if self.bias is not None:
@@ -391,6 +429,6 @@ class ConvTranspose2d(Module):
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))
         w2 = self.weight.data.reshape(self.in_channels, -1)
-        dxw, dw = conv_lowered(pad_input(dy, g), g, w2=w2, dyw=xw)  # (N, C, H*Wq), (C, O*kh*kw)
+        dxw, dw = conv_lowered(pad_input(dy, g), g, w2=w2, dyw=xw)  # (C, N, H*Wq), (C, O*kh*kw)
         self.weight.grad += dw.reshape(self.weight.grad.shape)
         return from_wide(dxw, g)                                 # (N, C, H, W)

@@ -53,23 +53,49 @@ class GroupNorm(Module):
         N, C = x.shape[:2]
         G = self.num_groups
         xg = x.reshape(N, G, -1)                                 # (N, G, C/G * H*W)
-        mean = xg.mean(axis=2, keepdims=True)
-        xc = xg - mean
-        var = (xc * xc).mean(axis=2, keepdims=True)
-        rstd = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))       # (N, G, 1)
-        xhat = (xc * rstd).reshape(N, C, -1)                     # (N, C, H*W)
-        y = xhat * self.weight.data[:, None] + self.bias.data[:, None]
-        return y.reshape(x.shape), (xhat, rstd)
+        xc = xg - xg.mean(axis=2, keepdims=True)                 # centred
+        var = _rowdot(xc, xc) / xc.shape[2]                      # (N, G), biased
+        rstd = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))       # (N, G)
+        rstd_c = xp.repeat(rstd, C // G, axis=1)                 # (N, C)
+        xc = xc.reshape(N, C, -1)                                # (N, C, H*W)
+        # y = xhat * weight + bias with xhat = xc * rstd folded into one per-channel scale
+        y = xc * (rstd_c * self.weight.data)[:, :, None]
+        y += self.bias.data[:, None]
+        return y.reshape(x.shape), (xc, rstd_c)
 
     def backward(self, dy, cache):
-        xhat, rstd = cache
+        """dx = rstd * (dxhat - mean_g(dxhat) - xhat * mean_g(dxhat * xhat)), dxhat = dy * weight,
+        written as ``a*dy + b*xc + c`` with per-(n, c) coefficients from two reductions."""
+        xc, rstd_c = cache
         N, C = dy.shape[:2]
         G = self.num_groups
+        M = (C // G) * xc.shape[2]                               # elements per group
         dy3 = dy.reshape(N, C, -1)                               # (N, C, H*W)
-        self.weight.grad += (dy3 * xhat).sum(axis=(0, 2))
-        self.bias.grad += dy3.sum(axis=(0, 2))
-        dxhat = (dy3 * self.weight.data[:, None]).reshape(N, G, -1)  # (N, G, C/G * H*W)
-        xh = xhat.reshape(N, G, -1)
-        dx = rstd * (dxhat - dxhat.mean(axis=2, keepdims=True)
-                     - xh * (dxhat * xh).mean(axis=2, keepdims=True))
+        sum_dy = dy3.sum(axis=2)                                 # (N, C)
+        sum_dy_xc = _rowdot(dy3, xc)                             # (N, C)
+        gamma = self.weight.data
+        self.weight.grad += (sum_dy_xc * rstd_c).sum(axis=0)
+        self.bias.grad += sum_dy.sum(axis=0)
+        # per group: mean(dxhat) and mean(dxhat * xhat)
+        m1 = (gamma * sum_dy).reshape(N, G, -1).sum(axis=2) / M           # (N, G)
+        m2 = (gamma * sum_dy_xc * rstd_c).reshape(N, G, -1).sum(axis=2) / M
+        rstd = rstd_c.reshape(N, G, -1)[:, :, :1]                          # (N, G, 1)
+        b = (-(rstd * rstd) * m2[:, :, None]).reshape(N, G, 1)
+        c = -(rstd * m1[:, :, None])
+        a = rstd_c * gamma                                                 # (N, C)
+        dx = dy3 * a[:, :, None]
+        xb = xc.reshape(N, G, -1) * b                                      # (N, G, C/G*H*W)
+        dx += xb.reshape(N, C, -1)
+        dx = dx.reshape(N, G, -1)
+        dx += c
         return dx.reshape(dy.shape)
+
+
+def _rowdot(a, b):
+    """``sum(a * b, axis=-1)`` without the temporary (NumPy's vecdot calls the BLAS dot, which
+    also accumulates more accurately than a float32 running sum)."""
+    xp = get_array_module(a)
+    vecdot = getattr(xp, "vecdot", None)
+    if vecdot is not None:
+        return vecdot(a, b)
+    return (a * b).sum(axis=-1)
