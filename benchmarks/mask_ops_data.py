@@ -8,7 +8,7 @@ Sizes are those of one nuclei-mini training step and one inference image:
 
 import numpy as np
 
-REPEATS = 5
+REPEATS = 11
 M = 28
 
 
