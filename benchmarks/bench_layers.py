@@ -1,11 +1,16 @@
 """Forward + backward time of the nn layers against PyTorch CPU on the same shapes.
 
-    python benchmarks/bench_layers.py [--repeat 7] [--torch /work/torchvenv/bin/python]
+    python benchmarks/bench_layers.py [--repeat 7] [--threads 2] [--cpu-time]
+                                      [--torch /work/torchvenv/bin/python]
 
-Float32, NumPy arrays on the CPU (NumPy's BLAS with its default threads; 2 cores here). The
-PyTorch side runs in a separate interpreter (benchmarks/torch_layers.py, torch.set_num_threads(2))
-so that torch is never imported with the package. Prints a Markdown table: best-of-``repeat``
-milliseconds (forward, backward, total), torch's total and the ratio ours / torch.
+Float32, NumPy arrays on the CPU, the BLAS (OpenBLAS) limited to ``--threads`` threads. The
+PyTorch side runs in a separate interpreter (benchmarks/torch_layers.py with
+torch.set_num_threads(threads)) so that torch is never imported with the package. Prints a
+Markdown table: best-of-``repeat`` milliseconds (forward, backward, forward+backward), torch's
+forward+backward and the ratio ours / torch.
+
+``--cpu-time`` measures process CPU time instead of wall time: with ``--threads 1`` that is the
+work done, nearly independent of other processes sharing the cores (use it on a busy machine).
 """
 
 from __future__ import annotations
@@ -17,9 +22,23 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
-from minimaskrcnn.nn import Conv2d, ConvTranspose2d, GroupNorm
+def _threads_from_argv(argv) -> str:
+    """The BLAS reads its thread count at import, so set it before importing NumPy."""
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "2"
+
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = _threads_from_argv(sys.argv)
+
+import numpy as np  # noqa: E402
+
+from minimaskrcnn.nn import Conv2d, ConvTranspose2d, GroupNorm  # noqa: E402
 
 TORCH_PYTHON = "/work/torchvenv/bin/python"
 
@@ -36,17 +55,20 @@ CASES = {
 }
 
 
-def time_case(make, shape, repeat):
+def time_case(make, shape, repeat, clock=time.perf_counter):
     """Best-of-``repeat`` seconds of forward, backward and forward+backward (after 2 warm-ups)."""
     layer = make()
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     best = [np.inf, np.inf, np.inf]
+    dy = None
     for i in range(repeat + 2):
-        t0 = time.perf_counter()
+        t0 = clock()
         y, cache = layer.forward(x)
-        t1 = time.perf_counter()
-        layer.backward(np.ones_like(y), cache)
-        t2 = time.perf_counter()
+        t1 = clock()
+        if dy is None:  # first (warm-up) iteration only
+            dy = np.random.default_rng(1).standard_normal(y.shape, dtype=np.float32)
+        layer.backward(dy, cache)
+        t2 = clock()
         del cache
         layer.zero_grad()
         if i >= 2:
@@ -54,11 +76,12 @@ def time_case(make, shape, repeat):
     return best
 
 
-def torch_times(python: str, repeat: int) -> dict:
+def torch_times(python: str, repeat: int, threads: int, cpu_time: bool) -> dict:
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_layers.py")
     if not os.path.exists(python):
         return {}
-    out = subprocess.run([python, script, "--repeat", str(repeat)], capture_output=True,
+    cmd = [python, script, "--repeat", str(repeat), "--threads", str(threads)]
+    out = subprocess.run(cmd + (["--cpu-time"] if cpu_time else []), capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -66,12 +89,19 @@ def torch_times(python: str, repeat: int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2, help="BLAS / torch threads")
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time, not wall time")
     ap.add_argument("--torch", default=TORCH_PYTHON, help="python of the torch venv ('' to skip)")
     args = ap.parse_args(argv)
-    ours = {name: time_case(make, shape, args.repeat) for name, (make, shape) in CASES.items()}
-    theirs = torch_times(args.torch, args.repeat) if args.torch else {}
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; numpy {np.__version__}")
-    print("| layer (fwd+bwd, float32) | ours fwd ms | ours bwd ms | ours total ms | torch ms "
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    ours = {name: time_case(make, shape, args.repeat, clock)
+            for name, (make, shape) in CASES.items()}
+    theirs = (torch_times(args.torch, args.repeat, args.threads, args.cpu_time)
+              if args.torch else {})
+    print(f"{args.threads} thread(s), {'CPU' if args.cpu_time else 'wall'} time, best of "
+          f"{args.repeat}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+          f"numpy {np.__version__}")
+    print("| layer (fwd+bwd, float32) | ours fwd ms | ours bwd ms | ours fwd+bwd ms | torch ms "
           "| ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, (f, b, tot) in ours.items():

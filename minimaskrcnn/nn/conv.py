@@ -197,7 +197,7 @@ def conv_lowered(buf, g: Geometry, w2=None, dyw=None):
     C, N = buf.shape[:2]
     kk = g.kh * g.kw
     blocks = _blocks(xp, g, N, C)
-    biggest = max(_block_size(blk, g) for blk in blocks)
+    biggest = max((_block_size(blk, g) for blk in blocks), default=0)
     scratch = None if _is_pointwise(g) else xp.empty((C, kk, biggest), dtype=buf.dtype)
     yw = dw = None
     if w2 is not None:
@@ -226,7 +226,8 @@ def conv_lowered_input_grad(dyw, g: Geometry, w2, C: int):
     shape = (C, N, _flat_len(g)) if g.wide else (C, N, g.Hp, g.Wp)
     dbuf = xp.zeros(shape, dtype=dyw.dtype)
     blocks = _blocks(xp, g, N, C)
-    scratch = xp.empty((C * kk, max(_block_size(blk, g) for blk in blocks)), dtype=dyw.dtype)
+    scratch = xp.empty((C * kk, max((_block_size(blk, g) for blk in blocks), default=0)),
+                       dtype=dyw.dtype)
     for blk in blocks:
         n = _block_size(blk, g)
         dcols = scratch[:, :n]

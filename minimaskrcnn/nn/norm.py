@@ -7,6 +7,8 @@ channel: ``y = (x - mu_ng) / sqrt(var_ng + eps) * weight_c + bias_c``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minimaskrcnn.backend import get_array_module
@@ -52,12 +54,13 @@ class GroupNorm(Module):
         xp = get_array_module(x)
         N, C = x.shape[:2]
         G = self.num_groups
-        xg = x.reshape(N, G, -1)                                 # (N, G, C/G * H*W)
+        S = math.prod(x.shape[2:])                               # H*W
+        xg = x.reshape(N, G, (C // G) * S)                       # (N, G, C/G * H*W)
         xc = xg - xg.mean(axis=2, keepdims=True)                 # centred
         var = _rowdot(xc, xc) / xc.shape[2]                      # (N, G), biased
         rstd = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))       # (N, G)
         rstd_c = xp.repeat(rstd, C // G, axis=1)                 # (N, C)
-        xc = xc.reshape(N, C, -1)                                # (N, C, H*W)
+        xc = xc.reshape(N, C, S)                                 # (N, C, H*W)
         # y = xhat * weight + bias with xhat = xc * rstd folded into one per-channel scale
         y = xc * (rstd_c * self.weight.data)[:, :, None]
         y += self.bias.data[:, None]
@@ -70,23 +73,24 @@ class GroupNorm(Module):
         N, C = dy.shape[:2]
         G = self.num_groups
         M = (C // G) * xc.shape[2]                               # elements per group
-        dy3 = dy.reshape(N, C, -1)                               # (N, C, H*W)
+        S = xc.shape[2]
+        dy3 = dy.reshape(N, C, S)                                # (N, C, H*W)
         sum_dy = dy3.sum(axis=2)                                 # (N, C)
         sum_dy_xc = _rowdot(dy3, xc)                             # (N, C)
         gamma = self.weight.data
         self.weight.grad += (sum_dy_xc * rstd_c).sum(axis=0)
         self.bias.grad += sum_dy.sum(axis=0)
         # per group: mean(dxhat) and mean(dxhat * xhat)
-        m1 = (gamma * sum_dy).reshape(N, G, -1).sum(axis=2) / M           # (N, G)
-        m2 = (gamma * sum_dy_xc * rstd_c).reshape(N, G, -1).sum(axis=2) / M
-        rstd = rstd_c.reshape(N, G, -1)[:, :, :1]                          # (N, G, 1)
+        m1 = (gamma * sum_dy).reshape(N, G, C // G).sum(axis=2) / M        # (N, G)
+        m2 = (gamma * sum_dy_xc * rstd_c).reshape(N, G, C // G).sum(axis=2) / M
+        rstd = rstd_c.reshape(N, G, C // G)[:, :, :1]                      # (N, G, 1)
         b = (-(rstd * rstd) * m2[:, :, None]).reshape(N, G, 1)
         c = -(rstd * m1[:, :, None])
         a = rstd_c * gamma                                                 # (N, C)
         dx = dy3 * a[:, :, None]
-        xb = xc.reshape(N, G, -1) * b                                      # (N, G, C/G*H*W)
-        dx += xb.reshape(N, C, -1)
-        dx = dx.reshape(N, G, -1)
+        xb = xc.reshape(N, G, M) * b                                       # (N, G, C/G*H*W)
+        dx += xb.reshape(N, C, S)
+        dx = dx.reshape(N, G, M)
         dx += c
         return dx.reshape(dy.shape)
 

@@ -173,3 +173,46 @@ def test_bad_input_errors_name_layer_and_shapes():
         ConvTranspose2d(4, 2, 2, 2).forward(np.zeros((1, 3, 4, 4), np.float32))
     with pytest.raises(ValueError, match="stride"):
         Conv2d(3, 4, 3, stride=0)
+
+
+@pytest.mark.parametrize("layer, shape, out_shape", [
+    (Conv2d(3, 4, 3, padding=1), (0, 3, 14, 14), (0, 4, 14, 14)),
+    (Conv2d(3, 4, 1), (0, 3, 14, 14), (0, 4, 14, 14)),
+    (Conv2d(3, 4, 3, stride=2, padding=1), (0, 3, 14, 14), (0, 4, 7, 7)),
+    (ConvTranspose2d(3, 4, 2, 2), (0, 3, 14, 14), (0, 4, 28, 28)),
+])
+def test_empty_batch(layer, shape, out_shape):
+    """Zero RoIs in the mask head: empty in, empty out, zero parameter gradients."""
+    y, cache = layer.forward(np.zeros(shape, np.float32))
+    assert y.shape == out_shape and y.dtype == np.float32
+    dx = layer.backward(y, cache)
+    assert dx.shape == shape
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+def test_float32_matches_float64(rng):
+    """Float32 end to end stays close to the float64 result (no precision surprise)."""
+    x = rng.standard_normal((2, 8, 33, 31))
+    layer = Conv2d(8, 16, 3, padding=1, rng=rng)
+    y32, c32 = layer.forward(x.astype(np.float32))
+    dx32 = layer.backward(np.ones_like(y32), c32)
+    layer.astype(np.float64)
+    y64, c64 = layer.forward(x)
+    dx64 = layer.backward(np.ones_like(y64), c64)
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dx32, dx64, rtol=1e-4, atol=1e-4)
+
+
+def test_large_image_uses_row_blocks(monkeypatch, rng):
+    """Bands of output rows (the large-image path) give the same result as the loops."""
+    import minimaskrcnn.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "BLOCK_ELEMENTS", 64)   # forces 1-2 rows per block
+    for stride in (1, 2):
+        layer = Conv2d(2, 3, 3, stride=stride, padding=1, rng=rng).astype(np.float64)
+        x = rng.standard_normal((2, 2, 7, 5))
+        y, _ = layer.forward(x)
+        ref = conv2d_loops(x, layer.weight.data, layer.bias.data, layer.stride, layer.padding,
+                           layer.dilation)
+        np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+        check_layer(layer, x, directions=3, seeds=(0,))

@@ -140,3 +140,21 @@ def test_rank_errors_name_the_layer():
         Linear(5, 3).forward(np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="Upsample"):
         Upsample(scale_factor=1.5)
+
+
+@pytest.mark.parametrize("make, shape, out_shape", [
+    (lambda: GroupNorm(2, 4), (0, 4, 5, 5), (0, 4, 5, 5)),
+    (lambda: Linear(6, 3), (0, 6), (0, 3)),
+    (lambda: MaxPool2d(1, 2), (0, 3, 4, 4), (0, 3, 2, 2)),
+    (lambda: Upsample(scale_factor=2), (0, 3, 2, 2), (0, 3, 4, 4)),
+    (lambda: Flatten(), (0, 3, 2, 2), (0, 12)),
+    (lambda: ReLU(), (0, 5), (0, 5)),
+])
+def test_empty_batch(make, shape, out_shape):
+    layer = make()
+    x = np.zeros(shape, np.float32)
+    y, cache = layer.forward(x)
+    assert y.shape == out_shape and y.dtype == np.float32
+    dx = layer.backward(y, cache)
+    assert dx.shape == shape and dx.dtype == np.float32
+    assert all(not p.grad.any() for p in layer.parameters())
