@@ -3,7 +3,8 @@
 Subcommands:
     tiers       which kernel tiers can run on this machine, and why not for the others
     demo        train on the embedded DSB2018 sample, evaluate on its val part, draw predictions
-    train       train a preset on a COCO dataset (train JSON + image folder), optional validation
+    train       train a preset on a COCO dataset (train JSON + image folder), optional validation;
+                shapes-mini without a dataset trains on generated shapes
     evaluate    COCO AP (masks, boxes), DSB score and seconds per image of a checkpoint
     predict     detections of a checkpoint on image files: overlay PNGs and a COCO results JSON
 
@@ -181,8 +182,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     _check_model_available()
     cfg = _with_overrides(get_preset(args.preset), args)
-    train_ds = _dataset(args.train_json, args.images)
     val_ds = None
+    if args.train_json is None and args.preset == "shapes-mini":
+        from minimaskrcnn.data import shapes
+
+        n = args.shapes
+        print(f"training on {n} generated shapes images (seed {cfg.train.seed}), validating on "
+              f"{max(8, n // 10)} others (seed {cfg.train.seed + 1000})")
+        train_ds = shapes.shapes_dataset(n, seed=cfg.train.seed)
+        val_ds = shapes.shapes_dataset(max(8, n // 10), seed=cfg.train.seed + 1000)
+    elif args.train_json is None or args.images is None:
+        raise CLIError("--train-json and --images are required (only --preset shapes-mini can "
+                       "train without them, on generated shapes)")
+    else:
+        train_ds = _dataset(args.train_json, args.images)
     if args.val_json:
         val_ds = _dataset(args.val_json, args.val_images or args.images)
     if val_ds is not None and train_ds.category_ids != val_ds.category_ids:
@@ -286,8 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a preset on a COCO dataset")
     p.add_argument("--preset", default="nuclei-mini", help="nuclei-mini or shapes-mini")
-    p.add_argument("--train-json", required=True, help="COCO instances file to train on")
-    p.add_argument("--images", required=True, help="image folder of --train-json")
+    p.add_argument("--train-json", help="COCO instances file to train on (shapes-mini: "
+                   "optional, generated shapes otherwise)")
+    p.add_argument("--images", help="image folder of --train-json")
+    p.add_argument("--shapes", type=int, default=200, metavar="N",
+                   help="shapes-mini without --train-json: N generated training images "
+                        "(default %(default)s)")
     p.add_argument("--val-json", help="COCO instances file to validate on")
     p.add_argument("--val-images", help="image folder of --val-json (default --images)")
     p.add_argument("--out", required=True, help="run folder")

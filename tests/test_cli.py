@@ -89,6 +89,18 @@ def test_predict_writes_overlays_and_coco_json(run_dir, tmp_path, capsys):
         assert [im["id"] for im in json.load(f)["images"]] == [1, 2]
 
 
+def test_train_shapes_mini_on_generated_shapes(tmp_path, capsys):
+    out = str(tmp_path / "shapes")
+    assert main(["train", "--preset", "shapes-mini", "--shapes", "4", "--out", out, "--iters", "1",
+                 "--batch-size", "1", "--crop-size", "64", "--val-limit", "1",
+                 "--no-progress"]) == 0
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["dataset"]["class_names"] == ["square", "circle", "triangle"]
+    assert _lines(os.path.join(out, "val.jsonl"))[0]["num_images"] == 1
+    assert main(["train", "--preset", "nuclei-mini", "--out", out]) == 2
+    assert "--train-json and --images are required" in capsys.readouterr().err
+
+
 def test_demo_smoke(tmp_path, capsys):
     out = str(tmp_path / "demo")
     code = main(["demo", "--preset", "shapes-mini", "--iters", "1", "--crop-size", "64",
