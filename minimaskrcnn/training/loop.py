@@ -18,7 +18,8 @@ the batches, crops and samples of the uninterrupted run.
 Files in the run folder ``out_dir``:
     config.json                     the Config (JSON) and the class names (checkpoint_config)
     log.jsonl                       one JSON line per iteration: iteration, lr, the five loss
-                                    terms, loss (their sum), seconds, images_per_s
+                                    terms, loss (their sum), seconds (wall clock),
+                                    cpu_seconds (all threads of the process), images_per_s
     val.jsonl                       one line per validation: iteration and the metrics
     checkpoint_<iteration>.npz      every ``checkpoint_every`` iterations and at the end
                                     (``<iteration>`` = iterations done, 6 digits)
@@ -249,7 +250,7 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
                disable=not progress, dynamic_ncols=True)
     with open(log_path, "a", encoding="utf-8") as log:
         for t in bar:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             lr = scheduler.get_lr()
             batch = batches.batch(t)
             images = [b[0] for b in batch]
@@ -265,7 +266,8 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
             dt = time.perf_counter() - t0
             seconds.append(dt)
             record = {"iteration": t, "lr": lr, **{k: float(losses[k]) for k in LOSS_KEYS},
-                      "loss": loss, "seconds": dt, "images_per_s": len(images) / dt}
+                      "loss": loss, "seconds": dt, "cpu_seconds": time.process_time() - c0,
+                      "images_per_s": len(images) / dt}
             log.write(json.dumps(record) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{len(images) / dt:.2f}",
