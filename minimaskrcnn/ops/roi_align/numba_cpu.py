@@ -1,15 +1,21 @@
 """Numba CPU tier of RoIAlign (and RoIWarp): ``@njit(parallel=True, cache=True)``.
 
+Both passes work channels-last: the input (or ``grad_input``) is held as ``(N, H*W, C)`` so
+that the four neighbours of a sample are four contiguous ``C``-vectors and the innermost loop,
+over channels, vectorises. The transposes in and out are parallel copies.
+
 Forward: ``prange`` over RoIs; each RoI first tabulates its samples (four flat offsets into the
-``H*W`` plane and four bilinear weights per sample, torchvision's ``pre_calc``), then runs over
-its channels. Each output row ``out[r]`` has one writer, so there is no race.
+``H*W`` plane and four bilinear weights per sample, torchvision's ``pre_calc``), then, bin by
+bin and sample by sample, accumulates all channels at once. Each output row ``out[r]`` has one
+writer, so there is no race; each element sums its samples in the reference's order.
 
 Backward, deterministic by construction: ``prange`` over work items ``(n, channel block)``; the
-item owns the planes ``grad_input[n, c0:c1]`` and scans the RoIs of image ``n`` in increasing
-RoI index (tabulating each RoI's samples once per item), scattering into its own planes only.
-Every cell of ``grad_input`` therefore has exactly one writer and receives its contributions in
-the same order (RoI, bin, sample) whatever the number of threads or blocks: the result is
-bitwise reproducible and needs no atomics.
+item owns ``grad_input[n, :, c0:c1]`` (channels ``c0..c1-1`` of every cell of image ``n``) and
+scans the RoIs of image ``n`` in increasing RoI index (tabulating each RoI's samples once per
+item), scattering into its own channels only. Every cell of ``grad_input`` therefore has
+exactly one writer and receives its contributions in the same order (RoI, bin, sample,
+neighbour) as the reference, whatever the number of threads or blocks: the result is bitwise
+reproducible and needs no atomics.
 
 Arithmetic in the input's dtype (float32 stays float32). Same semantics as ``reference.py``.
 """
@@ -78,90 +84,132 @@ def _roi_samples(rois, r, scale, H, W, pooled_h, pooled_w, sampling_ratio, align
     return offs, wts, G, count
 
 
+@njit(cache=True)
+def _forward_roi(x_cl, rois, r, scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize,
+                 use_max, H, W, out, argmax):
+    """All bins and channels of RoI ``r`` (a plain function: LLVM vectorises it better than
+    the same code inlined in a ``prange`` body)."""
+    C = x_cl.shape[2]
+    n = int(rois[r, 0])
+    offs, wts, G, count = _roi_samples(rois, r, scale, H, W, pooled_h, pooled_w,
+                                       sampling_ratio, aligned, quantize)
+    cnt = out.dtype.type(count)
+    for b in range(pooled_h * pooled_w):
+        acc = out[r, b]  # (C,) zeros; the loops over c vectorise
+        for k in range(G):
+            s = b * G + k
+            w0, w1, w2, w3 = wts[s, 0], wts[s, 1], wts[s, 2], wts[s, 3]
+            v0, v1 = x_cl[n, offs[s, 0]], x_cl[n, offs[s, 1]]
+            v2, v3 = x_cl[n, offs[s, 2]], x_cl[n, offs[s, 3]]
+            if use_max:
+                am = argmax[r, b]
+                for c in range(C):
+                    val = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c]
+                    if k == 0 or val > acc[c]:
+                        acc[c] = val
+                        am[c] = k
+            else:
+                for c in range(C):
+                    acc[c] += w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c]
+        if not use_max:
+            for c in range(C):
+                acc[c] = acc[c] / cnt
+
+
 @njit(cache=True, parallel=True)
-def _forward(flat, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize, use_max,
+def _forward(x_cl, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize, use_max,
              H, W, out, argmax):
-    """flat: (N, C, H*W); out: (R, C, Ph*Pw); argmax: (R, C, Ph*Pw) int64 (used if use_max)."""
-    R = rois.shape[0]
-    C = flat.shape[1]
-    nbins = pooled_h * pooled_w
-    for r in prange(R):
-        n = int(rois[r, 0])
+    """x_cl: (N, H*W, C) channels-last input; out, argmax: (R, Ph*Pw, C) (argmax if use_max)."""
+    for r in prange(rois.shape[0]):
+        _forward_roi(x_cl, rois, r, scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize,
+                     use_max, H, W, out, argmax)
+
+
+@njit(cache=True)
+def _backward_item(gout_cl, rois, argmax_cl, order, starts, n, c0, c1, scale, pooled_h,
+                   pooled_w, sampling_ratio, aligned, quantize, use_max, H, W, gin_cl):
+    """Channels ``c0..c1-1`` of image ``n``: scan its RoIs in order, scatter into gin_cl."""
+    for j in range(starts[n], starts[n + 1]):
+        r = order[j]
         offs, wts, G, count = _roi_samples(rois, r, scale, H, W, pooled_h, pooled_w,
                                            sampling_ratio, aligned, quantize)
-        cnt = out.dtype.type(count)
-        for c in range(C):
-            plane = flat[n, c]
-            for b in range(nbins):
-                s0 = b * G
-                if use_max:
-                    best = out.dtype.type(0)
-                    best_k = -1
-                    for k in range(G):
-                        s = s0 + k
-                        val = (wts[s, 0] * plane[offs[s, 0]] + wts[s, 1] * plane[offs[s, 1]]
-                               + wts[s, 2] * plane[offs[s, 2]] + wts[s, 3] * plane[offs[s, 3]])
-                        if k == 0 or val > best:
-                            best = val
-                            best_k = k
-                    out[r, c, b] = best
-                    argmax[r, c, b] = best_k
-                else:
-                    acc = out.dtype.type(0)
-                    for s in range(s0, s0 + G):
-                        acc += (wts[s, 0] * plane[offs[s, 0]] + wts[s, 1] * plane[offs[s, 1]]
-                                + wts[s, 2] * plane[offs[s, 2]] + wts[s, 3] * plane[offs[s, 3]])
-                    out[r, c, b] = acc / cnt
+        cnt = gin_cl.dtype.type(count)
+        for b in range(pooled_h * pooled_w):
+            g = gout_cl[r, b]
+            if use_max:
+                am = argmax_cl[r, b]
+                for c in range(c0, c1):
+                    k = am[c]
+                    if k >= 0:
+                        s = b * G + k
+                        for q in range(4):
+                            gin_cl[n, offs[s, q], c] += g[c] * wts[s, q]
+                continue
+            for s in range(b * G, b * G + G):
+                for q in range(4):
+                    w = wts[s, q]
+                    cell = gin_cl[n, offs[s, q]]
+                    for c in range(c0, c1):
+                        cell[c] += g[c] * w / cnt
 
 
 @njit(cache=True, parallel=True)
-def _backward(gout, rois, argmax, order, starts, scale, pooled_h, pooled_w, sampling_ratio,
-              aligned, quantize, use_max, H, W, nblocks, gin):
-    """gout: (R, C, Ph*Pw); gin: (N, C, H*W) zeros, written plane-block by plane-block."""
-    N = gin.shape[0]
-    C = gin.shape[1]
-    nbins = pooled_h * pooled_w
+def _backward(gout_cl, rois, argmax_cl, order, starts, scale, pooled_h, pooled_w,
+              sampling_ratio, aligned, quantize, use_max, H, W, nblocks, gin_cl):
+    """gout_cl, argmax_cl: (R, Ph*Pw, C); gin_cl: (N, H*W, C) zeros, one writer per cell."""
+    N = gin_cl.shape[0]
+    C = gin_cl.shape[2]
     block = (C + nblocks - 1) // nblocks
     for item in prange(N * nblocks):
         n = item // nblocks
         c0 = (item % nblocks) * block
-        c1 = min(c0 + block, C)
-        for j in range(starts[n], starts[n + 1]):
-            r = order[j]
-            offs, wts, G, count = _roi_samples(rois, r, scale, H, W, pooled_h, pooled_w,
-                                               sampling_ratio, aligned, quantize)
-            cnt = gin.dtype.type(count)
-            for c in range(c0, c1):
-                plane = gin[n, c]
-                for b in range(nbins):
-                    g = gout[r, c, b]
-                    s0 = b * G
-                    if use_max:
-                        k = argmax[r, c, b]
-                        if k < 0:
-                            continue
-                        s = s0 + k
-                        for q in range(4):
-                            plane[offs[s, q]] += g * wts[s, q]
-                    else:
-                        for s in range(s0, s0 + G):
-                            for q in range(4):
-                                plane[offs[s, q]] += g * wts[s, q] / cnt
+        _backward_item(gout_cl, rois, argmax_cl, order, starts, n, c0, min(c0 + block, C),
+                       scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize, use_max,
+                       H, W, gin_cl)
+
+
+@njit(cache=True, parallel=True)
+def swap_last_axes(x):
+    """``(A, M, K) -> (A, K, M)`` copy in 32 x 32 tiles (cache-friendly), parallel over tiles.
+
+    Converts channels-first ``(N, C, H*W)`` to channels-last ``(N, H*W, C)`` and back.
+    """
+    A, M, K = x.shape
+    y = np.empty((A, K, M), dtype=x.dtype)
+    T = 32
+    tm = (M + T - 1) // T
+    tk = (K + T - 1) // T
+    for t in prange(A * tm * tk):
+        a = t // (tm * tk)
+        i0 = ((t // tk) % tm) * T
+        j0 = (t % tk) * T
+        for i in range(i0, min(i0 + T, M)):
+            for j in range(j0, min(j0 + T, K)):
+                y[a, j, i] = x[a, i, j]
+    return y
 
 
 def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,
                    quantize, use_max):
-    """Same contract as ``reference.sample_forward``: ``(out, argmax or None)``."""
+    """Same contract as ``reference.sample_forward``: ``(out, argmax or None)``.
+
+    Runs channels-last (the input is transposed to ``(N, H*W, C)`` once) so that the inner
+    loop over channels is contiguous and vectorises; each output element still sums its
+    samples in the reference's order.
+    """
     N, C, H, W = input.shape
     R = rois.shape[0]
-    dt = input.dtype.type
-    out = np.zeros((R, C, pooled_h * pooled_w), dtype=input.dtype)
-    argmax = np.full((R, C, pooled_h * pooled_w), -1, dtype=np.int64)
+    nbins = pooled_h * pooled_w
+    out = np.zeros((R, nbins, C), dtype=input.dtype)
+    argmax = np.full((R, nbins, C) if use_max else (1, 1, 1), -1, dtype=np.int64)
     if R and C and H and W:
-        _forward(input.reshape(N, C, H * W), rois, dt(spatial_scale), pooled_h, pooled_w,
+        x_cl = swap_last_axes(input.reshape(N, C, H * W))
+        _forward(x_cl, rois, input.dtype.type(spatial_scale), pooled_h, pooled_w,
                  sampling_ratio, aligned, quantize, use_max, H, W, out, argmax)
-    out = out.reshape(R, C, pooled_h, pooled_w)
-    return out, (argmax.reshape(R, C, pooled_h, pooled_w) if use_max else None)
+    out = swap_last_axes(out).reshape(R, C, pooled_h, pooled_w)
+    if use_max:
+        return out, swap_last_axes(argmax).reshape(R, C, pooled_h, pooled_w)
+    return out, None
 
 
 def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, spatial_scale,
@@ -170,16 +218,17 @@ def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, 
     N, C, H, W = input_shape
     R = rois.shape[0]
     dt = grad_output.dtype.type
-    gin = np.zeros((N, C, H * W), dtype=grad_output.dtype)
+    nbins = pooled_h * pooled_w
+    gin_cl = np.zeros((N, H * W, C), dtype=grad_output.dtype)
     if R and C and H and W:
         order, starts = rois_by_image(rois[:, 0], N)
-        nblocks = min(C, max(1, -(-4 * numba.get_num_threads() // N)))
-        gout = np.ascontiguousarray(grad_output).reshape(R, C, pooled_h * pooled_w)
-        am = (np.ascontiguousarray(argmax).reshape(R, C, pooled_h * pooled_w) if use_max
+        nblocks = min(C, max(1, -(-2 * numba.get_num_threads() // N)))
+        gout_cl = swap_last_axes(np.ascontiguousarray(grad_output).reshape(R, C, nbins))
+        am = (swap_last_axes(np.ascontiguousarray(argmax).reshape(R, C, nbins)) if use_max
               else np.zeros((1, 1, 1), dtype=np.int64))
-        _backward(gout, rois, am, order, starts, dt(spatial_scale), pooled_h, pooled_w,
-                  sampling_ratio, aligned, quantize, use_max, H, W, nblocks, gin)
-    return gin.reshape(N, C, H, W)
+        _backward(gout_cl, rois, am, order, starts, dt(spatial_scale), pooled_h, pooled_w,
+                  sampling_ratio, aligned, quantize, use_max, H, W, nblocks, gin_cl)
+    return swap_last_axes(gin_cl).reshape(N, C, H, W)
 
 
 def roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
