@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimaskrcnn._validate import check_array, check_scalar
+from minimaskrcnn.backend import to_numpy
 
 __all__ = ["Matcher"]
 
@@ -75,7 +76,7 @@ class Matcher:
                 boxes gives NaN, remove degenerate boxes first).
 
         Returns:
-            ``(N,)`` int64: the matched ground-truth index in ``[0, G)``, ``-1``
+            ``(N,)`` int64 NumPy array: the matched ground-truth index in ``[0, G)``, ``-1``
             (``BELOW_LOW_THRESHOLD``) or ``-2`` (``BETWEEN_THRESHOLDS``). All ``-1`` when
             ``G == 0``.
 
@@ -85,7 +86,7 @@ class Matcher:
         """
         q = check_array("match_quality_matrix", match_quality_matrix, ndim=2, float_only=True,
                         finite=True, expected="(G, N) float IoU")
-        q = np.asarray(q)  # the matcher works on the host; IoU matrices are small
+        q = to_numpy(q)  # the matcher works on the host (a CuPy matrix is copied); it is small
         num_gt, num_pred = q.shape
         if num_gt == 0:
             return np.full(num_pred, self.BELOW_LOW_THRESHOLD, dtype=np.int64)

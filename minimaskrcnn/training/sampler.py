@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimaskrcnn._validate import check_array, check_scalar
+from minimaskrcnn.backend import to_numpy
 
 __all__ = ["BalancedPositiveNegativeSampler"]
 
@@ -73,7 +74,7 @@ class BalancedPositiveNegativeSampler:
             lab = check_array(f"labels[{i}]", labels_per_image, ndim=1, expected="(N,) int")
             if not np.issubdtype(lab.dtype, np.integer):
                 raise TypeError(f"labels[{i}] must be an integer array, got {lab.dtype}")
-            lab = np.asarray(lab)
+            lab = to_numpy(lab)  # sampling runs on the host (CuPy labels are copied)
             positive = np.flatnonzero(lab >= 1)
             negative = np.flatnonzero(lab == 0)
 
