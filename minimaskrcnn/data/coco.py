@@ -92,7 +92,7 @@ def read_image(path: str) -> np.ndarray:
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             elif img.mode == "1":
                 img = img.convert("L")
-            elif img.mode == "CMYK" or img.mode == "YCbCr" or img.mode == "LAB" or img.mode == "HSV":
+            elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("RGB")
             arr = np.asarray(img)
     except (OSError, SyntaxError, ValueError) as e:

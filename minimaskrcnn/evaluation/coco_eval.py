@@ -59,6 +59,8 @@ def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None =
         boxes, scores, labels, masks = _prediction_arrays(pred)
         if labels.size and (labels.min() < 1 or labels.max() > len(category_ids)):
             raise ValueError(f"labels must be in 1..{len(category_ids)}, got {labels.min()}..{labels.max()}")
+        if iou_type == "segm" and masks is None and len(scores):
+            raise ValueError(f"image {image_id}: segm evaluation needs the predictions' masks")
         rles = None
         if iou_type != "bbox" and masks is not None and len(masks):
             rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))

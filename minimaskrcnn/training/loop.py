@@ -256,11 +256,16 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
             images = [b[0] for b in batch]
             targets = [b[1] for b in batch]
             losses, cache = model.forward_train(images, targets, sample_rng(tc.seed, 2, t))
-            loss = _finite_or_raise(losses, t, last_ckpt)
-            model.zero_grad()
-            model.backward(cache)
-            del cache
-            _check_grads(model, t, last_ckpt)
+            try:
+                loss = _finite_or_raise(losses, t, last_ckpt)
+                model.zero_grad()
+                model.backward(cache)
+                del cache
+                _check_grads(model, t, last_ckpt)
+            except NonFiniteLossError as e:  # leave the bad values in the log, then stop
+                log.write(json.dumps({"iteration": t, "lr": lr, **{k: float(v) for k, v in losses.items()},
+                                      "error": str(e)}) + "\n")
+                raise
             optimizer.step()
             scheduler.step()
             dt = time.perf_counter() - t0

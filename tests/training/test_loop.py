@@ -144,6 +144,8 @@ def test_nan_guard_names_the_term_and_keeps_the_checkpoint(tmp_path, data):
         train(cfg, data, out, model_factory=factory, progress=False)
     assert find_last_checkpoint(out).endswith("checkpoint_000003.npz")
     assert not os.path.exists(os.path.join(out, "checkpoint_000006.npz"))
+    last = [json.loads(x) for x in open(os.path.join(out, "log.jsonl"))][-1]
+    assert last["iteration"] == 4 and "loss_box_reg is nan" in last["error"]
     # the kept checkpoint is good: resuming from it ends where an uninterrupted run ends
     resumed = train(cfg, data, out, resume=True, model_factory=FakeModel, progress=False)
     full = train(cfg, data, str(tmp_path / "full"), model_factory=FakeModel, progress=False)
