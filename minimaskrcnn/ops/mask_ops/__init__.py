@@ -14,7 +14,8 @@
 
 Tiers (see :mod:`minimaskrcnn.backend`): ``reference.py`` (NumPy, the specification),
 ``numba_cpu.py`` (``@njit(parallel=True)``), ``numba_cuda.py`` (one thread per output element,
-grid-stride loops). All three implement every op and both loss modes; results agree to float
+grid-stride loops; ``cupy.py`` runs those same kernels on CuPy arrays, so ``tier=None`` works for
+CuPy inputs). All tiers implement every op and both loss modes; results agree to float
 rounding (the loss is accumulated in float64 in every tier, in a fixed order, so each tier is
 deterministic).
 
