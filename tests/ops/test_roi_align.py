@@ -226,3 +226,30 @@ def test_gpu_backward_atomic_and_deterministic(gpu_tier, dtype):
     np.testing.assert_allclose(atomic, ref, **tol(dtype))
     np.testing.assert_allclose(det1, ref, **tol(dtype))
     np.testing.assert_array_equal(det1, det2)
+
+
+# ------------------------------------------------------------------------------------------
+# The figure
+# ------------------------------------------------------------------------------------------
+
+
+def test_plot_roi_sampling_saves_a_png(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minimaskrcnn.viz import plot_roi_sampling
+
+    fig = plot_roi_sampling([9.0, 6.5, 27.0, 23.0], (8, 10), 2, spatial_scale=0.25)
+    assert len(fig.axes) == 4
+    assert [a.get_title().splitlines()[0] for a in fig.axes] == [
+        "RoIPool", "RoIWarp", "RoIAlign, aligned=False", "RoIAlign, aligned=True"]
+    # 2x2 bins x 2x2 samples per bin in each bilinear panel.
+    assert len(fig.axes[3].collections[0].get_offsets()) == 16
+    path = tmp_path / "roi_sampling.png"
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="box must be 4 finite numbers"):
+        plot_roi_sampling([0, 0, 1], (4, 4), 2)
