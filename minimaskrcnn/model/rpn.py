@@ -32,6 +32,14 @@ class RPNHead(Module):
     ``((objectness list (N, A, H_l, W_l), deltas list (N, 4A, H_l, W_l)), cache)``;
     ``backward((d_objectness list, d_deltas list), cache)`` returns the list of feature gradients
     and accumulates the head's parameter gradients over all levels.
+
+    The backward is sparse. The RPN losses only see the sampled anchors (256 per image out of
+    ~16k for a 256x256 crop), so the incoming gradients are zero except at the S cells holding a
+    sampled anchor. The 1x1 convs and the ReLU are per cell; the 3x3 conv's weight gradient is
+    ``sum over those cells of dt (x) patch`` and its input gradient scatters ``W^T dt`` into the
+    3x3 neighbourhood of each cell. Working on the S cells only (gathered patches, one scatter
+    per tap, unique targets per tap) gives exactly the dense backward's result for ~5% of its
+    work.
     """
 
     def __init__(self, channels: int, num_anchors: int, rng: np.random.Generator):
@@ -46,23 +54,45 @@ class RPNHead(Module):
     def forward(self, features):
         objectness, deltas, caches = [], [], []
         for x in features:
-            t, c_conv = self.conv.forward(x)
-            t, c_relu = self.relu.forward(t)
-            o, c_cls = self.cls_logits.forward(t)
-            d, c_box = self.bbox_pred.forward(t)
+            t, _ = self.conv.forward(x)
+            r, _ = self.relu.forward(t)
+            o, _ = self.cls_logits.forward(r)
+            d, _ = self.bbox_pred.forward(r)
             objectness.append(o)
             deltas.append(d)
-            caches.append((c_conv, c_relu, c_cls, c_box))
+            caches.append((x, r))  # the input and the ReLU output are all backward needs
         return (objectness, deltas), caches
 
     def backward(self, grads, cache):
         d_objectness, d_deltas = grads
+        w_cls = self.cls_logits.weight.data.reshape(self.cls_logits.out_channels, -1)  # (A, C)
+        w_box = self.bbox_pred.weight.data.reshape(self.bbox_pred.out_channels, -1)  # (4A, C)
+        w3 = self.conv.weight.data.reshape(self.conv.out_channels, -1)  # (C, C*9)
         d_features = []
-        for do, dd, (c_conv, c_relu, c_cls, c_box) in zip(d_objectness, d_deltas, cache, strict=True):
-            dt = self.cls_logits.backward(do, c_cls)
-            dt = dt + self.bbox_pred.backward(dd, c_box)
-            dt = self.relu.backward(dt, c_relu)
-            d_features.append(self.conv.backward(dt, c_conv))
+        for do, dd, (x, r) in zip(d_objectness, d_deltas, cache, strict=True):
+            n, c, h, w = x.shape
+            dx_pad = np.zeros((n, c, h + 2, w + 2), x.dtype)
+            ni, hi, wi = np.nonzero((do != 0).any(axis=1) | (dd != 0).any(axis=1))  # S cells
+            if ni.size:
+                do_s = do[ni, :, hi, wi]  # (S, A)
+                dd_s = dd[ni, :, hi, wi]  # (S, 4A)
+                r_s = r[ni, :, hi, wi]  # (S, C)
+                self.cls_logits.weight.grad += (do_s.T @ r_s).reshape(self.cls_logits.weight.shape)
+                self.cls_logits.bias.grad += do_s.sum(axis=0)
+                self.bbox_pred.weight.grad += (dd_s.T @ r_s).reshape(self.bbox_pred.weight.shape)
+                self.bbox_pred.bias.grad += dd_s.sum(axis=0)
+                dt_s = (do_s @ w_cls + dd_s @ w_box) * (r_s > 0)  # (S, C), through the ReLU
+                x_pad = np.zeros_like(dx_pad)
+                x_pad[:, :, 1:-1, 1:-1] = x
+                taps = [(a, b) for a in range(3) for b in range(3)]
+                patches = np.stack([x_pad[ni, :, hi + a, wi + b] for a, b in taps], axis=2)
+                self.conv.weight.grad += (dt_s.T @ patches.reshape(ni.size, -1)).reshape(
+                    self.conv.weight.shape)  # (C, C*9) -> (C, C, 3, 3)
+                self.conv.bias.grad += dt_s.sum(axis=0)
+                dcols = (dt_s @ w3).reshape(ni.size, c, 9)  # (S, C, 3*3)
+                for k, (a, b) in enumerate(taps):  # the S targets of one tap are distinct
+                    dx_pad[ni, :, hi + a, wi + b] += dcols[:, :, k]
+            d_features.append(dx_pad[:, :, 1:-1, 1:-1])
         return d_features
 
 

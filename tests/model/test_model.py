@@ -270,3 +270,34 @@ def test_softmax_mask_loss_and_other_roi_ops_run():
         model.backward(cache)
         out = model.predict(images[:1])
         assert out[0]["masks"].shape[1:] == (64, 64)
+
+
+@pytest.mark.parametrize("density", [0.03, 1.0])
+def test_sparse_rpn_head_backward_equals_the_dense_layers(density):
+    """RPNHead.backward works on the cells with a nonzero gradient only; it must give the
+    same result as chaining the layers' own (dense) backward passes."""
+    from minimaskrcnn.model.rpn import RPNHead
+
+    rng = np.random.default_rng(0)
+    head = RPNHead(8, 3, rng).astype(np.float64)
+    for p in head.parameters():
+        p.data[...] = rng.standard_normal(p.shape) * 0.3
+    feats = [rng.standard_normal((2, 8, h, w)) for h, w in ((8, 12), (4, 6), (1, 1))]
+    (obj, dl), cache = head.forward(feats)
+    d_obj = [rng.standard_normal(o.shape) * (rng.random(o.shape) < density) for o in obj]
+    d_del = [rng.standard_normal(d.shape) * (rng.random(d.shape) < density) for d in dl]
+    head.zero_grad()
+    dx = head.backward((d_obj, d_del), cache)
+    sparse_grads = [p.grad.copy() for p in head.parameters()]
+
+    head.zero_grad()
+    for x, do, dd, got in zip(feats, d_obj, d_del, dx, strict=True):
+        t, c_conv = head.conv.forward(x)
+        r, c_relu = head.relu.forward(t)
+        _, c_cls = head.cls_logits.forward(r)
+        _, c_box = head.bbox_pred.forward(r)
+        dr = head.cls_logits.backward(do, c_cls) + head.bbox_pred.backward(dd, c_box)
+        want = head.conv.backward(head.relu.backward(dr, c_relu), c_conv)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    for p, g in zip(head.parameters(), sparse_grads, strict=True):
+        np.testing.assert_allclose(g, p.grad, rtol=1e-10, atol=1e-12)
