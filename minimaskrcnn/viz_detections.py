@@ -109,8 +109,8 @@ def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=No
 
 
 def plot_loss_curve(records: list[dict], path: str, *, val_records=None, window: int = 20) -> None:
-    """Loss terms against the iteration (moving average over ``window``), log scale; val mask
-    AP on a second axis when ``val_records`` are given.
+    """Loss terms against the iteration (trailing mean over the last ``window`` iterations),
+    log scale; val mask AP on a second axis when ``val_records`` are given.
 
     Args:
         records: the training log (``log.jsonl`` records: iteration, loss, loss_* terms).
@@ -124,10 +124,11 @@ def plot_loss_curve(records: list[dict], path: str, *, val_records=None, window:
         keys = ["loss"] + sorted(k for k in records[0] if k.startswith("loss_"))
         for k in keys:
             y = np.array([r[k] for r in records], dtype=np.float64)
-            win = max(1, min(window, len(y)))
-            smooth = np.convolve(y, np.ones(win) / win, mode="valid")
-            ax.plot(it[win - 1:], np.maximum(smooth, 1e-6), label=k,
-                    linewidth=2.0 if k == "loss" else 1.0)
+            # trailing mean over the last `window` iterations (fewer at the start)
+            c = np.concatenate([[0.0], np.cumsum(y)])
+            lo = np.maximum(np.arange(len(y)) + 1 - window, 0)
+            smooth = (c[1:] - c[lo]) / (np.arange(len(y)) + 1 - lo)
+            ax.plot(it, np.maximum(smooth, 1e-6), label=k, linewidth=2.0 if k == "loss" else 1.0)
         ax.set_yscale("log")
         ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("iteration")
