@@ -131,9 +131,9 @@ class Block(NamedTuple):
 BLOCK_ELEMENTS = 1 << 20
 """Target size of one block of ``cols`` on the CPU (4 MiB of float32). The matrix products of a
 convolution have few rows (O = 32..64), so the BLAS is limited by reading ``cols``; a block
-that was just written is still in the L2/L3 caches when the BLAS reads it. Measured on the
-2-core machine: 2^20 beat 2^15..2^19 and 2^22 (and one product over all of ``cols``) by
-10-40%."""
+that was just written is still in cache when the BLAS reads it. Measured on the 2-core machine
+(docs/performance.md): 2^20 beat 2^15..2^19 and 2^22, and was 1.4-1.7x faster forward +
+backward than one product over all of ``cols``."""
 
 
 def _blocks(xp, g: Geometry, N: int, C: int) -> list[Block]:
@@ -276,7 +276,9 @@ class Conv2d(Module):
 
     Parameters: ``weight (O, C, kh, kw)``, ``bias (O,)``.
 
-    ``forward(x)``: x ``(N, C, H, W)`` of the parameters' dtype -> ``(y (N, O, Ho, Wo), cache)``.
+    ``forward(x)``: x ``(N, C, H, W)`` of the parameters' dtype -> ``(y (N, O, Ho, Wo), cache)``;
+    the cache is the padded input (about the size of x; ``cols`` is rebuilt block by block in
+    the backward instead of keeping ``kh*kw`` copies of the input alive).
     ``backward(dy, cache)`` -> dx ``(N, C, H, W)``; accumulates ``weight.grad``/``bias.grad``.
 
     Raises:
