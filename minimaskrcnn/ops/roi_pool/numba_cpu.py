@@ -39,13 +39,12 @@ def _forward(flat, rois, scale, pooled_h, pooled_w, H, W, out, argmax):
                 w0, w1 = pool_bin(pw, bin_w, start_w, W)
                 if h1 <= h0 or w1 <= w0:
                     continue
-                for c in range(C):
-                    plane = flat[n, c]
+                for c in range(C):  # full subscripts: no per-channel views (atomic refcounts)
                     best = out.dtype.type(LOWEST)
                     best_i = -1
                     for h in range(h0, h1):
                         for w in range(w0, w1):
-                            v = plane[h * W + w]
+                            v = flat[n, c, h * W + w]
                             if v > best:
                                 best = v
                                 best_i = h * W + w
