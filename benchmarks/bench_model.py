@@ -12,7 +12,16 @@ at a time, median seconds per image. The model is untrained (init weights), so i
 postprocess usually keeps the maximum of 500 detections and pastes 500 masks: a pessimistic
 case next to a trained model's detections (the peer measured a trained model).
 
-    /work/venv/bin/python benchmarks/bench_model.py [--iters 5] [--images 4]
+    /work/venv/bin/python benchmarks/bench_model.py [--iters 5] [--images 4] [--blas-threads 1] \
+        [--torch /work/torchvenv/bin/python]
+
+``--torch`` also runs ``benchmarks/torch_model.py`` (torchvision's MaskRCNN built to the preset,
+``torch.set_num_threads`` = ``--blas-threads``) on the same training batch and val images, in a
+separate process, and prints its figures next to ours.
+
+``--blas-threads`` sets ``OPENBLAS_NUM_THREADS`` (and the OMP/MKL equivalents) before NumPy is
+imported. On the shared 2-core machine a multi-threaded OpenBLAS is ~10x *slower* for this model
+(its threads spin while other jobs hold the cores): 1 is the default.
 
 The peer (torchvision 0.29 on 2 CPU threads, ``specs/peer-results.md``): 1.35 s per training
 iteration, 0.24-0.29 s per inference image.
@@ -22,16 +31,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
-import time
 
-import numpy as np
+if __name__ == "__main__":  # must happen before NumPy loads its BLAS
+    _ap = argparse.ArgumentParser(add_help=False)
+    _ap.add_argument("--blas-threads", type=int, default=1)
+    _threads = str(_ap.parse_known_args()[0].blas_threads)
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
 
-from minimaskrcnn.config import get_preset
-from minimaskrcnn.data import load_sample
-from minimaskrcnn.data.transforms import sample_crop, standardize
-from minimaskrcnn.model import StageTimer, build_model
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from minimaskrcnn.config import get_preset  # noqa: E402
+from minimaskrcnn.data import load_sample  # noqa: E402
+from minimaskrcnn.data.transforms import sample_crop, standardize  # noqa: E402
+from minimaskrcnn.model import StageTimer, build_model  # noqa: E402
 
 STAGES = ("backbone_fpn", "rpn", "roi_heads", "mask_head", "backward")
 
@@ -49,8 +66,7 @@ def training_batch(cfg, rng):
     return images, targets
 
 
-def bench_training(model, cfg, iters, rng):
-    images, targets = training_batch(cfg, rng)
+def bench_training(model, images, targets, iters, rng):
     for _ in range(2):  # warm-up: Numba compilation, caches
         losses, cache = model.forward_train(images, targets, rng)
         model.backward(cache)
@@ -87,17 +103,47 @@ def bench_inference(model, n_images):
     return statistics.median(times), {s: statistics.median(v) for s, v in stages.items()}, dets, sizes
 
 
+def run_torch(python, images, targets, n_val, iters, threads, max_dets):
+    """Write the batch and the val images to an .npz and time torchvision on them."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    val = load_sample("val")
+    arrays = {"n_train": len(images), "n_val": min(n_val, len(val))}
+    for i, (im, t) in enumerate(zip(images, targets, strict=True)):
+        arrays.update({f"image{i}": im, f"boxes{i}": t["boxes"], f"labels{i}": t["labels"],
+                       f"masks{i}": t["masks"]})
+    for i in range(arrays["n_val"]):
+        arrays[f"val{i}"] = standardize(val[i][0])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "batch.npz")
+        np.savez(path, **arrays)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_model.py")
+        out = subprocess.run([python, script, path, "--threads", str(threads), "--iters", str(iters),
+                              "--max-dets", str(max_dets)],
+                             check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS_NUM_THREADS")
+    ap.add_argument("--max-dets", type=int, default=None,
+                    help="detections_per_img for the inference run (default: the preset's 500)")
+    ap.add_argument("--torch", default=None, help="python of the torch venv: time the peer too")
     args = ap.parse_args()
     cfg = get_preset("nuclei-mini")
     rng = np.random.default_rng(0)
     model = build_model(cfg, rng)
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}; "
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+          f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', 'default')}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    total, stages, n_gt, n_fg = bench_training(model, cfg, args.iters, rng)
+    images, targets = training_batch(cfg, np.random.default_rng(1))
+    total, stages, n_gt, n_fg = bench_training(model, images, targets, args.iters, rng)
     print(f"\ntraining, nuclei-mini, batch 4 x 256x256 crops (instances per crop {n_gt}, "
           f"{n_fg} foreground RoIs in the mask head), "
           f"median of {args.iters} iterations, seconds")
@@ -106,6 +152,11 @@ def main():
         print(f"| {s} | {stages[s]:.3f} |")
     print(f"| **total** | **{total:.3f}** |  (peer: 1.35)")
 
+    if args.max_dets is not None:
+        import dataclasses  # noqa: PLC0415
+
+        model.config = dataclasses.replace(model.config, detections_per_img=args.max_dets)
+        model.roi_heads.cfg = model.config
     t_img, stages, dets, sizes = bench_inference(model, args.images)
     print(f"\ninference, untrained nuclei-mini, val images at native size {sizes}, "
           f"detections {dets}, median seconds per image")
@@ -114,6 +165,15 @@ def main():
     print(f"| rpn | {stages['rpn']:.3f} |")
     print(f"| roi_heads + mask head + paste | {stages['roi_heads']:.3f} |")
     print(f"| **total** | **{t_img:.3f}** |  (peer: 0.24-0.29, trained model)")
+
+    if args.torch:
+        ours = sum(p.data.size for p in model.parameters())
+        res = run_torch(args.torch, images, targets, args.images, args.iters, args.blas_threads,
+                        model.config.detections_per_img)
+        print(f"\ntorchvision on the same batch and images, {res['threads']} thread(s): "
+              f"{res['params']:,} parameters (ours {ours:,}); training {res['train_s']:.3f} s/iter "
+              f"(ours {total:.3f}); inference {res['infer_s']:.3f} s/image with detections "
+              f"{res['dets']} (ours {t_img:.3f}, detections {dets})")
 
 
 if __name__ == "__main__":
