@@ -65,6 +65,23 @@ def _roi_samples(rois, r, scale, H, W, pooled_h, pooled_w, sampling_ratio, align
     grid_w = max(grid_w, 0)
     G = grid_h * grid_w
     count = max(G, 1)
+    # The weights factor per axis: interpolate each row and each column coordinate once.
+    iy_tab = np.zeros((pooled_h * grid_h, 3), dtype=np.int64)  # valid, low, high
+    wy_tab = np.zeros((pooled_h * grid_h, 2), dtype=rois.dtype)  # w_low, w_high
+    for ph in range(pooled_h):
+        for iy in range(grid_h):
+            t = ph * grid_h + iy
+            v, lo, hi, w_lo, w_hi = interp_axis(sample_point(start_h, bin_h, ph, iy, grid_h), H)
+            iy_tab[t, 0], iy_tab[t, 1], iy_tab[t, 2] = v, lo, hi
+            wy_tab[t, 0], wy_tab[t, 1] = w_lo, w_hi
+    ix_tab = np.zeros((pooled_w * grid_w, 3), dtype=np.int64)
+    wx_tab = np.zeros((pooled_w * grid_w, 2), dtype=rois.dtype)
+    for pw in range(pooled_w):
+        for ix in range(grid_w):
+            t = pw * grid_w + ix
+            v, lo, hi, w_lo, w_hi = interp_axis(sample_point(start_w, bin_w, pw, ix, grid_w), W)
+            ix_tab[t, 0], ix_tab[t, 1], ix_tab[t, 2] = v, lo, hi
+            wx_tab[t, 0], wx_tab[t, 1] = w_lo, w_hi
     S = pooled_h * pooled_w * G
     offs = np.zeros((S, 4), dtype=np.int64)
     wts = np.zeros((S, 4), dtype=rois.dtype)
@@ -72,12 +89,14 @@ def _roi_samples(rois, r, scale, H, W, pooled_h, pooled_w, sampling_ratio, align
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             for iy in range(grid_h):
-                y = sample_point(start_h, bin_h, ph, iy, grid_h)
-                vy, y_lo, y_hi, hy, ly = interp_axis(y, H)
+                ty = ph * grid_h + iy
+                y_lo, y_hi = iy_tab[ty, 1], iy_tab[ty, 2]
+                hy, ly = wy_tab[ty, 0], wy_tab[ty, 1]
                 for ix in range(grid_w):
-                    x = sample_point(start_w, bin_w, pw, ix, grid_w)
-                    vx, x_lo, x_hi, hx, lx = interp_axis(x, W)
-                    if vy and vx:
+                    tx = pw * grid_w + ix
+                    if iy_tab[ty, 0] and ix_tab[tx, 0]:
+                        x_lo, x_hi = ix_tab[tx, 1], ix_tab[tx, 2]
+                        hx, lx = wx_tab[tx, 0], wx_tab[tx, 1]
                         offs[s, 0] = y_lo * W + x_lo
                         offs[s, 1] = y_lo * W + x_hi
                         offs[s, 2] = y_hi * W + x_lo
@@ -122,13 +141,15 @@ def _forward_roi(x_cl, rois, r, scale, pooled_h, pooled_w, sampling_ratio, align
                 for c in range(C):
                     acc[b, c] += (w0 * x_cl[n, p0, c] + w1 * x_cl[n, p1, c]
                                   + w2 * x_cl[n, p2, c] + w3 * x_cl[n, p3, c])
+    if not use_max:
+        for b in range(nbins):
+            for c in range(C):  # vectorised division
+                acc[b, c] = acc[b, c] / cnt
     for c in range(C):
         for b in range(nbins):
+            out[r, c, b] = acc[b, c]
             if use_max:
-                out[r, c, b] = acc[b, c]
                 argmax[r, c, b] = best_k[b, c]
-            else:
-                out[r, c, b] = acc[b, c] / cnt
 
 
 @njit(cache=True, parallel=True)
