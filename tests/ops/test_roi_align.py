@@ -157,6 +157,30 @@ def test_adjoint_identity(tier, aligned):
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
 
 
+def test_numba_tier_is_bitwise_the_reference_whatever_the_thread_count():
+    # The Numba CPU backward gives each grad_input cell one writer and adds its contributions in
+    # the reference's order (module docstring), so it is exactly the reference's result and
+    # does not depend on how many threads run it.
+    import numba
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 5, 9, 8)).astype(np.float32)
+    boxes = random_rois(rng, 2, 9, 8, 12, 0.5, np.float32)
+    g = rng.standard_normal((12, 5, 3, 2)).astype(np.float32)
+    args = ((3, 2), 0.5, -1, True)
+    ref = roi_align(x, boxes, *args, tier="numpy")
+    gref = roi_align_backward(g, boxes, x.shape, *args, tier="numpy")
+    threads = numba.get_num_threads()
+    try:
+        for n in sorted({1, threads}):
+            numba.set_num_threads(n)
+            np.testing.assert_array_equal(roi_align(x, boxes, *args, tier="numba"), ref)
+            np.testing.assert_array_equal(roi_align_backward(g, boxes, x.shape, *args,
+                                                             tier="numba"), gref)
+    finally:
+        numba.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------
