@@ -128,12 +128,13 @@ def _read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _truncate_log(path: str, iteration: int) -> None:
+def _truncate_log(path: str, iteration: int) -> list[dict]:
     """Keep the records of iterations before ``iteration`` (a resumed run rewrites the rest)."""
     records = [r for r in _read_jsonl(path) if r.get("iteration", -1) < iteration]
     with open(path, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
+    return records
 
 
 def _finite_or_raise(losses: dict, iteration: int, last_ckpt: str | None) -> float:
@@ -222,7 +223,7 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
         start = _load(last_ckpt, model, optimizer)
         scheduler.last_iter = start  # also sets optimizer.lr to the lr of iteration `start`
         _truncate_log(log_path, start)
-        vals = [r for r in _read_jsonl(os.path.join(out_dir, VAL_FILE)) if r["iteration"] <= start]
+        vals = _truncate_log(os.path.join(out_dir, VAL_FILE), start + 1)  # validations <= start
     else:
         for name in (LOG_FILE, VAL_FILE):
             if os.path.exists(os.path.join(out_dir, name)):
@@ -289,5 +290,5 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
     from minimaskrcnn.viz_detections import plot_loss_curve
 
     plot_loss_curve(_read_jsonl(log_path), os.path.join(out_dir, CURVE_FILE), val_records=vals)
-    return {"model": model, "iteration": total, "checkpoint": last_ckpt, "log": log_path,
+    return {"model": model, "iteration": max(start, total), "checkpoint": last_ckpt, "log": log_path,
             "val": vals, "seconds_per_iteration": float(np.median(seconds)) if seconds else None}

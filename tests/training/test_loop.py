@@ -82,14 +82,19 @@ def _params(model):
 
 def test_resume_equals_uninterrupted_run(tmp_path, data):
     cfg = _cfg()
-    full = train(cfg, data, str(tmp_path / "full"), model_factory=FakeModel, progress=False)
+    kw = dict(model_factory=FakeModel, progress=False, val_dataset=data, val_limit=2)
+    full = train(cfg, data, str(tmp_path / "full"), **kw)
     part_dir = str(tmp_path / "part")
-    first = train(cfg, data, part_dir, iterations=4, model_factory=FakeModel, progress=False)
-    assert os.path.basename(first["checkpoint"]) == "checkpoint_000004.npz"
+    first = train(cfg, data, part_dir, iterations=5, **kw)  # validates at 4 and at its end, 5
+    train(cfg, data, part_dir, iterations=4, resume=True, **kw)  # back to 4: nothing to do
+    assert os.path.basename(first["checkpoint"]) == "checkpoint_000005.npz"
     # the checkpoints so far: every 3 iterations and at the end of the call
     assert sorted(f for f in os.listdir(part_dir) if f.startswith("checkpoint_")) == [
-        "checkpoint_000003.npz", "checkpoint_000004.npz"]
-    resumed = train(cfg, data, part_dir, resume=True, model_factory=FakeModel, progress=False)
+        "checkpoint_000003.npz", "checkpoint_000005.npz"]
+    resumed = train(cfg, data, part_dir, resume=True, **kw)
+    assert [v["iteration"] for v in resumed["val"]] == [4, 5, 8]
+    val_lines = [json.loads(x) for x in open(os.path.join(part_dir, "val.jsonl"))]
+    assert [v["iteration"] for v in val_lines] == [4, 5, 8]
     a, b = _params(full["model"]), _params(resumed["model"])
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
