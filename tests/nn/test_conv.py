@@ -216,3 +216,27 @@ def test_large_image_uses_row_blocks(monkeypatch, rng):
                            layer.dilation)
         np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
         check_layer(layer, x, directions=3, seeds=(0,))
+
+
+@pytest.mark.parametrize("block", [300, 2000])
+def test_multi_image_blocks_with_partial_last_block(monkeypatch, block):
+    """Several whole images per product, the last block shorter (5 images, 2 per block)."""
+    import minimaskrcnn.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "BLOCK_ELEMENTS", block)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 2, 4, 5))
+    for layer in (Conv2d(2, 3, 3, padding=1, rng=rng), Conv2d(2, 3, 3, stride=2, padding=1,
+                                                              rng=rng)):
+        layer.astype(np.float64)
+        y, _ = layer.forward(x)
+        ref = conv2d_loops(x, layer.weight.data, layer.bias.data, layer.stride, layer.padding,
+                           layer.dilation)
+        np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+        check_layer(layer, x, directions=3, seeds=(0,))
+    convt = ConvTranspose2d(2, 3, 2, 2, rng=rng).astype(np.float64)
+    y, _ = convt.forward(x)
+    ref = conv_transpose2d_loops(x, convt.weight.data, convt.bias.data, convt.stride,
+                                 convt.padding, convt.output_padding, convt.dilation)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    check_layer(convt, x, directions=3, seeds=(0,))
