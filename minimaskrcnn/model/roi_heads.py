@@ -353,7 +353,8 @@ def mask_probabilities(mask_logits, labels, mode):
         fg = mask_logits[:, 1:]
         m = np.maximum(fg.max(axis=1), 0.0)  # stabiliser, includes the background's 0
         return np.exp(x - m) / (np.exp(-m) + np.exp(fg - m[:, None]).sum(axis=1))
-    return 1.0 / (1.0 + np.exp(-x))
+    e = np.exp(-np.abs(x))  # stable sigmoid
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def postprocess_detections(class_logits, box_regression, proposals, image_sizes, box_coder,

@@ -220,7 +220,9 @@ def filter_proposals(anchors, deltas, objectness, box_coder: BoxCoder, image_siz
         start += s
     top_idx = np.concatenate(top_idx, axis=1)  # (N, sum_l k_l)
     rows = np.arange(n)[:, None]
-    prob_all = 1.0 / (1.0 + np.exp(-objectness[rows, top_idx]))
+    logits = objectness[rows, top_idx]
+    e = np.exp(-np.abs(logits))  # stable sigmoid: exp of a non-positive number only
+    prob_all = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
 
     final_boxes, final_scores = [], []
     for i in range(n):

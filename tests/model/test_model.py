@@ -301,3 +301,14 @@ def test_sparse_rpn_head_backward_equals_the_dense_layers(density):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     for p, g in zip(head.parameters(), sparse_grads, strict=True):
         np.testing.assert_allclose(g, p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_predict_with_no_detection_returns_empty_arrays():
+    model = build_model(TINY, np.random.default_rng(0))
+    model.roi_heads.box_predictor.cls_score.bias.data[...] = [20.0, -20.0, -20.0]  # all background
+    images, _ = tiny_batch()
+    out = model.predict(images)
+    for det, im in zip(out, images, strict=True):
+        assert det["boxes"].shape == (0, 4) and det["boxes"].dtype == np.float32
+        assert det["scores"].shape == (0,) and det["labels"].shape == (0,)
+        assert det["masks"].shape == (0,) + im.shape[1:] and det["masks"].dtype == bool

@@ -1,7 +1,10 @@
 """Overfitting two synthetic images: the whole training step (every loss, every backward) has to
 be right for a tiny model to learn to find, classify, box and segment four objects.
 
-About 200 SGD steps of a ~40k-parameter model on two 64x64 images (~10 s on one idle core).
+300 SGD steps (warm-up, then x0.1 for the last quarter) of a ~40k-parameter model on two 64x64
+images: ~15 s on one core. Checked robust over four init/sampling seeds (smallest box IoU 0.86,
+mask IoU 0.90, loss down ~20x). Multi-threaded OpenBLAS on a busy machine can make it several
+times slower (see docs/performance.md, "Threads on a shared machine").
 """
 
 import numpy as np
@@ -18,8 +21,9 @@ CFG = ModelConfig(
     rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32,
     representation_size=32, mask_head_channels=8, detections_per_img=20,
 )
-ITERATIONS = 200
+ITERATIONS = 300
 LR = 0.02
+DECAY_AT = 225
 
 
 def disc(h, w, cx, cy, r):
@@ -64,7 +68,7 @@ def test_tiny_model_overfits_two_images():
     rng = np.random.default_rng(1)
     history = []
     for it in range(ITERATIONS):
-        opt.lr = LR * min(1.0, (it + 1) / 20)  # short linear warm-up
+        opt.lr = LR * min(1.0, (it + 1) / 20) * (0.1 if it >= DECAY_AT else 1.0)
         model.zero_grad()
         losses, cache = model.forward_train(images, targets, rng)
         model.backward(cache)
@@ -72,7 +76,7 @@ def test_tiny_model_overfits_two_images():
         history.append(sum(losses.values()))
     assert np.all(np.isfinite(history))
     first, last = history[0], float(np.mean(history[-10:]))
-    assert last < first / 5, (first, last)
+    assert last < first / 10, (first, last)
 
     for det, t in zip(model.predict(images), targets, strict=True):
         iou = box_iou(t["boxes"], det["boxes"])  # (G, D)
