@@ -83,4 +83,6 @@ class MaxPool2d(Module):
         zero = xp.zeros((), dtype=dy.dtype)
         for t, view in self._taps(dbuf, Ho, Wo):
             view += xp.where(arg == t, dy, zero)
-        return dbuf[:, :, ph : ph + H, pw : pw + W] if (ph or pw) else dbuf
+        if ph or pw:
+            return xp.ascontiguousarray(dbuf[:, :, ph : ph + H, pw : pw + W])
+        return dbuf
