@@ -11,6 +11,8 @@ import minimaskrcnn
 from minimaskrcnn.config import ModelConfig, get_preset
 from minimaskrcnn.model import LOSS_KEYS, build_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matrices: see conftest.py
+
 TINY = ModelConfig(
     num_classes=2, stem_channels=8, stage_channels=(8, 8, 16, 16), gn_groups=4, fpn_channels=8,
     rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=100, rpn_pre_nms_top_n_test=50,

@@ -61,7 +61,7 @@ def two_images():
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_two_images():
+def test_tiny_model_overfits_two_images(single_thread):
     images, targets = two_images()
     model = build_model(CFG, np.random.default_rng(0))
     opt = SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=0.0)
