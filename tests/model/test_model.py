@@ -175,7 +175,7 @@ def test_gradient_check_whole_training_loss_float64():
         lm, _ = _total(model, images, targets, proposals, seed)
         shift(+1)
         numeric = (lp - lm) / (2 * eps)
-        assert numeric == pytest.approx(analytic, rel=1e-4, abs=1e-7), (stage, numeric, analytic)
+        assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-9), (stage, numeric, analytic)
 
 
 def test_backward_accumulates():
