@@ -314,3 +314,22 @@ def test_predict_with_no_detection_returns_empty_arrays():
         assert det["boxes"].shape == (0, 4) and det["boxes"].dtype == np.float32
         assert det["scores"].shape == (0,) and det["labels"].shape == (0,)
         assert det["masks"].shape == (0,) + im.shape[1:] and det["masks"].dtype == bool
+
+
+def test_two_forwards_then_two_backwards_nothing_kept_on_the_model():
+    """The cache is explicit: forward A, forward B, backward A, backward B gives the same
+    gradients as (forward A, backward A), (forward B, backward B)."""
+    model = build_model(TINY, np.random.default_rng(0))
+    images, targets = tiny_batch()
+    batches = [(images, targets), (images[:1], targets[:1])]
+    model.zero_grad()
+    for ims, tgs in batches:
+        _, cache = model.forward_train(ims, tgs, np.random.default_rng(3))
+        model.backward(cache)
+    sequential = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    caches = [model.forward_train(ims, tgs, np.random.default_rng(3))[1] for ims, tgs in batches]
+    for cache in caches:
+        model.backward(cache)
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, sequential[n], rtol=1e-5, atol=1e-7, err_msg=n)
