@@ -21,9 +21,6 @@ parameter. Every gradient accumulates (``+=``) in ``Param.grad``.
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-
 import numpy as np
 
 from minimaskrcnn.config import Config, ModelConfig, get_preset
@@ -38,33 +35,13 @@ from minimaskrcnn.model.rpn import (
     rpn_losses,
     unflatten_head_grads,
 )
+from minimaskrcnn.model.timing import NullTimer
 from minimaskrcnn.nn.module import Module
 from minimaskrcnn.ops import AnchorGenerator, BoxCoder
 from minimaskrcnn.training.matcher import Matcher
 from minimaskrcnn.training.sampler import BalancedPositiveNegativeSampler
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
-
-
-class StageTimer:
-    """Wall-clock seconds per named stage, summed over calls (for the benchmark breakdown)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield self
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-
-class _NoTimer:
-    @contextmanager
-    def __call__(self, name: str):
-        yield self
 
 
 class MaskRCNN(Module):
@@ -205,7 +182,8 @@ class MaskRCNN(Module):
             rng: ``np.random.Generator`` driving the RPN and RoI samplers.
             proposals: optional list of N ``(P_i, 4)`` boxes used instead of the RPN's (the
                 gradient check holds them fixed; the RPN losses are computed as usual).
-            timer: optional :class:`StageTimer` collecting seconds per stage.
+            timer: optional :class:`~minimaskrcnn.model.timing.StageTimer` collecting seconds
+                per stage.
 
         Returns:
             ``(losses, cache)``: ``losses`` maps the five torchvision loss names to Python
@@ -216,7 +194,7 @@ class MaskRCNN(Module):
             a mask whose size is not its image's, a label outside 1..K, a box with zero width
             or height.
         """
-        timer = timer or _NoTimer()
+        timer = timer or NullTimer()
         cfg = self.config
         batch, sizes = self._batch(images)
         targets = self._check_targets(targets, sizes)
@@ -270,7 +248,7 @@ class MaskRCNN(Module):
             ``labels (D_i,) int64`` in 1..K, ``scores (D_i,) float32`` (decreasing),
             ``masks (D_i, h_i, w_i) bool`` (pasted probability >= 0.5).
         """
-        timer = timer or _NoTimer()
+        timer = timer or NullTimer()
         batch, sizes = self._batch(images)
         ps, _ = self._features(batch, timer)
         with timer("rpn"):

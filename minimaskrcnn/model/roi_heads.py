@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimaskrcnn import nn, ops
+from minimaskrcnn.model.timing import NullTimer
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Module, Sequential
 from minimaskrcnn.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
@@ -242,7 +243,7 @@ class RoIHeads(Module):
         Returns:
             ``(losses dict, cache)``; :meth:`backward` turns the cache into the P2..P5 gradients.
         """
-        timer = timer or _NullTimer()
+        timer = timer or NullTimer()
         cfg = self.cfg
         gt_boxes = [t["boxes"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
@@ -401,14 +402,3 @@ def postprocess_detections(class_logits, box_regression, proposals, image_sizes,
                     "scores": scores[keep].astype(np.float32),
                     "labels": labels[keep].astype(np.int64)})
     return out
-
-
-class _NullTimer:
-    def __call__(self, name):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
