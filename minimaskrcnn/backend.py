@@ -90,6 +90,20 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def blas_threads(n: int | None):
+    """Context manager limiting the BLAS library's threads (OpenBLAS, MKL) to ``n``.
+
+    The layers' matrix products are many and small (32-256 rows): BLAS threads add overhead,
+    and on a busy 2-core machine a 2-thread OpenBLAS spinning beside Numba's threads made a
+    training iteration ~10x slower (docs/performance.md). The CLI runs every command under
+    ``blas_threads(1)``; Numba kernels keep their own threads. ``None`` leaves BLAS as it is.
+    Uses threadpoolctl (the library scikit-learn uses for the same purpose).
+    """
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 # --------------------------------------------------------------------------------------------
 # Tier availability
 # --------------------------------------------------------------------------------------------

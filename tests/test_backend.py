@@ -65,3 +65,17 @@ def test_cli_help_and_tiers(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_blas_threads_limits_and_restores():
+    from threadpoolctl import threadpool_info
+
+    def blas_counts():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_counts()
+    if not before:
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    with backend.blas_threads(1):
+        assert blas_counts() == [1] * len(before)
+    assert blas_counts() == before
