@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from minimaskrcnn.backend import blas_threads
 from minimaskrcnn.testing.tiers import tier_params
 
 # The first Numba call compiles; hypothesis must not time it.
@@ -31,3 +32,11 @@ def fast_tier(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread():
+    """One BLAS thread for the whole run: the tests' matrix products are tiny, and a 2-thread
+    OpenBLAS beside Numba's threads on a 2-core machine slowed some tests ~30x."""
+    with blas_threads(1):
+        yield
