@@ -26,9 +26,10 @@ import time
 
 DEMO_ITERATIONS = 150
 """Iterations of ``minimaskrcnn demo``. Measured 2026-11-22 on this project's 2-core machine:
-0.4-1.2 s per iteration (batch 2) and about 1 s per val image when the machine was quiet, so
-about 3-4 minutes in all; 18 minutes while seven other jobs shared the two cores (660 CPU
-seconds). Result of that run: val mask AP 0.197 / AP50 0.502, box AP 0.171, DSB 0.173."""
+0.4-1.2 s per iteration (batch 2) and about 1 s per val image while the machine was quiet, so
+about 2-4 minutes in all; but 18 minutes while other jobs shared the two cores (4-7 s per
+iteration, 660 CPU seconds). Result of that run: val mask AP 0.197 / AP50 0.502 / AP75 0.092,
+box AP 0.171, DSB score 0.173 (8 val images)."""
 DEMO_QUICK_ITERATIONS = 6
 """Iterations of ``minimaskrcnn demo --quick`` (with 2 val images: about a minute)."""
 
