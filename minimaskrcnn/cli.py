@@ -352,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    from minimaskrcnn.backend import blas_threads
+
     try:
-        return int(args.func(args) or 0)
+        with blas_threads(1):  # many small matrix products: BLAS threads only add overhead
+            return int(args.func(args) or 0)
     except (CLIError, OSError, ValueError, RuntimeError, KeyError) as e:
         msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
         print(f"minimaskrcnn {args.command}: error: {msg}", file=sys.stderr)
