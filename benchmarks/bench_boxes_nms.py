@@ -13,10 +13,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -24,29 +22,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from boxes_nms_data import IOU_SIZE, NMS_SIZES, NMS_THRESHOLD, REPEATS, make_boxes  # noqa: E402
+from timing import time_ms, timed_tiers  # noqa: E402
 
-from minimaskrcnn import backend  # noqa: E402
 from minimaskrcnn.ops import box_iou, nms  # noqa: E402
 
 
 def median_ms(fn, sync=None) -> float:
-    fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def timed_tiers():
-    tiers = [t for t in backend.available_tiers()
-             if not (t == "cuda" and backend.cuda_simulator_enabled())]
-    return tiers
+    return time_ms(fn, REPEATS, sync)
 
 
 def run(tiers):

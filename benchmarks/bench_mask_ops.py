@@ -15,15 +15,14 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numba
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mask_ops_data import REPEATS, M, loss_inputs, paste_inputs, target_inputs  # noqa: E402
+from timing import time_ms, timed_tiers  # noqa: E402
 
-from minimaskrcnn import backend  # noqa: E402
 from minimaskrcnn.ops.mask_ops import (  # noqa: E402
     mask_loss,
     paste_masks_in_image,
@@ -38,17 +37,7 @@ CASES = {
 
 
 def best_ms(fn, sync=None) -> float:
-    fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)  # best of REPEATS: the shared machine makes medians noisy
+    return time_ms(fn, REPEATS, sync, reduce="min")  # the shared machine makes medians noisy
 
 
 def run(tiers):
@@ -76,8 +65,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch", metavar="PYTHON", help="interpreter with torch+torchvision")
     args = parser.parse_args()
-    tiers = [t for t in backend.available_tiers()
-             if t != "cupy" and not (t == "cuda" and backend.cuda_simulator_enabled())]
+    tiers = timed_tiers(exclude=("cupy",))
     table = run(tiers)
     cols = list(tiers)
     if args.torch:

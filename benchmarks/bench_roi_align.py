@@ -20,40 +20,23 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numba
 
 sys.path.insert(0, str(Path(__file__).parent))
 from roi_align_data import ALIGNED, CASES, REPEATS, SAMPLING_RATIO, make_inputs  # noqa: E402
+from timing import time_ms, timed_tiers  # noqa: E402
 
-from minimaskrcnn import backend  # noqa: E402
 from minimaskrcnn.ops import roi_align, roi_align_backward  # noqa: E402
 
 REFERENCE_ROIS = 16
 
 
 def median_ms(fn, sync=None, repeats=REPEATS) -> float:
-    fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def timed_tiers():
-    return [t for t in backend.available_tiers()
-            if not (t == "cuda" and backend.cuda_simulator_enabled())]
+    return time_ms(fn, repeats, sync)
 
 
 def time_case(tier, shape, num_rois, size, stride):

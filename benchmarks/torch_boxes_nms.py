@@ -8,9 +8,7 @@ Prints median milliseconds (one warm-up call, then ``REPEATS`` runs).
 """
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,16 +16,11 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
 from boxes_nms_data import IOU_SIZE, NMS_SIZES, NMS_THRESHOLD, REPEATS, make_boxes  # noqa: E402
+from timing import time_ms  # noqa: E402
 
 
 def median_ms(fn) -> float:
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return time_ms(fn, REPEATS)
 
 
 def main():

@@ -11,7 +11,6 @@ Prints the best of ``REPEATS`` runs in milliseconds, after one warm-up call.
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,16 +19,11 @@ from torchvision.models.detection import roi_heads
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mask_ops_data import REPEATS, M, loss_inputs, paste_inputs, target_inputs  # noqa: E402
+from timing import time_ms  # noqa: E402
 
 
 def best_ms(fn) -> float:
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)  # best of REPEATS: the shared machine makes medians noisy
+    return time_ms(fn, REPEATS, reduce="min")  # the shared machine makes medians noisy
 
 
 def main():

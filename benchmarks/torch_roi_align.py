@@ -10,9 +10,7 @@ output with the benchmark's ``grad_output``.
 """
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,16 +18,11 @@ from torchvision.ops import roi_align
 
 sys.path.insert(0, str(Path(__file__).parent))
 from roi_align_data import ALIGNED, CASES, REPEATS, SAMPLING_RATIO, make_inputs  # noqa: E402
+from timing import time_ms  # noqa: E402
 
 
 def median_ms(fn):
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return time_ms(fn, REPEATS)
 
 
 def main():
