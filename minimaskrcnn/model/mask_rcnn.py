@@ -77,15 +77,13 @@ class MaskRCNN(Module):
         return {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays in. Raises ``ValueError`` naming the missing/unexpected names or the
-        parameter whose shape differs."""
-        params = dict(self.named_parameters())
-        if strict:
-            missing = sorted(set(params) - set(state))
-            unexpected = sorted(set(state) - set(params))
-            if missing or unexpected:
-                raise ValueError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
-        super().load_state_dict(state, strict=True)
+        """Copy arrays in (:meth:`Module.load_state_dict`; ``strict=False`` skips names absent
+        from ``state``). Raises ``ValueError`` naming the missing/unexpected names (``strict``)
+        or the parameter whose shape differs."""
+        try:
+            super().load_state_dict(state, strict=strict)
+        except KeyError as e:  # Module raises KeyError for missing/unexpected names
+            raise ValueError(e.args[0]) from None
 
     # -- input --------------------------------------------------------------------------------
 

@@ -104,6 +104,14 @@ def test_state_dict_round_trip_and_errors():
     bad[state_name] = np.zeros((1, 2, 3), np.float32)
     with pytest.raises(ValueError, match="shape"):
         b.load_state_dict(bad)
+    partial = a.state_dict()
+    partial.pop(state_name)  # strict=False: the other parameters are copied, this one is kept
+    c = build_model(TINY, np.random.default_rng(1))
+    kept = c.state_dict()[state_name]
+    c.load_state_dict(partial, strict=False)
+    for (n, pa), (_, pc) in zip(a.named_parameters(), c.named_parameters(), strict=True):
+        assert np.array_equal(pc.data, kept if n == state_name else pa.data)
+    assert not np.array_equal(kept, dict(a.named_parameters())[state_name].data)
 
 
 # --------------------------------------------------------------------------------------------
