@@ -141,17 +141,20 @@ def warmup_multistep_lr(iteration: int, base_lr: float, milestones=(), gamma: fl
     ``warmup = warmup_factor * (1 - a) + a``, ``a = iteration / warmup_iters`` for
     ``iteration < warmup_iters`` ("linear"; "constant" uses ``warmup_factor``), else 1.
     So ``lr(0) = base_lr * warmup_factor``, ``lr(warmup_iters) = base_lr``, and the decay
-    applies from the milestone iteration itself on (``bisect_right``).
+    applies from the milestone iteration itself on (``bisect_right``). Returns a Python float.
+
+    Raises:
+        ValueError: ``warmup_method`` is neither "linear" nor "constant" (at any iteration).
     """
+    if warmup_method not in ("linear", "constant"):
+        raise ValueError(f"unknown warmup_method {warmup_method!r}")
     if iteration >= warmup_iters:
         factor = 1.0
     elif warmup_method == "linear":
         alpha = iteration / warmup_iters
         factor = warmup_factor * (1 - alpha) + alpha
-    elif warmup_method == "constant":
-        factor = warmup_factor
     else:
-        raise ValueError(f"unknown warmup_method {warmup_method!r}")
+        factor = warmup_factor
     return base_lr * factor * gamma ** bisect.bisect_right(list(milestones), iteration)
 
 

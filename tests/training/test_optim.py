@@ -93,6 +93,9 @@ def test_schedule_boundaries():
     assert warmup_multistep_lr(5, 0.1, warmup_iters=10, warmup_factor=0.5,
                                warmup_method="constant") == pytest.approx(0.05)
     assert warmup_multistep_lr(0, 0.1, warmup_iters=0) == pytest.approx(0.1)
+    for iteration in (0, 5000):  # checked during and after the warm-up
+        with pytest.raises(ValueError, match="warmup_method"):
+            warmup_multistep_lr(iteration, 0.1, warmup_method="cosine")
 
 
 def test_scheduler_drives_optimizer():
