@@ -392,11 +392,12 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     """Tight boxes of binary masks.
 
     Args:
-        masks: ``(G, H, W)`` uint8/bool, each non-empty.
+        masks: ``(G, H, W)`` uint8/bool (``G`` may be 0).
 
     Returns:
         ``(G, 4) float32 [x_min, y_min, x_max + 1, y_max + 1]`` pixels: the box covers every
-        pixel of the mask (pixel (i, j) covers [j, j+1) x [i, i+1)).
+        pixel of the mask (pixel (i, j) covers [j, j+1) x [i, i+1)). An empty mask gets the
+        all-zero box (no error; callers drop such instances).
     """
     boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
     for g in range(masks.shape[0]):

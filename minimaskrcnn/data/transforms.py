@@ -127,7 +127,12 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     """:func:`random_crop_flip` of ``dataset[index]`` without decoding every mask at full size.
 
     Only annotations whose box meets the crop window are decoded; same draws, same result as
-    ``random_crop_flip(*dataset[index], ...)``.
+    ``random_crop_flip(*dataset[index], ...)``: ``(image (crop, crop, 3) uint8, target)``, the
+    target as :func:`random_crop_flip` returns it. ``crop_size`` in pixels.
+
+    Raises:
+        IndexError: ``index`` out of range.
+        DatasetError: the image file is missing, unreadable or not of the annotated size.
     """
     image = dataset.load_image(index)
     h, w = image.shape[:2]

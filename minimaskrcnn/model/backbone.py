@@ -32,7 +32,8 @@ def _conv(cin, cout, k, stride, rng):
 
 
 class BasicBlock(Module):
-    """``(N, cin, H, W)`` -> ``(N, cout, H/s, W/s)``; see the module docstring."""
+    """``(N, cin, H, W)`` -> ``(N, cout, H/s, W/s)`` (``s`` the stride), in the parameters'
+    dtype (float32); see the module docstring. Errors: as :class:`~minimaskrcnn.nn.Conv2d`."""
 
     def __init__(self, cin: int, cout: int, stride: int, groups: int, rng: np.random.Generator):
         self.conv1 = _conv(cin, cout, 3, stride, rng)
@@ -69,7 +70,9 @@ class BasicBlock(Module):
 
 class ResNetGN(Module):
     """Stem and stages; ``forward(x)`` returns ``([C2, C3, C4, C5], cache)`` and
-    ``backward([dC2, .., dC5], cache)`` returns ``dx`` (any dC may be ``None``: no gradient)."""
+    ``backward([dC2, .., dC5], cache)`` returns ``dx`` (any dC may be ``None``: no gradient).
+    ``x (N, 3, H, W)`` float32 (the parameters' dtype); ``C_k`` has stride ``2**k`` pixels.
+    Errors: as :class:`~minimaskrcnn.nn.Conv2d` (``ValueError`` shape, ``TypeError`` dtype)."""
 
     def __init__(self, stem_channels, stage_channels, blocks_per_stage, groups, rng):
         self.conv1 = _conv(3, stem_channels, 3, 2, rng)

@@ -23,7 +23,9 @@ from minimaskrcnn.nn.module import Module
 
 class FPN(Module):
     """``forward([C2..C5])`` -> ``([P2, P3, P4, P5, P6], cache)``, each ``(N, C, H_l, W_l)``;
-    ``backward([dP2..dP6], cache)`` -> ``[dC2..dC5]`` (a ``dP`` may be ``None``)."""
+    ``backward([dP2..dP6], cache)`` -> ``[dC2..dC5]`` (a ``dP`` may be ``None``).
+    ``C_k`` and ``P_k`` have stride ``2**k`` pixels (P6: P5 max-pooled with kernel 1, stride 2); arrays in the
+    parameters' dtype (float32). Errors: as :class:`~minimaskrcnn.nn.Conv2d`."""
 
     def __init__(self, in_channels, channels: int, rng: np.random.Generator):
         self.inner_blocks = [nn.Conv2d(c, channels, 1, rng=rng) for c in in_channels]

@@ -222,7 +222,10 @@ class MaskRCNN(Module):
         return losses, cache
 
     def backward(self, cache) -> None:
-        """Accumulate d(sum of the five losses)/d(param) into every ``Param.grad`` (``+=``)."""
+        """Accumulate d(sum of the five losses)/d(param) into every ``Param.grad`` (``+=``;
+        call ``zero_grad`` between iterations). ``cache`` is the one :meth:`forward_train`
+        returned; the gradients have the parameters' dtype. No argument checks (a foreign
+        ``cache`` fails with a ``KeyError``/``TypeError`` from the unpacking)."""
         timer = cache["timer"]
         with timer("backward"):
             d_ps = self.roi_heads.backward(cache["roi_heads"])  # P2..P5
@@ -245,6 +248,10 @@ class MaskRCNN(Module):
             list of N dicts: ``boxes (D_i, 4) float32`` ``[x1, y1, x2, y2]`` pixels of the image,
             ``labels (D_i,) int64`` in 1..K, ``scores (D_i,) float32`` (decreasing),
             ``masks (D_i, h_i, w_i) bool`` (pasted probability >= 0.5).
+
+        Raises:
+            TypeError: ``images`` not a non-empty list, an element not a float NumPy array.
+            ValueError: an element not of shape ``(3, h, w)``.
         """
         timer = timer or NullTimer()
         batch, sizes = self._batch(images)

@@ -38,7 +38,9 @@ from minimaskrcnn.training.sampler import BalancedPositiveNegativeSampler
 
 class BoxHead(Module):
     """torchvision ``TwoMLPHead``: flatten ``(R, C, P, P)`` -> FC -> ReLU -> FC -> ReLU,
-    ``(R, representation_size)``. Linear init: U(+-1/sqrt(fan_in)) (torch's default)."""
+    ``(R, representation_size)``. Linear init: U(+-1/sqrt(fan_in)) (torch's default).
+    Features and outputs in the parameters' dtype (float32); the layers raise on a wrong shape
+    (``ValueError``) or dtype (``TypeError``)."""
 
     def __init__(self, in_features: int, representation_size: int, rng: np.random.Generator):
         self.fc6 = nn.Linear(in_features, representation_size, rng=rng)
@@ -64,7 +66,8 @@ class BoxHead(Module):
 
 class BoxPredictor(Module):
     """torchvision ``FastRCNNPredictor``: class logits ``(R, K+1)`` and class-specific deltas
-    ``(R, 4(K+1))`` from the box head's features."""
+    ``(R, 4(K+1))`` from the box head's ``(R, representation_size)`` features, all in the
+    parameters' dtype (float32). Errors: as :class:`~minimaskrcnn.nn.Linear`."""
 
     def __init__(self, in_features: int, num_classes_with_bg: int, rng: np.random.Generator):
         self.cls_score = nn.Linear(in_features, num_classes_with_bg, rng=rng)
@@ -84,7 +87,8 @@ class BoxPredictor(Module):
 class MaskHead(Module):
     """torchvision ``MaskRCNNHeads`` + ``MaskRCNNPredictor``: ``convs`` x (conv3x3 C -> ch, ReLU),
     ConvTranspose 2x2 stride 2 + ReLU, conv 1x1 -> K+1 logits. ``(Rf, C, 14, 14)`` ->
-    ``(Rf, K+1, 28, 28)``. Init: Kaiming normal (fan_out, ReLU), zero bias."""
+    ``(Rf, K+1, 28, 28)``. Init: Kaiming normal (fan_out, ReLU), zero bias. Arrays in the
+    parameters' dtype (float32); errors: as :class:`~minimaskrcnn.nn.Conv2d`."""
 
     def __init__(self, in_channels: int, channels: int, convs: int, num_classes_with_bg: int,
                  rng: np.random.Generator):
@@ -185,7 +189,10 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets, beta
     Returns:
         ``(loss_classifier, loss_box_reg, d_class_logits, d_box_regression)``: cross-entropy
         averaged over the R RoIs; smooth L1 of the foreground RoIs' deltas of their own class,
-        summed and divided by R.
+        summed and divided by R. Losses are Python floats, gradients have the logits' shapes
+        and dtypes (float32 in training, float64 in the gradient check).
+
+    No argument checks: :class:`RoIHeads` passes arrays it built (internal helper).
     """
     r = labels.shape[0]
     loss_cls, d_logits = nn.losses.cross_entropy(class_logits, labels)
@@ -347,6 +354,8 @@ def mask_probabilities(mask_logits, labels, mode):
     ``mode="sigmoid"``: sigmoid of the class's channel. ``"softmax"``: the class's share of a
     softmax over the K class channels plus a background logit fixed at 0 (as
     :func:`minimaskrcnn.ops.mask_loss` defines it); channel 0 is unused in both modes.
+    ``labels`` ``(D,)`` int64 in 1..K; the result has the logits' dtype. Any ``mode`` other than
+    ``"softmax"`` is treated as sigmoid (the config validates it: ``MASK_LOSSES``).
     """
     idx = np.arange(labels.shape[0])
     x = mask_logits[idx, labels]  # (D, M, M)

@@ -98,7 +98,9 @@ class RPNHead(Module):
 
 def flatten_head_outputs(objectness, deltas):
     """Per-level head outputs -> ``(N, T)`` objectness and ``(N, T, 4)`` deltas (torchvision's
-    ``concat_box_prediction_layers``: level, row, column, anchor order)."""
+    ``concat_box_prediction_layers``: level, row, column, anchor order), ``T = sum_l H_l W_l A``.
+    ``objectness``: list of L ``(N, A, H_l, W_l)``; ``deltas``: list of L ``(N, 4A, H_l, W_l)``;
+    dtype kept."""
     obj_flat, delta_flat = [], []
     for o, d in zip(objectness, deltas, strict=True):
         n, a, h, w = o.shape
@@ -111,7 +113,7 @@ def flatten_head_outputs(objectness, deltas):
 def unflatten_head_grads(d_obj, d_deltas, shapes):
     """Inverse of :func:`flatten_head_outputs` for the gradients: ``(N, T)`` and ``(N, T, 4)``
     back to per-level ``(N, A, H, W)`` and ``(N, 4A, H, W)``. ``shapes`` are the objectness
-    shapes ``(N, A, H, W)`` per level."""
+    shapes ``(N, A, H, W)`` per level. Returns C-contiguous arrays of the gradients' dtype."""
     d_obj_levels, d_delta_levels = [], []
     start = 0
     for n, a, h, w in shapes:

@@ -52,7 +52,12 @@ def output_size_pair(output_size) -> tuple[int, int]:
 
 
 def check_input(name: str, x):
-    """``x`` must be a float32/float64 ``(N, C, H, W)`` array; returns it C-contiguous."""
+    """``x`` must be a float32/float64 ``(N, C, H, W)`` array; returns it C-contiguous.
+
+    Raises:
+        TypeError: not an array, or not float32/float64 (the message names ``name``).
+        ValueError: not 4-D.
+    """
     check_array(name, x, ndim=4, float_only=True, expected="(N, C, H, W) float32 or float64")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
@@ -61,7 +66,12 @@ def check_input(name: str, x):
 
 
 def check_input_shape(input_shape) -> tuple[int, int, int, int]:
-    """``input_shape`` must be 4 non-negative ints ``(N, C, H, W)``."""
+    """``input_shape`` must be 4 non-negative ints ``(N, C, H, W)``; returns the int tuple.
+
+    Raises:
+        TypeError: not an iterable of numbers.
+        ValueError: not 4 entries, a negative or non-integer entry.
+    """
     try:
         shape = tuple(int(s) for s in input_shape)
     except TypeError:
@@ -72,6 +82,12 @@ def check_input_shape(input_shape) -> tuple[int, int, int, int]:
 
 
 def check_spatial_scale(spatial_scale) -> float:
+    """Feature-map cells per input pixel (1/stride, e.g. 0.25 for P2) as a Python float.
+
+    Raises:
+        TypeError: not a real number.
+        ValueError: NaN, infinite, zero or negative.
+    """
     check_scalar("spatial_scale", spatial_scale)
     if not math.isfinite(spatial_scale) or spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be a finite positive number, got {spatial_scale!r}")
@@ -79,6 +95,13 @@ def check_spatial_scale(spatial_scale) -> float:
 
 
 def check_sampling_ratio(sampling_ratio) -> int:
+    """Samples per bin side as a Python int (<= 0: adaptive, ``ceil(roi size / pooled size)``
+    as torchvision).
+
+    Raises:
+        TypeError: not a real number.
+        ValueError: not an integer value.
+    """
     check_scalar("sampling_ratio", sampling_ratio, integer=True)
     return int(sampling_ratio)
 
