@@ -69,3 +69,6 @@ def test_same_seed_same_weights():
     np.testing.assert_array_equal(a.weight.data, b.weight.data)
     np.testing.assert_array_equal(Conv2d(3, 4, 3, rng=7).bias.data,
                                   Conv2d(3, 4, 3, rng=7).bias.data)
+    c = Conv2d(3, 4, 3, rng=np.random.default_rng(10))  # and another seed gives other weights
+    assert not np.array_equal(a.weight.data, c.weight.data)
+    assert not np.array_equal(Conv2d(3, 4, 3, rng=7).bias.data, Conv2d(3, 4, 3, rng=8).bias.data)

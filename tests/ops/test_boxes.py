@@ -89,7 +89,8 @@ def test_remove_small_boxes_golden(tier):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_box_iou_matches_reference(tier, dtype, rng):
+def test_box_iou_matches_reference(fast_tier, dtype, rng):
+    tier = fast_tier  # the reference against itself could not fail
     n, m = (11, 7) if tier == "cuda" else (60, 45)
     boxes1, boxes2 = random_boxes(rng, n, dtype), random_boxes(rng, m, dtype)
     boxes1[0] = boxes2[0]  # one exact match: IoU 1

@@ -114,7 +114,8 @@ def test_batched_nms_golden(tier):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.7, 1.0])
-def test_nms_matches_reference(tier, dtype, threshold, rng):
+def test_nms_matches_reference(fast_tier, dtype, threshold, rng):
+    tier = fast_tier  # the reference against itself could not fail
     boxes, scores = random_boxes(rng, 70 if tier == "cuda" else 500, dtype)
     expected = nms(boxes, scores, threshold, tier="numpy")
     got = to_numpy(nms(boxes, scores, threshold, tier=tier))
