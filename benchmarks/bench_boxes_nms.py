@@ -6,7 +6,7 @@ is a correctness tool), with NumPy inputs, so its times include the host-device 
 CuPy tier gets CuPy inputs. With ``--torch PYTHON`` the same boxes are also timed with
 torchvision's CPU ops by running ``torch_boxes_nms.py`` under that interpreter::
 
-    /work/venv/bin/python benchmarks/bench_boxes_nms.py --torch /work/torchvenv/bin/python
+    python benchmarks/bench_boxes_nms.py --torch $TORCH_VENV/bin/python
 """
 
 import argparse

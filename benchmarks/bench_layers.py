@@ -1,7 +1,7 @@
 """Forward + backward time of the nn layers against PyTorch CPU on the same shapes.
 
     python benchmarks/bench_layers.py [--repeat 7] [--threads 2] [--cpu-time]
-                                      [--torch /work/torchvenv/bin/python]
+                                      [--torch $TORCH_VENV/bin/python]
 
 Float32, NumPy arrays on the CPU, the BLAS (OpenBLAS) limited to ``--threads`` threads. The
 PyTorch side runs in a separate interpreter (benchmarks/torch_layers.py with
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from minimaskrcnn.nn import Conv2d, ConvTranspose2d, GroupNorm  # noqa: E402
 
-TORCH_PYTHON = "/work/torchvenv/bin/python"
+TORCH_PYTHON = os.path.join(os.environ.get("TORCH_VENV", "torch-venv"), "bin", "python")
 
 CASES = {
     "conv3x3 (4,32,128,128)->32": (lambda: Conv2d(32, 32, 3, padding=1, bias=False, rng=0),

@@ -6,7 +6,7 @@ correctness tool), with NumPy inputs, so its times include the host-device copie
 ``--torch PYTHON`` torchvision's CPU functions are timed on the same inputs by running
 ``torch_mask_ops.py`` under that interpreter::
 
-    /work/venv/bin/python benchmarks/bench_mask_ops.py --torch /work/torchvenv/bin/python
+    python benchmarks/bench_mask_ops.py --torch $TORCH_VENV/bin/python
 """
 
 import argparse

@@ -12,8 +12,8 @@ at a time, median seconds per image. The model is untrained (init weights), so i
 postprocess usually keeps the maximum of 500 detections and pastes 500 masks: a pessimistic
 case next to a trained model's detections (the peer measured a trained model).
 
-    /work/venv/bin/python benchmarks/bench_model.py [--iters 5] [--images 4] [--blas-threads 1] \
-        [--torch /work/torchvenv/bin/python]
+    python benchmarks/bench_model.py [--iters 5] [--images 4] [--blas-threads 1] \
+        [--torch $TORCH_VENV/bin/python]
 
 ``--torch`` also runs ``benchmarks/torch_model.py`` (torchvision's MaskRCNN built to the preset,
 ``torch.set_num_threads`` = ``--blas-threads``) on the same training batch and val images, in a

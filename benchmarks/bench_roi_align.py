@@ -13,7 +13,7 @@ compiles, then ``REPEATS`` runs).
   running ``torch_roi_align.py`` under that interpreter (2 threads), and the last column gives
   torchvision's time divided by the Numba CPU tier's::
 
-    /work/venv/bin/python benchmarks/bench_roi_align.py --torch /work/torchvenv/bin/python
+    python benchmarks/bench_roi_align.py --torch $TORCH_VENV/bin/python
 """
 
 import argparse

@@ -2,7 +2,7 @@
 
 Run with the separate torch interpreter (torch is never a dependency of minimaskrcnn)::
 
-    /work/torchvenv/bin/python benchmarks/torch_boxes_nms.py [--json]
+    $TORCH_VENV/bin/python benchmarks/torch_boxes_nms.py [--json]
 
 Prints median milliseconds (one warm-up call, then ``REPEATS`` runs).
 """

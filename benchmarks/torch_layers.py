@@ -1,6 +1,6 @@
 """PyTorch CPU side of benchmarks/bench_layers.py (run with the separate torch venv).
 
-    /work/torchvenv/bin/python benchmarks/torch_layers.py [--threads 2] [--repeat 7] [--cpu-time]
+    $TORCH_VENV/bin/python benchmarks/torch_layers.py [--threads 2] [--repeat 7] [--cpu-time]
 
 Prints one JSON object {case name: best forward+backward seconds} on stdout. Float32,
 torch.set_num_threads(2), same shapes as bench_layers.CASES. Never imported by the package.

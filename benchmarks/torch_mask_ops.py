@@ -2,7 +2,7 @@
 
 Run with the separate torch interpreter (torch is never a dependency of minimaskrcnn)::
 
-    /work/torchvenv/bin/python benchmarks/torch_mask_ops.py [--json]
+    $TORCH_VENV/bin/python benchmarks/torch_mask_ops.py [--json]
 
 ``roi_heads.project_masks_on_boxes``, ``F.binary_cross_entropy_with_logits`` forward + backward
 on the label channel (what ``maskrcnn_loss`` does), ``roi_heads.paste_masks_in_image``.

@@ -1,7 +1,7 @@
 """PyTorch side of benchmarks/bench_model.py: torchvision's MaskRCNN built to nuclei-mini, timed
 on the same batch and images (run with the separate torch venv; never imported by the package).
 
-    /work/torchvenv/bin/python benchmarks/torch_model.py DATA.npz [--threads 1] [--iters 5] [--max-dets 500]
+    $TORCH_VENV/bin/python benchmarks/torch_model.py DATA.npz [--threads 1] [--iters 5] [--max-dets 500]
 
 DATA.npz (written by bench_model.py --torch): train images/boxes/labels/masks of one batch and
 the val images. The model is assembled to specs/nuclei-mini.md (ResNet-GN stem + four one-block

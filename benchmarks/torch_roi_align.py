@@ -2,7 +2,7 @@
 
 Run with the torch venv (torch is never imported by the package or its tests)::
 
-    /work/torchvenv/bin/python benchmarks/torch_roi_align.py
+    $TORCH_VENV/bin/python benchmarks/torch_roi_align.py
 
 Two intra-op threads (``torch.set_num_threads(2)``), float32, median milliseconds of
 ``REPEATS`` runs after one warm-up. Backward is timed alone: ``torch.autograd.grad`` of the
