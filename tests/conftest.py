@@ -9,10 +9,10 @@ from minimaskrcnn.testing.tiers import tier_params
 
 # The first Numba call compiles; hypothesis must not time it.
 settings.register_profile(
-    "ci", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
+    "ci", deadline=None, max_examples=40, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
-    "cudasim", deadline=None, max_examples=8, suppress_health_check=[HealthCheck.too_slow]
+    "cudasim", deadline=None, max_examples=8, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("cudasim" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "ci")
 

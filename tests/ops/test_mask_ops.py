@@ -216,7 +216,9 @@ def test_loss_matches_reference(fast_tier, mode, seed, R, K, M):
     logits, labels, targets = _loss_case(seed, R, K, M)
     want_loss, want_grad = mask_loss(logits, labels, targets, mode=mode, tier="numpy")
     loss, grad = mask_loss(logits, labels, targets, mode=mode, tier=fast_tier)
-    assert loss == pytest.approx(want_loss, rel=1e-6)
+    # float32 per-pixel terms: the tiers' expf/log1pf differ from NumPy's by an ulp or two, and
+    # log-sum-exp minus target * logit cancels, so compare on the loss's O(1) scale
+    assert loss == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
     assert grad.dtype == logits.dtype
     # gradients are O(1 / (R M M)); p_c - t cancels, so the tolerance is absolute on that scale
     np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6 / (R * M * M))
