@@ -10,7 +10,8 @@ losses), mask head (mask targets, mask RoIAlign, mask head, mask loss), backward
 Inference: ``model.predict`` on each image of the embedded val sample at native size, one image
 at a time, median seconds per image. The model is untrained (init weights), so its
 postprocess usually keeps the maximum of 500 detections and pastes 500 masks: a pessimistic
-case next to a trained model's detections (the peer measured a trained model).
+case next to a trained model's detections (torchvision's results were measured with a trained
+model).
 
     python benchmarks/bench_model.py [--iters 5] [--images 4] [--blas-threads 1] \
         [--torch $TORCH_VENV/bin/python]
@@ -23,8 +24,8 @@ separate process, and prints its figures next to ours.
 imported. On the shared 2-core machine a multi-threaded OpenBLAS is ~10x *slower* for this model
 (its threads spin while other jobs hold the cores): 1 is the default.
 
-The peer (torchvision 0.29 on 2 CPU threads, ``specs/peer-results.md``): 1.35 s per training
-iteration, 0.24-0.29 s per inference image.
+torchvision's results on the same preset (0.29 on 2 CPU threads, ``docs/nuclei-mini.md``): 1.35 s
+per training iteration, 0.24-0.29 s per inference image.
 """
 
 from __future__ import annotations

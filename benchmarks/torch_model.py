@@ -4,7 +4,7 @@ on the same batch and images (run with the separate torch venv; never imported b
     $TORCH_VENV/bin/python benchmarks/torch_model.py DATA.npz [--threads 1] [--iters 5] [--max-dets 500]
 
 DATA.npz (written by bench_model.py --torch): train images/boxes/labels/masks of one batch and
-the val images. The model is assembled to specs/nuclei-mini.md (ResNet-GN stem + four one-block
+the val images. The model is assembled to docs/nuclei-mini.md (ResNet-GN stem + four one-block
 stages, FPN 64 with LastLevelMaxPool, one anchor size per level, the preset's RPN/RoI numbers, no
 resizing, zero mean / unit std since the images are standardised already). Prints one JSON
 object: parameter count, median training seconds per iteration (forward + backward), median

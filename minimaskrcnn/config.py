@@ -3,7 +3,7 @@
 A :class:`Config` has three parts: :class:`ModelConfig` (the network, its targets and its
 postprocess), :class:`TrainConfig` (data transforms, schedule, optimiser) and :class:`EvalConfig`.
 Presets are plain functions returning a ``Config``; ``get_preset(name)`` looks one up. Every
-number of ``nuclei-mini`` comes from ``specs/nuclei-mini.md`` (kept in ``docs/results.md``).
+number of ``nuclei-mini`` is listed in ``docs/nuclei-mini.md``.
 
 Configs round-trip through JSON (:func:`config_to_dict` / :func:`config_from_dict`), which is how
 checkpoints store them.
@@ -147,7 +147,7 @@ class Config:
 
 
 def nuclei_mini() -> Config:
-    """The reference preset: every number as in ``specs/nuclei-mini.md`` (the defaults above)."""
+    """The reference preset: every number as in ``docs/nuclei-mini.md`` (the defaults above)."""
     return Config(name="nuclei-mini")
 
 

@@ -1,4 +1,4 @@
-"""Training and inference transforms of the presets (``specs/nuclei-mini.md``, "Input").
+"""Training and inference transforms of the presets (``docs/nuclei-mini.md``, "Input").
 
 Training: one random ``crop_size`` x ``crop_size`` crop per image (zero padding at the bottom /
 right when the image is smaller), horizontal flip with ``hflip_prob``, vertical flip with

@@ -5,7 +5,7 @@ AP is read from ``COCOeval.eval['precision']`` (shape ``(T, R, K, A, M)``: IoU t
 recall thresholds, categories, area ranges, maxDets) at area range "all" and the LAST maxDets
 entry, averaged over the entries that are not -1 (as ``summarize()`` does). Not from
 ``summarize()``'s first line: that one uses maxDets=100 whatever ``params.maxDets`` says, which
-on images with hundreds of nuclei understates AP (``specs/nuclei-mini.md``, "Evaluation").
+on images with hundreds of nuclei understates AP (``docs/nuclei-mini.md``, "Evaluation").
 AP50 is the IoU-threshold index of 0.50, AP75 that of 0.75. (``COCOeval.evaluate`` sorts
 ``maxDets``, so the last entry is the largest.)
 """

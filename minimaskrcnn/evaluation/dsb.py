@@ -1,4 +1,4 @@
-"""The 2018 Data Science Bowl score (``specs/nuclei-mini.md``, "Evaluation").
+"""The 2018 Data Science Bowl score (``docs/nuclei-mini.md``, "Evaluation").
 
 Per image: keep the detections with score >= ``score_thresh``; make their masks non-overlapping
 (each pixel goes to the highest-scored mask covering it, ties to the earlier detection); drop

@@ -54,7 +54,7 @@ def test_parameter_count_matches_torchvision():
     for name, p in model.named_parameters():
         stage = name.split(".")[0]
         counts[stage] = counts.get(stage, 0) + p.data.size
-    # torchvision 0.29 MaskRCNN built to specs/nuclei-mini.md (peer-results.md)
+    # torchvision 0.29 MaskRCNN built to the preset (docs/nuclei-mini.md, torchvision's results)
     assert sum(counts.values()) == 2_479_803
     assert counts["backbone"] + counts["fpn"] == 1_406_176
     assert counts["rpn_head"] == 37_903
