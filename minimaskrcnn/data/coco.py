@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 from collections.abc import Mapping
 
@@ -120,8 +121,140 @@ def _load_json(path: str) -> dict:
         raise DatasetError(f"{path}: not a UTF-8 text file ({e})") from None
 
 
+MAX_PIXELS = 2**31 - 1
+"""Largest ``height * width`` an image record may have: pycocotools counts pixels and run
+lengths in 32-bit integers."""
+
+
+def _is_int(v) -> bool:
+    """A JSON integer (bool is not one, although Python's ``bool`` subclasses ``int``)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    """A finite JSON number (NaN and +-Infinity, which Python's json accepts, are not; nor are
+    integers too large for a float64)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return -(2**63) < v < 2**63
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def rle_string_counts(s: str) -> np.ndarray:
+    """Decode the ``counts`` string of a COCO compressed RLE into its run lengths.
+
+    The format (pycocotools ``rleToString``): each run length is written as the difference to
+    the run two places before it (for runs 3, 4, ...), in little-endian groups of 5 bits, one
+    character ``chr(48 + c)`` per group, ``c & 0x20`` meaning "more groups follow" and
+    ``c & 0x10`` of the last group the sign. Decoded here in NumPy so that a file can be checked
+    before pycocotools (whose C decoder reads past a truncated string and, given run lengths that
+    sum past ``h * w`` or are negative, runs for minutes) ever sees it.
+
+    Args:
+        s: the ``counts`` string.
+
+    Returns:
+        ``(m,) int64`` run lengths (not checked: may be negative).
+
+    Raises:
+        ValueError: a character outside ``'0'..'o'``, a number of more than 7 groups, or a
+            string that ends in the middle of a number.
+    """
+    try:
+        b = np.frombuffer(s.encode("ascii"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        raise ValueError("RLE counts string has non-ASCII characters") from None
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    c = b.astype(np.int64) - 48
+    bad = np.flatnonzero((c < 0) | (c > 63))
+    if bad.size:
+        raise ValueError(f"RLE counts string has the character {s[bad[0]]!r} at {bad[0]} "
+                         f"(allowed: '0'..'o')")
+    more = (c & 0x20) != 0
+    if more[-1]:
+        raise ValueError("RLE counts string ends in the middle of a number")
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > 7:
+        raise ValueError(f"RLE counts string has a number of {int(lengths.max())} characters "
+                         f"(at most 7 for 32-bit run lengths)")
+    k = np.arange(c.size) - np.repeat(starts, lengths)
+    vals = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    vals = np.where((c[ends] & 0x10) != 0, vals - (np.int64(1) << (5 * lengths)), vals)
+    counts = vals.copy()
+    counts[1::2] = np.cumsum(vals[1::2])  # run i >= 3 is stored relative to run i - 2
+    counts[2::2] = np.cumsum(vals[2::2])
+    return counts
+
+
+def _check_segmentation(seg, h: int, w: int, where: str):
+    """Check one segmentation against its ``h x w`` image; return it, with a compressed RLE's
+    ``counts`` rewritten by pycocotools' own encoder from the checked run lengths (the same
+    mask), so that pycocotools only ever decodes what it wrote."""
+    tol = _OUTSIDE_TOLERANCE
+    if isinstance(seg, dict):
+        if "size" not in seg or "counts" not in seg:
+            raise DatasetError(f"{where}: RLE segmentation needs 'size' and 'counts'")
+        size = seg["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            raise DatasetError(f"{where}: RLE size must be [h, w] integers, got {size!r:.80}")
+        if size != [h, w]:
+            raise DatasetError(f"{where}: RLE size {size} is not the image's [h, w] = [{h}, {w}]")
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            if not all(_is_int(v) for v in counts):
+                bad = next(v for v in counts if not _is_int(v))
+                raise DatasetError(f"{where}: RLE counts must be integers, got {bad!r:.40}")
+            if any(v < 0 for v in counts):
+                raise DatasetError(f"{where}: RLE counts has a negative run length "
+                                   f"{min(counts)}")
+            total = int(sum(counts))
+        elif isinstance(counts, str):
+            try:
+                runs = rle_string_counts(counts)
+            except ValueError as e:
+                raise DatasetError(f"{where}: {e}") from None
+            if runs.size and runs.min() < 0:
+                raise DatasetError(f"{where}: RLE counts string decodes to a negative run "
+                                   f"length {int(runs.min())}")
+            total = int(runs.sum())
+        else:
+            raise DatasetError(f"{where}: RLE counts must be a list of run lengths or a "
+                               f"compressed string, got {type(counts).__name__}")
+        if total != h * w:
+            raise DatasetError(f"{where}: RLE run lengths sum to {total}, not h * w = {h * w}")
+        if isinstance(counts, str):
+            rle = mask_utils.frPyObjects({"size": [h, w], "counts": [int(v) for v in runs]}, h, w)
+            canonical = rle["counts"].decode("ascii")
+            if canonical != counts:
+                seg = {**seg, "counts": canonical}
+        return seg
+    if isinstance(seg, list):
+        if not seg:
+            raise DatasetError(f"{where}: empty polygon list")
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                raise DatasetError(f"{where}: a polygon must be a flat list of >= 3 x, y pairs")
+            if not all(_is_number(v) for v in poly):
+                bad = next(v for v in poly if not _is_number(v))
+                raise DatasetError(f"{where}: polygon coordinates must be finite numbers, got "
+                                   f"{bad!r:.40}")
+            xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+            if (xy[:, 0].min() < -tol or xy[:, 1].min() < -tol
+                    or xy[:, 0].max() > w + tol or xy[:, 1].max() > h + tol):
+                raise DatasetError(f"{where}: polygon reaches outside the image")
+        return seg
+    raise DatasetError(f"{where}: segmentation must be an RLE object or a list of polygons")
+
+
 def _check_dataset(d, source: str) -> None:
-    """Check the COCO structure and the geometry of every annotation; raise DatasetError."""
+    """Check the COCO structure and the geometry of every annotation; raise DatasetError.
+
+    Compressed RLE ``counts`` strings are replaced by pycocotools' encoding of the same runs
+    (see :func:`_check_segmentation`)."""
     if not isinstance(d, dict):
         raise DatasetError(f"{source}: top level must be a JSON object, got {type(d).__name__}")
     for key in ("images", "annotations", "categories"):
@@ -134,6 +267,11 @@ def _check_dataset(d, source: str) -> None:
     for k, c in enumerate(d["categories"]):
         if not isinstance(c, dict) or "id" not in c:
             raise DatasetError(f"{source}: categories[{k}] has no 'id'")
+        if not _is_int(c["id"]):
+            raise DatasetError(f"{source}: categories[{k}]: category id {c['id']!r:.40} is not "
+                               f"an integer")
+        if c["id"] in cat_ids:
+            raise DatasetError(f"{source}: categories[{k}]: duplicate category id {c['id']}")
         cat_ids.add(c["id"])
     if not cat_ids:
         raise DatasetError(f"{source}: 'categories' is empty")
@@ -145,51 +283,55 @@ def _check_dataset(d, source: str) -> None:
             raise DatasetError(f"{where} is not an object")
         for key in ("id", "file_name", "height", "width"):
             if key not in im:
-                raise DatasetError(f"{where} (id {im.get('id')}) has no {key!r}")
+                raise DatasetError(f"{where} (id {im.get('id')!r:.40}) has no {key!r}")
+        if not _is_int(im["id"]):
+            raise DatasetError(f"{where}: image id {im['id']!r:.40} is not an integer")
         if im["id"] in images:
             raise DatasetError(f"{where}: duplicate image id {im['id']}")
-        if not (isinstance(im["height"], int) and isinstance(im["width"], int)
+        if not isinstance(im["file_name"], str) or not im["file_name"]:
+            raise DatasetError(f"{where} (id {im['id']}): file_name must be a non-empty string")
+        if not (_is_int(im["height"]) and _is_int(im["width"])
                 and im["height"] > 0 and im["width"] > 0):
             raise DatasetError(f"{where} (id {im['id']}): height and width must be positive integers")
+        if im["height"] * im["width"] > MAX_PIXELS:
+            raise DatasetError(f"{where} (id {im['id']}): {im['width']}x{im['height']} is more "
+                               f"than {MAX_PIXELS} pixels")
         images[im["id"]] = im
 
     tol = _OUTSIDE_TOLERANCE
+    ann_ids = set()
     for k, a in enumerate(d["annotations"]):
-        where = f"{source}: annotations[{k}] (id {a.get('id') if isinstance(a, dict) else None})"
+        where = f"{source}: annotations[{k}] (id {a.get('id') if isinstance(a, dict) else None!r:.40})"
         if not isinstance(a, dict):
             raise DatasetError(f"{where} is not an object")
+        if "id" in a:
+            if not _is_int(a["id"]):
+                raise DatasetError(f"{where}: annotation id is not an integer")
+            if a["id"] in ann_ids:
+                raise DatasetError(f"{where}: duplicate annotation id {a['id']}")
+            ann_ids.add(a["id"])
         for key in ("image_id", "category_id", "segmentation"):
             if key not in a:
                 raise DatasetError(f"{where} has no {key!r}")
-        if a["image_id"] not in images:
-            raise DatasetError(f"{where}: image_id {a['image_id']} is not in 'images'")
-        if a["category_id"] not in cat_ids:
-            raise DatasetError(f"{where}: category_id {a['category_id']} is not in 'categories'")
+        if not _is_int(a["image_id"]) or a["image_id"] not in images:
+            raise DatasetError(f"{where}: image_id {a['image_id']!r:.40} is not in 'images'")
+        if not _is_int(a["category_id"]) or a["category_id"] not in cat_ids:
+            raise DatasetError(f"{where}: category_id {a['category_id']!r:.40} is not in "
+                               f"'categories'")
+        if "iscrowd" in a and a["iscrowd"] not in (0, 1):
+            raise DatasetError(f"{where}: iscrowd must be 0 or 1, got {a['iscrowd']!r:.40}")
+        if "area" in a and not (_is_number(a["area"]) and a["area"] >= 0):
+            raise DatasetError(f"{where}: area must be a finite number >= 0, got "
+                               f"{a['area']!r:.40}")
         im = images[a["image_id"]]
         h, w = im["height"], im["width"]
         where += f" of image {im['file_name']!r} ({w}x{h})"
-        seg = a["segmentation"]
-        if isinstance(seg, dict):
-            if "size" not in seg or "counts" not in seg:
-                raise DatasetError(f"{where}: RLE segmentation needs 'size' and 'counts'")
-            if list(seg["size"]) != [h, w]:
-                raise DatasetError(f"{where}: RLE size {list(seg['size'])} is not the image's [h, w] = [{h}, {w}]")
-        elif isinstance(seg, list):
-            if not seg:
-                raise DatasetError(f"{where}: empty polygon list")
-            for poly in seg:
-                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
-                    raise DatasetError(f"{where}: a polygon must be a flat list of >= 3 x, y pairs")
-                xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-                if (xy[:, 0].min() < -tol or xy[:, 1].min() < -tol
-                        or xy[:, 0].max() > w + tol or xy[:, 1].max() > h + tol):
-                    raise DatasetError(f"{where}: polygon reaches outside the image")
-        else:
-            raise DatasetError(f"{where}: segmentation must be an RLE object or a list of polygons")
+        a["segmentation"] = _check_segmentation(a["segmentation"], h, w, where)
         if "bbox" in a:
             b = a["bbox"]
-            if not (isinstance(b, list) and len(b) == 4):
-                raise DatasetError(f"{where}: bbox must be [x, y, w, h]")
+            if not (isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)):
+                raise DatasetError(f"{where}: bbox must be [x, y, w, h] finite numbers, got "
+                                   f"{b!r:.80}")
             x, y, bw, bh = (float(v) for v in b)
             if bw < 0 or bh < 0 or x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
                 raise DatasetError(f"{where}: bbox {b} lies outside the image")

@@ -1,14 +1,19 @@
 """CocoDataset and read_image: every image kind, every segmentation kind, crowds, empty images,
 and the errors (malformed file, missing image, annotation outside its image)."""
 
+import contextlib
 import json
+import signal
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from minimaskrcnn.data import CocoDataset, DatasetError, read_image
+from minimaskrcnn.data.coco import rle_string_counts
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
@@ -190,3 +195,200 @@ def test_image_size_differs_from_record(tmp_path):
     ds = CocoDataset(ann, img_dir)
     with pytest.raises(DatasetError, match=r"empty\.png: image is 4x5 but its record \(id 9\) says 4x4"):
         ds[1]
+
+
+# ------------------------------------------------------------------------------- hostile records
+# Each of these once crashed pycocotools (a NaN polygon: segfault), hung it for minutes (an RLE
+# whose counts are garbage or sum past h * w), or raised a bare TypeError / OverflowError naming
+# no record. A SIGALRM deadline turns a hang into a failure instead of a stalled CI job.
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _set_seg(k, seg):
+    return lambda d: d["annotations"][k].update(segmentation=seg)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (_set_seg(1, [[0, 0, float("nan"), 0, 2, 2]]),
+     r"annotations\[1\] \(id 2\) .*polygon coordinates must be finite numbers, got nan"),
+    (_set_seg(1, [[0, 0, float("inf"), 0, 2, 2]]), r"\(id 2\) .*must be finite numbers, got inf"),
+    (_set_seg(1, [[0, 0, "a", 0, 2, 2]]), r"\(id 2\) .*must be finite numbers, got 'a'"),
+    (_set_seg(0, {"size": [8, 10], "counts": "zz{{garbage"}),
+     r"annotations\[0\] \(id 1\) .*character 'z' at 0"),
+    (_set_seg(0, {"size": [8, 10], "counts": "X2"}), r"\(id 1\) .*sum to 72, not h \* w = 80"),
+    (_set_seg(0, {"size": [8, 10], "counts": "X2262"}), r"\(id 1\) .*sum to 84, not h \* w = 80"),
+    (_set_seg(0, {"size": [8, 10], "counts": "X2f"}), r"\(id 1\) .*ends in the middle of a number"),
+    (_set_seg(0, {"size": [8, 10], "counts": "X22O"}),
+     r"\(id 1\) .*decodes to a negative run length"),
+    (_set_seg(3, {"size": [8, 10], "counts": [72, 2, 60]}),
+     r"annotations\[3\] \(id 4\) .*sum to 134, not h \* w = 80"),
+    (_set_seg(3, {"size": [8, 10], "counts": [82, -2]}), r"\(id 4\) .*negative run length -2"),
+    (_set_seg(3, {"size": [8, 10], "counts": [72, None, 8]}),
+     r"\(id 4\) .*RLE counts must be integers, got None"),
+    (_set_seg(3, {"size": [8, 10], "counts": None}), r"\(id 4\) .*got NoneType"),
+    (_set_seg(3, {"size": 8, "counts": [80]}), r"\(id 4\) .*RLE size must be \[h, w\]"),
+    (lambda d: d["categories"].append({"id": "7", "name": "seven"}),
+     r"categories\[2\]: category id '7' is not an integer"),
+    (lambda d: d["categories"].append({"id": 5, "name": "again"}),
+     r"categories\[2\]: duplicate category id 5"),
+    (lambda d: d["images"][1].update(id=[9]), r"images\[1\]: image id \[9\] is not an integer"),
+    (lambda d: d["annotations"][0].update(image_id=[7]), r"\(id 1\): image_id \[7\] is not in"),
+    (lambda d: d["annotations"][0].update(bbox=[3, 2, "a", 3]),
+     r"\(id 1\) of image 'a.png' .*bbox must be \[x, y, w, h\] finite numbers"),
+    (lambda d: d["annotations"][0].update(id=2), r"annotations\[1\] \(id 2\): duplicate annotation id"),
+    (lambda d: d["annotations"][0].update(iscrowd="yes"), r"\(id 1\): iscrowd must be 0 or 1"),
+    (lambda d: d["images"][0].update(height=10**6, width=10**6), r"images\[0\] \(id 7\).*pixels"),
+])
+def test_hostile_records_give_one_clear_error(tmp_path, breakage, message):
+    d = _base()
+    ann, img_dir = _write(tmp_path, d)
+    breakage(d)
+    with open(ann, "w") as f:
+        json.dump(d, f)  # NaN and Infinity are written as Python's json reads them
+    with deadline(20), pytest.raises(DatasetError, match=message) as info:
+        CocoDataset(ann, img_dir)
+    assert "ann.json" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_rle_string_decoder_matches_pycocotools():
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        r = mask_utils.encode(np.asfortranarray(m))
+        counts = rle_string_counts(r["counts"].decode("ascii"))
+        np.testing.assert_array_equal(
+            np.repeat(np.arange(len(counts)) % 2, counts).reshape(w, h).T, m, err_msg=str(t))
+    # a large run (several 5-bit groups, negative differences)
+    m = np.zeros((3000, 3000), np.uint8)
+    m[1000:2000, 5:2999] = 1
+    counts = rle_string_counts(mask_utils.encode(np.asfortranarray(m))["counts"].decode())
+    assert list(counts[:4]) == [16000, 1000, 2000, 1000] and counts.sum() == 9_000_000
+
+
+def test_non_canonical_rle_string_is_read_as_its_runs(tmp_path):
+    # "X226" (runs 72, 2, 6) with 72 written in three 5-bit groups instead of two ("X" = 8 and
+    # more, "R" = 2 and more, "0" = 0): the same runs; pycocotools is handed its own encoding
+    d = _base()
+    d["annotations"][3]["segmentation"] = {"size": [8, 10], "counts": "XR026"}
+    ds = CocoDataset(*_write(tmp_path, d))
+    assert ds.coco.anns[4]["segmentation"]["counts"] == "X226"
+    assert ds[0][1]["masks"][2][0:2, 9].all() and ds[0][1]["masks"][2].sum() == 2
+
+
+# ------------------------------------------------------------------------------- property test
+
+_junk = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.lists(st.integers(-1, 3), max_size=2),
+                  st.dictionaries(st.text(max_size=2), st.integers(), max_size=1), st.just(10**30),
+                  st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 20))
+_counts_text = st.text(alphabet="0123456789:;<=>?@ABCXYZ[\\]^_`aefghimno{~\u00e9", max_size=8)
+
+
+def _uncompressed(m):
+    """Column-major run lengths of a binary mask, starting with a run of zeros."""
+    flat = m.T.reshape(-1)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    return runs if flat[0] == 0 else [0, *runs]
+
+
+@st.composite
+def _segmentation(draw):
+    kind = draw(st.sampled_from(["polygon", "rle", "uncompressed"]))
+    if kind == "polygon":
+        n = draw(st.integers(3, 4))
+        return [draw(st.lists(st.floats(0, 3), min_size=2 * n, max_size=2 * n))]
+    m = np.array(draw(st.lists(st.booleans(), min_size=12, max_size=12)), np.uint8).reshape(3, 4)
+    if kind == "rle":
+        return {"size": [3, 4], "counts": mask_utils.encode(np.asfortranarray(m))["counts"].decode()}
+    return {"size": [3, 4], "counts": _uncompressed(m)}
+
+
+@st.composite
+def _valid_coco(draw):
+    n_img = draw(st.integers(1, 2))
+    cat_ids = draw(st.lists(st.integers(0, 9), min_size=1, max_size=2, unique=True))
+    anns = []
+    for k in range(draw(st.integers(0, 3))):
+        a = {"id": k + 1, "image_id": draw(st.integers(0, n_img - 1)),
+             "category_id": draw(st.sampled_from(cat_ids)), "segmentation": draw(_segmentation())}
+        if draw(st.booleans()):
+            a["iscrowd"] = draw(st.integers(0, 1))
+            a["bbox"] = draw(st.lists(st.floats(0, 1), min_size=4, max_size=4))
+            a["area"] = draw(st.floats(0, 12))
+        anns.append(a)
+    return {"images": [{"id": i, "file_name": f"{i}.png", "height": 3, "width": 4}
+                       for i in range(n_img)],
+            "categories": [{"id": c, "name": f"c{c}"} for c in cat_ids], "annotations": anns}
+
+
+@st.composite
+def _coco(draw):
+    """A valid COCO dict, then up to three fields replaced by something hostile."""
+    d = draw(_valid_coco())
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.sampled_from(["images", "categories", "annotations", "segmentation"]))
+        if where == "segmentation":
+            if not d["annotations"]:
+                continue
+            seg = draw(st.sampled_from(d["annotations"])).get("segmentation")
+            if isinstance(seg, list) and seg and isinstance(seg[0], list) and seg[0]:
+                poly = seg[0]
+                poly[draw(st.integers(0, len(poly) - 1))] = draw(_junk)
+            elif isinstance(seg, dict) and "counts" in seg:
+                key = draw(st.sampled_from(["size", "counts", "counts-item"]))
+                if key == "counts-item" and isinstance(seg["counts"], list) and seg["counts"]:
+                    seg["counts"][draw(st.integers(0, len(seg["counts"]) - 1))] = draw(_junk)
+                else:
+                    seg["size" if key == "size" else "counts"] = draw(st.one_of(_junk, _counts_text))
+            continue
+        if not d[where]:
+            continue
+        record = draw(st.sampled_from(d[where]))
+        keys = {"images": ["id", "file_name", "height", "width"], "categories": ["id", "name"],
+                "annotations": ["id", "image_id", "category_id", "segmentation", "iscrowd",
+                                "bbox", "area"]}[where]
+        key = draw(st.sampled_from(keys))
+        if draw(st.integers(0, 4)) == 0:
+            record.pop(key, None)
+        else:
+            record[key] = draw(_junk)
+    return d
+
+
+@given(d=_coco())
+@settings(max_examples=300)
+def test_generated_records_give_a_clear_error_or_a_valid_dataset(tmp_path_factory, d):
+    """Whatever the records hold: a one-line DatasetError naming the file, or a dataset whose
+    every image and mask can be read; never another exception, a crash or a hang."""
+    path = tmp_path_factory.mktemp("prop") / "gen.json"
+    path.write_text(json.dumps(d))
+    images = {}
+    for im in d["images"]:
+        try:
+            images[im.get("id")] = np.zeros((3, 4, 3), np.uint8)
+        except TypeError:  # an unhashable id: the reader must refuse it before it looks
+            pass
+    with deadline(20):
+        try:
+            ds = CocoDataset(str(path), images=images)
+        except DatasetError as e:
+            assert str(path) in str(e) and "\n" not in str(e)
+            return
+        for i in range(len(ds)):
+            image, target = ds[i]
+            assert target["masks"].shape[1:] == image.shape[:2]
+            assert len(target["labels"]) == len(target["masks"]) == len(target["boxes"])
