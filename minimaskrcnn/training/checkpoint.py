@@ -13,16 +13,23 @@ key                        content
 ``optim/<path>``           one optimiser array, e.g. ``optim/buffers/backbone.stem.conv.weight``
 =========================  ===================================================================
 
-Writes are atomic: the archive goes to a temporary file in the target's directory, is flushed
-and fsync'ed, then ``os.replace``'d over the target, so a crash never leaves a half-written
-checkpoint under the final name. Reading checks the format marker and every array, so a
-truncated, corrupt or foreign file raises :class:`CheckpointError` naming the path and the
-problem. Arrays round-trip bit-exactly.
+Writes are atomic: the archive goes to a temporary file ``.tmp-<name>-<random>`` in the
+target's directory, is flushed and fsync'ed, given the permissions of any new file (``0666`` less
+the umask, so ``0644`` usually, like the run's other files), then ``os.replace``'d over the
+target, so a crash never leaves a half-written checkpoint under the final name; a temporary file
+left by a killed write is removed by :func:`remove_temporary_files`. Reading checks the format
+marker, every array and the metadata (iteration, and the ``config`` as a
+:class:`~minimaskrcnn.config.Config`: types and ranges of every field), so a truncated, corrupt,
+foreign or edited file raises :class:`CheckpointError`, one line naming the path and the problem.
+Restoring into a model or optimiser also refuses parameters or momentum buffers that are not real
+floating point or not finite. Arrays round-trip bit-exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -35,6 +42,8 @@ from minimaskrcnn.backend import to_numpy
 FORMAT = "minimaskrcnn-checkpoint"
 VERSION = 1
 META_KEY = "__meta__"
+TMP_PREFIX = ".tmp-"
+"""Temporary files of a write in progress are named ``.tmp-<target name>-<random>``."""
 
 
 class CheckpointError(ValueError):
@@ -150,11 +159,12 @@ def save_checkpoint(path: str, params, optimizer=None, iteration: int = 0,
     arrays[META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
 
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path) + "-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
+            os.chmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600 files
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -164,13 +174,204 @@ def save_checkpoint(path: str, params, optimizer=None, iteration: int = 0,
     return path
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_temporary_files(directory: str) -> list[str]:
+    """Remove the temporary files that killed :func:`save_checkpoint` calls left in
+    ``directory`` (``.tmp-*.npz-*``). Only call it while no other process writes checkpoints
+    there (the training loop holds the run folder's lock).
+
+    Returns:
+        the paths removed.
+    """
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if name.startswith(TMP_PREFIX) and ".npz-" in name:
+            path = os.path.join(directory, name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of what a file holds
+# --------------------------------------------------------------------------------------------
+
+_UNIT_INTERVAL_SUFFIXES = ("_thresh", "_threshold", "_fraction", "_prob")
+_UNIT_INTERVAL = {"warmup_factor", "momentum"}
+_ANY_INT = {"box_sampling_ratio", "mask_sampling_ratio", "canonical_level"}
+"""Integer fields with no range (a sampling ratio <= 0 means adaptive)."""
+_NON_NEGATIVE_INT = {"mask_head_convs", "seed", "warmup_iters", "milestones"}
+_POSITIVE_FLOAT = {"base_lr", "gamma", "bbox_xform_clip", "box_coder_weights", "aspect_ratios"}
+
+
+def _check_value(where: str, name: str, value, default) -> None:
+    """Type and range of one config field, judged by its default's type and its name."""
+    def fail(what):
+        raise CheckpointError(f"{where}.{name} {what}, got {value!r:.60}")
+
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            fail("must be a list")
+        for v in value:
+            _check_value(where, name, v, default[0] if default else 0.0)
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            fail("must be true or false")
+        return
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            fail("must be a string")
+        return
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail("must be an integer")
+        if name in _ANY_INT:
+            return
+        low = 0 if name in _NON_NEGATIVE_INT else 1
+        if value < low:
+            fail(f"must be >= {low}")
+        return
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            fail("must be a number")
+        if not math.isfinite(value):
+            fail("must be finite")
+        if name.endswith(_UNIT_INTERVAL_SUFFIXES) or name in _UNIT_INTERVAL:
+            if not 0 <= value <= 1:
+                fail("must be in [0, 1]")
+        elif name in _POSITIVE_FLOAT:
+            if not value > 0:
+                fail("must be > 0")
+        elif value < 0:
+            fail("must be >= 0")
+
+
+def config_from_checkpoint(ckpt: Checkpoint):
+    """The :class:`~minimaskrcnn.config.Config` a checkpoint stores, checked field by field.
+
+    Checks every field of ``model``, ``train`` and ``eval`` against the type of its default
+    (integers, finite numbers, lists, strings) and a range (sizes and counts >= 1, thresholds
+    and fractions in [0, 1], rates > 0), then builds the Config with
+    :func:`~minimaskrcnn.config.config_from_dict`; and, when present, ``dataset``:
+    ``category_ids`` (distinct integers, one per class) and ``class_names`` (strings, as many).
+
+    Raises:
+        CheckpointError: one line naming the file and the field.
+    """
+    from minimaskrcnn.config import Config, EvalConfig, ModelConfig, TrainConfig, config_from_dict
+
+    path, d = ckpt.path, ckpt.config
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: config must be an object, got {d!r:.60}")
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        values = d.get(section, {})
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{path}: config.{section} must be an object, got {values!r:.60}")
+        defaults = cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        for name, value in values.items():
+            if name in names:
+                _check_value(f"{path}: config.{section}", name, value, getattr(defaults, name))
+    if not isinstance(d.get("name", ""), str):
+        raise CheckpointError(f"{path}: config.name must be a string, got {d['name']!r:.60}")
+    try:
+        cfg = config_from_dict(d)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise CheckpointError(f"{path}: config: {e}") from None
+    if not isinstance(cfg, Config):  # pragma: no cover - config_from_dict's contract
+        raise CheckpointError(f"{path}: config is not a Config")
+    ds = d.get("dataset")
+    if ds is not None:
+        k = cfg.model.num_classes
+        ids, names = (ds.get("category_ids"), ds.get("class_names")) if isinstance(ds, dict) else (None, None)
+        if not (isinstance(ids, list) and len(ids) == k and len(set(map(repr, ids))) == k
+                and all(isinstance(c, int) and not isinstance(c, bool) for c in ids)):
+            raise CheckpointError(f"{path}: config.dataset.category_ids must be {k} distinct "
+                                  f"integers (model.num_classes), got {ids!r:.60}")
+        if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"{path}: config.dataset.class_names must be {k} strings "
+                                  f"(model.num_classes), got {names!r:.60}")
+    return cfg
+
+
+def _check_array(path: str, what: str, value) -> None:
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+        dtype = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+        raise CheckpointError(f"{path}: {what} is stored as {dtype}, not floating point")
+    if not np.isfinite(value).all():
+        raise CheckpointError(f"{path}: {what} has {int((~np.isfinite(value)).sum())} non-finite "
+                              f"values")
+
+
+def _check_optimizer_state(path: str, state) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: optimiser state must be an object, got {state!r:.60}")
+    for key in ("lr", "momentum", "weight_decay"):
+        v = state.get(key)
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and v >= 0):
+            raise CheckpointError(f"{path}: optimiser {key} must be a finite number >= 0, "
+                                  f"got {v!r:.60}")
+    steps = state.get("steps", 0)
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise CheckpointError(f"{path}: optimiser steps must be an integer >= 0, got {steps!r:.60}")
+    buffers = state.get("buffers", {})
+    if not isinstance(buffers, dict):
+        raise CheckpointError(f"{path}: optimiser buffers must be an object")
+    for name, value in buffers.items():
+        _check_array(path, f"momentum buffer {name}", value)
+
+
+def restore(ckpt: Checkpoint, model=None, optimizer=None) -> None:
+    """Set a model's parameters and an optimiser's state from a checkpoint, after checking that
+    every parameter and momentum buffer is a finite real floating-point array.
+
+    Raises:
+        CheckpointError: a bad array, or a checkpoint that does not fit the model/optimiser
+            (missing, unexpected or differently shaped parameters); names the file.
+    """
+    path = ckpt.path
+    if model is not None:
+        for name, value in ckpt.params.items():
+            _check_array(path, f"parameter {name}", value)
+        try:
+            model.load_state_dict(ckpt.params)
+        except (KeyError, ValueError, TypeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise CheckpointError(f"{path} does not fit the model: {msg}") from None
+    if optimizer is not None and ckpt.optimizer_state is not None:
+        _check_optimizer_state(path, ckpt.optimizer_state)
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        except (KeyError, ValueError, TypeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise CheckpointError(f"{path} does not fit the optimiser: {msg}") from None
+
+
 def load_checkpoint(path: str, model=None, optimizer=None) -> Checkpoint:
     """Read a checkpoint (``allow_pickle=False``); optionally restore it into objects.
 
     Args:
         path: a file written by :func:`save_checkpoint`.
         model: if given, a Module whose parameters are set from the file (strict: names and
-            shapes must match).
+            shapes must match; see :func:`restore`).
         optimizer: if given, an object with ``load_state_dict`` that receives the optimiser
             state.
 
@@ -179,9 +380,12 @@ def load_checkpoint(path: str, model=None, optimizer=None) -> Checkpoint:
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: truncated/corrupt archive, not a minimaskrcnn checkpoint, unsupported
-            version, or an array that cannot be read (the message names the path).
-        KeyError, ValueError: the checkpoint does not fit ``model``/``optimizer``.
+        CheckpointError (a ValueError): truncated/corrupt archive, not a minimaskrcnn
+            checkpoint, unsupported version, an array that cannot be read, a bad iteration or
+            config (when the config has ``model``/``train``/``eval`` sections:
+            :func:`config_from_checkpoint`), or, with ``model``/``optimizer``, a parameter or
+            buffer that is not finite floating point or does not fit (the message names the
+            path).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -210,13 +414,20 @@ def load_checkpoint(path: str, model=None, optimizer=None) -> Checkpoint:
     try:
         opt_state = (None if meta.get("optimizer") is None
                      else _join_arrays(meta["optimizer"], arrays))
-    except KeyError as e:
+    except (KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: optimiser array {e} is missing") from None
-    ckpt = Checkpoint(params=params, optimizer_state=opt_state, iteration=int(meta["iteration"]),
-                      config=meta.get("config") or {}, rng_state=meta.get("rng_state"),
-                      path=str(path))
-    if model is not None:
-        model.load_state_dict(params)
-    if optimizer is not None and opt_state is not None:
-        optimizer.load_state_dict(opt_state)
+    iteration = meta.get("iteration")
+    if not (isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0):
+        raise CheckpointError(f"{path}: the iteration must be an integer >= 0, got "
+                              f"{iteration!r:.60}")
+    config = meta.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: config must be an object, got {config!r:.60}")
+    ckpt = Checkpoint(params=params, optimizer_state=opt_state, iteration=iteration,
+                      config=config, rng_state=meta.get("rng_state"), path=str(path))
+    if any(k in config for k in ("model", "train", "eval")):
+        config_from_checkpoint(ckpt)
+    restore(ckpt, model, optimizer)
     return ckpt

@@ -13,6 +13,7 @@ from minimaskrcnn.training.checkpoint import (
     CheckpointError,
     generator_from_state,
     load_checkpoint,
+    remove_temporary_files,
     save_checkpoint,
 )
 from minimaskrcnn.training.optim import SGD, WarmupMultiStepLR
@@ -131,3 +132,116 @@ def test_load_into_wrong_model_fails(tmp_path):
     save_checkpoint(path, tiny_model(), iteration=0)
     with pytest.raises((KeyError, ValueError)):
         load_checkpoint(path, Sequential(Linear(3, 2)))
+
+
+def test_written_with_the_permissions_of_other_new_files(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(str(tmp_path / "ck.npz"), {"a": np.ones(3, np.float32)})
+        other = tmp_path / "other.txt"
+        other.write_text("x")
+        assert os.stat(path).st_mode & 0o777 == 0o644 == os.stat(other).st_mode & 0o777
+        os.umask(0o027)
+        save_checkpoint(path, {"a": np.ones(3, np.float32)})
+        assert os.stat(path).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_temporary_files_of_a_killed_write_are_removed(tmp_path):
+    save_checkpoint(str(tmp_path / "checkpoint_000001.npz"), {"a": np.ones(3, np.float32)})
+    left = tmp_path / ".tmp-checkpoint_000002.npz-k3j2h1"
+    left.write_bytes(b"PK\x03\x04 half a zip")
+    keep = tmp_path / ".tmp-notes"
+    keep.write_text("not ours")
+    assert remove_temporary_files(str(tmp_path)) == [str(left)]
+    assert sorted(os.listdir(tmp_path)) == [".tmp-notes", "checkpoint_000001.npz"]
+
+
+def _model_checkpoint(tmp_path, *, edit_config=None, params=None, optimizer=None, meta_edit=None):
+    """A checkpoint of tiny_model whose config is a valid shapes-mini Config, then edited."""
+    from minimaskrcnn.config import config_to_dict, get_preset
+
+    config = config_to_dict(get_preset("shapes-mini"))
+    config["dataset"] = {"category_ids": [1, 2, 3], "class_names": ["a", "b", "c"]}
+    if edit_config is not None:
+        edit_config(config)
+    model = tiny_model()
+    path = str(tmp_path / "ck.npz")
+    save_checkpoint(path, params if params is not None else model, optimizer, iteration=5,
+                    config=config)
+    if meta_edit is not None:  # rewrite the metadata as a hand-edited file would have it
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(arrays["__meta__"].tobytes())
+        meta_edit(meta)
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(path, **arrays)
+    return path, model
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(model=None), r"config\.model must be an object, got None"),
+    (lambda c: c["model"].update(num_classes="2"), r"config\.model\.num_classes must be an integer, got '2'"),
+    (lambda c: c["model"].update(size_divisible=0), r"config\.model\.size_divisible must be >= 1, got 0"),
+    (lambda c: c["model"].update(detections_per_img=-5), r"detections_per_img must be >= 1, got -5"),
+    (lambda c: c["model"].update(mask_threshold=float("nan")), r"mask_threshold must be finite, got nan"),
+    (lambda c: c["model"].update(box_nms_thresh=1.5), r"box_nms_thresh must be in \[0, 1\]"),
+    (lambda c: c["model"].update(anchor_sizes=[8, 16, "a", 64, 128]), r"anchor_sizes must be an integer, got 'a'"),
+    (lambda c: c["model"].update(roi_op="nope"), r"config: roi_op must be one of"),
+    (lambda c: c["model"].update(colour="red"), r"config: unknown ModelConfig keys: \['colour'\]"),
+    (lambda c: c["train"].update(base_lr=0), r"config\.train\.base_lr must be > 0, got 0"),
+    (lambda c: c["eval"].update(max_dets=[10, 0]), r"config\.eval\.max_dets must be >= 1, got 0"),
+    (lambda c: c["dataset"].update(class_names=["a", "b"]), r"class_names must be 3 strings"),
+    (lambda c: c["dataset"].update(category_ids=[1, 1, 2]), r"category_ids must be 3 distinct integers"),
+])
+def test_bad_config_in_a_checkpoint_is_one_clear_error(tmp_path, edit, message):
+    path, _ = _model_checkpoint(tmp_path, edit_config=edit)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("meta_edit, message", [
+    (lambda m: m.pop("iteration"), "the iteration must be an integer >= 0, got None"),
+    (lambda m: m.update(iteration="a"), "the iteration must be an integer >= 0, got 'a'"),
+    (lambda m: m.update(config=[1]), r"config must be an object, got \[1\]"),
+])
+def test_bad_metadata_is_one_clear_error(tmp_path, meta_edit, message):
+    path, _ = _model_checkpoint(tmp_path, meta_edit=meta_edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("dtype, value, message", [
+    (np.int64, 1, "is stored as int64, not floating point"),
+    (np.complex64, 1, "is stored as complex64, not floating point"),
+    (np.float32, np.nan, "has 1 non-finite values"),
+])
+def test_parameters_that_are_not_finite_floats_are_refused(tmp_path, dtype, value, message):
+    model = tiny_model()
+    params = {n: p.data.copy() for n, p in model.named_parameters()}
+    name = next(iter(params))
+    bad = params[name].astype(dtype)
+    bad.flat[0] = value
+    params[name] = bad
+    path, _ = _model_checkpoint(tmp_path, params=params)
+    assert load_checkpoint(path).params[name].dtype == dtype  # the file itself reads
+    with pytest.raises(CheckpointError, match=f"parameter {name} {message}"):
+        load_checkpoint(path, tiny_model())
+
+
+def test_non_finite_momentum_and_bad_optimiser_state_are_refused(tmp_path):
+    model, opt, sched = make_run()
+    train(model, opt, sched, np.random.default_rng(7), 1)
+    state = opt.state_dict()
+    name = next(iter(state["buffers"]))
+    state["buffers"][name][...] = np.inf
+    path, _ = _model_checkpoint(tmp_path, params=model, optimizer=state)
+    with pytest.raises(CheckpointError, match=f"momentum buffer {name} has .* non-finite"):
+        load_checkpoint(path, make_run()[0], make_run()[1])
+    state = opt.state_dict()
+    state["lr"] = "a"
+    path, _ = _model_checkpoint(tmp_path, params=model, optimizer=state)
+    with pytest.raises(CheckpointError, match="optimiser lr must be a finite number >= 0, got 'a'"):
+        load_checkpoint(path, make_run()[0], make_run()[1])
