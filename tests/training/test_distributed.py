@@ -1,0 +1,390 @@
+"""minimaskrcnn.training.distributed: the single-process stub, the work-splitting arithmetic, the
+cost model, and (in subprocesses under ``mpiexec -n 2``) the collectives and the abort path.
+
+The MPI tests spawn ``mpiexec -n 2 python <script> <scenario>`` with a timeout: a hang fails the
+test instead of the suite. They skip when mpi4py or mpiexec is missing (``pip install
+'minimaskrcnn[mpi]'``; CI installs it).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from minimaskrcnn.nn.module import Param
+from minimaskrcnn.training import distributed as dist
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class FakeComm(dist.SingleProcessComm):
+    """A rank/size pair for the pure arithmetic (no collective is called)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in dist.MPI_LAUNCHER_ENV_VARS and k != dist.FORCE_ENV_VAR}
+    env.update(extra)
+    return env
+
+
+def _mpiexec():
+    bindir = os.path.dirname(sys.executable)
+    return shutil.which("mpiexec", path=bindir + os.pathsep + os.environ.get("PATH", ""))
+
+
+def _have_mpi4py():
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("mpi4py") is not None
+    except ImportError:  # pragma: no cover
+        return False
+
+
+MPIEXEC = _mpiexec()
+needs_mpi = pytest.mark.skipif(
+    MPIEXEC is None or not _have_mpi4py(),
+    reason="needs mpi4py and an mpiexec (pip install 'minimaskrcnn[mpi]': mpi4py + the mpich "
+           "wheel); CI installs them")
+
+# -- the single-process stub -------------------------------------------------------------------
+
+
+def test_one_process_does_not_import_mpi4py():
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from minimaskrcnn.nn.module import Param
+        from minimaskrcnn.training import distributed as d
+        c = d.get_comm()
+        assert isinstance(c, d.SingleProcessComm), c
+        assert (c.rank, c.size, c.is_main, c.is_distributed) == (0, 1, True, False)
+        ps = [("w", Param(np.ones(3, np.float32)))]
+        ps[0][1].grad[:] = 2
+        d.broadcast_parameters(ps); d.check_parameters_equal(ps); d.allreduce_gradients(ps)
+        assert (ps[0][1].grad == 2).all()
+        assert d.allreduce_sum(3) == 3 and d.gather_to_main([1, 2]) == [1, 2]
+        assert d.split_batch(4) == [0, 1, 2, 3] and d.shard(5) == range(5)
+        with d.abort_on_error():
+            pass
+        print("mpi4py" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, False),
+    ({"PATH": "/usr/bin"}, False),
+    ({"PMI_SIZE": "2", "PMI_RANK": "0"}, True),        # MPICH hydra, Intel MPI, Slurm PMI2
+    ({"MPI_LOCALNRANKS": "2"}, True),                  # MPICH hydra
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, True),             # Open MPI
+    ({"PMIX_RANK": "3"}, True),                        # PMIx launchers
+    ({"PMI_SIZE": "2", "MINIMASKRCNN_MPI": "0"}, False),
+    ({"MINIMASKRCNN_MPI": "1"}, True),
+])
+def test_launcher_detection(env, expected):
+    assert dist.launched_by_mpi(env) is expected
+
+
+def test_bad_force_value():
+    with pytest.raises(ValueError, match="MINIMASKRCNN_MPI must be 0 or 1"):
+        dist.launched_by_mpi({"MINIMASKRCNN_MPI": "yes"})
+
+
+def test_single_process_collectives():
+    c = dist.SingleProcessComm()
+    assert dist.allreduce_sum(2.5, c) == 2.5 and isinstance(dist.allreduce_sum(2.5, c), float)
+    assert dist.allreduce_sum(True, c) == 1 and isinstance(dist.allreduce_sum(7, c), int)
+    got = dist.allreduce_sum([1, 2], c)
+    assert got.dtype == np.int64 and got.tolist() == [1, 2]
+    a = np.ones((2, 2), np.float32)
+    got = dist.allreduce_sum(a, c)
+    assert got.dtype == np.float32 and got is not a and (got == a).all()
+    assert dist.allreduce_sum({"n": 3, "loss": 0.5}, c) == {"n": 3, "loss": 0.5}
+    assert isinstance(dist.allreduce_sum({"n": 3}, c)["n"], int)
+    with pytest.raises(TypeError, match="numbers"):
+        dist.allreduce_sum("abc", c)
+    assert dist.gather_to_main(iter([3, 1]), c) == [3, 1]
+    with pytest.raises(ValueError, match="root"):
+        dist.broadcast_parameters([], c, root=1)
+
+
+def test_abort_on_error_one_process_reraises():
+    with pytest.raises(ValueError, match="boom"), dist.abort_on_error(dist.SingleProcessComm()):
+        raise ValueError("boom")
+
+
+def test_error_line():
+    assert dist.error_line(ValueError("bad image 7"), 1) == "[rank 1] ValueError: bad image 7"
+    assert dist.error_line(OSError("a\nb"), 0) == "[rank 0] OSError: a\n[rank 0] b"
+    assert dist.error_line(KeyboardInterrupt(), 2) == "[rank 2] KeyboardInterrupt: (no message)"
+
+
+def test_checksum_is_exact():
+    rng = np.random.default_rng(0)
+    ps = [(f"p{i}", Param(rng.standard_normal((2, 3)).astype(np.float32))) for i in range(3)]
+    copy = [(n, Param(p.data.copy())) for n, p in ps]
+    assert dist.parameter_checksum(ps) == dist.parameter_checksum(copy)
+    assert dist.check_parameters_equal(ps, dist.SingleProcessComm()) == dist.parameter_checksum(ps)
+    copy[1][1].data[0, 0] = np.nextafter(copy[1][1].data[0, 0], np.float32(np.inf))
+    assert dist.parameter_checksum(ps) != dist.parameter_checksum(copy)
+    renamed = [("q0", ps[0][1])] + ps[1:]
+    assert dist.parameter_checksum(ps) != dist.parameter_checksum(renamed)
+    digests = dist.parameter_digests(dict(ps))
+    assert [n for n, _ in digests] == ["p0", "p1", "p2"]
+    with pytest.raises(TypeError, match="not a Param"):
+        dist.parameter_checksum([("x", np.ones(2))])
+
+
+# -- splitting work ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 16, 101])
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+def test_shard_range_partitions_in_order(n, size):
+    parts = [dist.shard_range(n, r, size) for r in range(size)]
+    assert [i for p in parts for i in p] == list(range(n))
+    lengths = [len(p) for p in parts]
+    assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+
+
+def test_shard_types():
+    assert dist.shard(7, FakeComm(1, 2)) == range(4, 7)
+    assert dist.shard([10, 11, 12, 13, 14], FakeComm(0, 2)) == [10, 11, 12]
+    assert dist.shard((1, 2, 3), FakeComm(2, 3)) == (3,)
+    np.testing.assert_array_equal(dist.shard(np.arange(6), FakeComm(1, 3)), [2, 3])
+
+    class Dataset:
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            if not isinstance(i, int):
+                raise TypeError("integer indices only")
+            return f"img{i}"
+
+    assert dist.shard(Dataset(), FakeComm(1, 2)) == ["img3", "img4"]
+    assert dist.shard(1, FakeComm(1, 2)) == range(1, 1)  # more ranks than items: empty share
+
+
+@pytest.mark.parametrize("n, rank, size, match", [
+    (-1, 0, 1, "count must be >= 0"), (3, 0, 0, "size must be >= 1"),
+    (3, 2, 2, r"rank must be in \[0, 2\)"), (3, -1, 2, "rank must be in"),
+])
+def test_shard_range_errors(n, rank, size, match):
+    with pytest.raises(ValueError, match=match):
+        dist.shard_range(n, rank, size)
+
+
+def test_split_batch_blocks():
+    assert [dist.split_batch(8, FakeComm(r, 4)) for r in range(4)] == [
+        [0, 1], [2, 3], [4, 5], [6, 7]]
+    assert dist.split_batch(4, FakeComm(1, 2)) == [2, 3]
+    assert dist.split_batch(3, FakeComm(0, 1)) == [0, 1, 2]
+    for b, w in [(4, 4), (12, 3), (6, 2)]:
+        got = [k for r in range(w) for k in dist.split_batch(b, FakeComm(r, w))]
+        assert got == list(range(b))
+
+
+def test_split_batch_errors():
+    with pytest.raises(ValueError, match=r"batch size 6 is not divisible by the number of MPI "
+                                         r"ranks 4.*batch size of 4, 8"):
+        dist.split_batch(6, FakeComm(0, 4))
+    with pytest.raises(ValueError, match="batch size of 3"):
+        dist.split_batch(2, FakeComm(0, 3))
+    with pytest.raises(ValueError, match=">= 1"):
+        dist.split_batch(0, FakeComm(0, 1))
+
+
+# -- cost model --------------------------------------------------------------------------------
+
+
+def test_ring_allreduce_cost_model():
+    nbytes = 4 * 2_479_803
+    assert dist.ring_allreduce_seconds(nbytes, 1, 10e9) == 0
+    t = dist.ring_allreduce_seconds(nbytes, 8, 10e9, latency_s=0)
+    assert t == pytest.approx(2 * 7 / 8 * nbytes * 8 / 10e9)
+    assert dist.ring_allreduce_seconds(0, 4, 1e9, latency_s=1e-3) == pytest.approx(6e-3)
+    # bandwidth term tends to 2 * nbytes / bandwidth as W grows
+    assert dist.ring_allreduce_seconds(nbytes, 10**6, 1e9, 0) == pytest.approx(
+        2 * nbytes * 8 / 1e9, rel=1e-5)
+    for bad in [(-1, 2, 1e9), (1, 0, 1e9), (1, 2, 0), (1, 2, 1e9, -1)]:
+        with pytest.raises(ValueError):
+            dist.ring_allreduce_seconds(*bad)
+
+
+# -- under mpiexec -n 2 ------------------------------------------------------------------------
+
+SCRIPT = r'''
+import sys
+import numpy as np
+from minimaskrcnn.nn.module import Param
+from minimaskrcnn.training import distributed as d
+
+c = d.get_comm()
+assert isinstance(c, d.MPIComm) and c.size == 2, c
+scenario = sys.argv[1]
+
+
+def params(seed, shapes=((3, 4), (5,), (2, 2, 2)), dtypes=None):
+    rng = np.random.default_rng(seed)
+    dtypes = dtypes or [np.float32] * len(shapes)
+    return [(f"p{i}", Param(rng.standard_normal(s).astype(t)))
+            for i, (s, t) in enumerate(zip(shapes, dtypes))]
+
+
+def say(*a):
+    sys.stdout.write(" ".join([f"rank{c.rank}", *map(str, a)]) + "\n")  # one write per line
+    sys.stdout.flush()
+
+
+if scenario == "broadcast":
+    ps = params(seed=10 + c.rank)               # different values on each rank
+    ref = [p.data.copy() for _, p in params(seed=10)]
+    ids = [id(p.data) for _, p in ps]
+    d.broadcast_parameters(ps, c)
+    assert all(np.array_equal(p.data, r) for (_, p), r in zip(ps, ref))
+    assert [id(p.data) for _, p in ps] == ids  # in place
+    s = d.check_parameters_equal(ps, c)
+    assert c.allgather(s) == [s, s] and s == d.parameter_checksum(ps)
+    say("OK")
+
+elif scenario == "allreduce":
+    dtypes = [np.float32, np.float32, np.float64]
+    ps = params(seed=0, dtypes=dtypes)
+    grads = [p.grad for _, p in ps]
+    for it in range(3):
+        for k, (_, p) in enumerate(ps):
+            # integer-valued floats: the sum is exact
+            p.grad[...] = (np.arange(p.grad.size).reshape(p.grad.shape) + 7 * k + it) * (c.rank + 1)
+        d.allreduce_gradients(ps, c)
+        for k, (_, p) in enumerate(ps):
+            expected = (np.arange(p.grad.size).reshape(p.grad.shape) + 7 * k + it) * 3
+            assert p.grad.dtype == dtypes[k]
+            assert np.array_equal(p.grad, expected), (k, p.grad, expected)
+        if it == 0:
+            bufs = {k: id(v) for k, v in c._flat_buffers.items()}
+    assert all(p.grad is g for (_, p), g in zip(ps, grads))  # in place
+    # one float32 buffer (3*4 + 5 elements) and one float64 buffer (8), reused across calls
+    assert sorted((k[1], k[2]) for k in c._flat_buffers) == [("<f4", 17), ("<f8", 8)]
+    assert {k: id(v) for k, v in c._flat_buffers.items()} == bufs
+    assert d.allreduce_sum(c.rank + 1, c) == 3
+    assert d.allreduce_sum({"n_fg": 2 + c.rank, "loss": 0.5}, c) == {"n_fg": 5, "loss": 1.0}
+    got = d.allreduce_sum(np.full(3, c.rank + 1, np.float32), c)
+    assert got.dtype == np.float32 and got.tolist() == [3, 3, 3]
+    say("OK")
+
+elif scenario == "gather":
+    mine = d.shard(list(range(100, 107)), c)     # 4 items on rank 0, 3 on rank 1
+    assert len(mine) == (4 if c.rank == 0 else 3)
+    dets = [{"image": i, "rank": c.rank} for i in mine]
+    got = d.gather_to_main(dets, c)
+    if c.is_main:
+        assert [x["image"] for x in got] == list(range(100, 107)), got
+        assert [x["rank"] for x in got] == [0] * 4 + [1] * 3
+    else:
+        assert got is None
+    assert d.split_batch(4, c) == ([0, 1] if c.rank == 0 else [2, 3])
+    try:
+        d.split_batch(3, c)
+    except ValueError as e:
+        assert "not divisible" in str(e)
+    else:
+        raise AssertionError("split_batch(3) under 2 ranks did not raise")
+    say("OK")
+
+elif scenario == "mismatch":
+    ps = params(seed=0)
+    if c.rank == 1:
+        ps[1][1].data[2] += 1e-3                # p1 differs on rank 1; p0 and p2 equal
+        ps[2][1].data[0, 0, 0] += 1
+    try:
+        d.check_parameters_equal(ps, c)
+    except d.ParameterMismatchError as e:
+        say("CAUGHT", e)
+    else:
+        raise AssertionError("no mismatch detected")
+    shapes = ((3, 4), (5,)) if c.rank == 0 else ((3, 4), (6,))
+    try:
+        d.broadcast_parameters(params(seed=0, shapes=shapes), c)
+    except d.ParameterMismatchError as e:
+        say("LAYOUT", e)
+    else:
+        raise AssertionError("no layout mismatch detected")
+
+elif scenario in ("abort", "excepthook"):
+    if scenario == "excepthook":
+        d.install_excepthook(c)
+        if c.rank == 1:
+            raise OSError("disk full while writing checkpoint")
+        c.barrier()                             # rank 0 waits for a rank that is gone
+    with d.abort_on_error(c):
+        if c.rank == 1:
+            raise ValueError("bad image 7: annotation has no polygon")
+        x = np.ones(4)
+        c.Allreduce_inplace(x)                  # would wait forever without the abort
+    say("NOT REACHED")
+'''
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mpi") / "scenarios.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def run_mpi(script, scenario, timeout=60):
+    t0 = time.perf_counter()
+    out = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), scenario],
+                         env=clean_env(PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+                         timeout=timeout)
+    return out, time.perf_counter() - t0
+
+
+@needs_mpi
+@pytest.mark.parametrize("scenario", ["broadcast", "allreduce", "gather"])
+def test_collectives_under_mpiexec(script, scenario):
+    out, _ = run_mpi(script, scenario)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rank0 OK" in out.stdout and "rank1 OK" in out.stdout, out.stdout
+
+
+@needs_mpi
+def test_checksum_mismatch_detected_on_every_rank(script):
+    out, _ = run_mpi(script, "mismatch")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    caught = [ln for ln in lines if " CAUGHT " in ln]
+    assert len(caught) == 2, out.stdout           # both ranks raise: none is left waiting
+    for ln in caught:
+        assert "first differing parameter 'p1'" in ln and "rank(s) 1 differ" in ln
+        assert "2 of 3 parameters differ" in ln
+    layout = [ln for ln in lines if " LAYOUT " in ln]
+    assert len(layout) == 2 and all("p1" in ln and "rank 1" in ln for ln in layout), out.stdout
+
+
+@needs_mpi
+@pytest.mark.parametrize("scenario, message", [
+    ("abort", "[rank 1] ValueError: bad image 7: annotation has no polygon"),
+    ("excepthook", "[rank 1] OSError: disk full while writing checkpoint"),
+])
+def test_a_raising_rank_aborts_the_job(script, scenario, message):
+    out, seconds = run_mpi(script, scenario, timeout=60)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "NOT REACHED" not in out.stdout
+    assert seconds < 30, f"the job took {seconds:.1f} s to stop"
