@@ -18,9 +18,12 @@ weight 1, bias 0. Conv init: Kaiming normal, fan_out, ReLU gain (torchvision's R
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from minimaskrcnn import nn
+from minimaskrcnn.model.stage import Stage
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Module, Sequential
 
@@ -68,7 +71,16 @@ class BasicBlock(Module):
         return dx + self.conv1.backward(dh, c1)
 
 
-class ResNetGN(Module):
+class BackboneCache(NamedTuple):
+    """The stem's conv, GroupNorm and ReLU caches, and each stage's (``Sequential``) cache."""
+
+    conv1: tuple
+    gn1: tuple
+    relu: object
+    stages: list
+
+
+class ResNetGN(Stage):
     """Stem and stages; ``forward(x)`` returns ``([C2, C3, C4, C5], cache)`` and
     ``backward([dC2, .., dC5], cache)`` returns ``dx`` (any dC may be ``None``: no gradient).
     ``x (N, 3, H, W)`` float32 (the parameters' dtype); ``C_k`` has stride ``2**k`` pixels.
@@ -96,9 +108,10 @@ class ResNetGN(Module):
             h, c = layer.forward(h)
             outs.append(h)
             caches.append(c)
-        return outs, (c1, c2, c3, caches)
+        return outs, BackboneCache(c1, c2, c3, caches)
 
-    def backward(self, d_outs, cache):
+    def backward(self, d_outs, cache: BackboneCache, loss_weights=None):
+        """``[dC2..dC5]`` -> d images ``(N, 3, H, W)`` (no losses here)."""
         c1, c2, c3, caches = cache
         dh = None
         for layer, d_out, c in zip(reversed(self.layers), reversed(d_outs), reversed(caches), strict=True):

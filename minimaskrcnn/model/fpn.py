@@ -14,14 +14,26 @@ Init as torchvision: Kaiming uniform (a=1) weights, zero bias.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from minimaskrcnn import nn
+from minimaskrcnn.model.stage import Stage
 from minimaskrcnn.nn import init
-from minimaskrcnn.nn.module import Module
 
 
-class FPN(Module):
+class FPNCache(NamedTuple):
+    """Per level (finest first): the lateral 1x1 convs' caches, the output 3x3 convs' caches and
+    the nearest-upsampling caches (``None`` for the coarsest level); the shape of P5."""
+
+    inner: list
+    layer: list
+    upsample: list
+    p5_shape: tuple
+
+
+class FPN(Stage):
     """``forward([C2..C5])`` -> ``([P2, P3, P4, P5, P6], cache)``, each ``(N, C, H_l, W_l)``;
     ``backward([dP2..dP6], cache)`` -> ``[dC2..dC5]`` (a ``dP`` may be ``None``).
     ``C_k`` and ``P_k`` have stride ``2**k`` pixels (P6: P5 max-pooled with kernel 1, stride 2); arrays in the
@@ -47,9 +59,10 @@ class FPN(Module):
             inner = lateral + top_down
             outs[i], layer_caches[i] = self.layer_blocks[i].forward(inner)
         p6 = np.ascontiguousarray(outs[-1][:, :, ::2, ::2])  # max pool k1 s2 (torchvision LastLevelMaxPool)
-        return outs + [p6], (inner_caches, layer_caches, up_caches, outs[-1].shape)
+        return outs + [p6], FPNCache(inner_caches, layer_caches, up_caches, outs[-1].shape)
 
-    def backward(self, d_outs, cache):
+    def backward(self, d_outs, cache: FPNCache, loss_weights=None):
+        """``[dP2..dP6]`` -> ``[dC2..dC5]`` (no losses here: ``loss_weights`` is unused)."""
         inner_caches, layer_caches, up_caches, p5_shape = cache
         n_lvl = len(self.inner_blocks)
         d_outs = list(d_outs)

@@ -1,56 +1,82 @@
-"""Mask R-CNN: the whole network, its training step and its inference (He et al. 2017;
+"""Mask R-CNN: the stages chained, forward and backward, and inference (He et al. 2017;
 torchvision ``models/detection/mask_rcnn.py`` / ``generalized_rcnn.py`` / ``transform.py``).
 
 Shape shorthand: N images, (h_i, w_i) image i's own size, (H, W) the padded batch size (the
-largest h and w rounded up to a multiple of 32), C FPN channels, T anchors per image, G_i
-ground truths of image i, D_i detections of image i, K classes.
+largest h and w rounded up to a multiple of 32), C FPN channels, K classes.
 
-Forward (training)::
+Each stage is one file, read in this order (``docs/model.md``); every one has the protocol of
+:mod:`minimaskrcnn.model.stage` (``forward_train`` -> outputs, losses, cache; ``predict``;
+``backward(d_outputs, cache, loss_weights)`` -> d_inputs)::
 
-    images -> zero-pad to (N, 3, H, W) -> ResNetGN -> C2..C5 -> FPN -> P2..P6
-    P2..P6 -> RPN head -> objectness (N, T), deltas (N, T, 4)
-        -> anchor targets (Matcher 0.7/0.3, sampler 256/0.5) -> loss_objectness, loss_rpn_box_reg
-        -> proposals (top-k per level, decode, clip, NMS per level, top 1000)  [no gradient]
-    P2..P5 + proposals -> RoI heads -> loss_classifier, loss_box_reg, loss_mask
+    images -> pad to (N, 3, H, W)                               (this file, transform)
+      -> backbone.py  ResNetGN             -> C2..C5
+      -> fpn.py       FPN                  -> P2..P6
+      -> rpn.py       RegionProposalNetwork -> proposals           + loss_objectness, loss_rpn_box_reg
+      -> box_head.py  BoxHead              -> sampled RoIs         + loss_classifier, loss_box_reg
+      -> mask_head.py MaskHead                                     + loss_mask
 
-Backward (``model.backward(cache)``), the reverse: the RoI heads return dP2..dP5 (through the
-poolers' backward), the RPN head returns dP2..dP6, the two are summed per level, the FPN turns
-them (P6's gradient goes into P5's even pixels) into dC2..dC5, the backbone into every
-parameter. Every gradient accumulates (``+=``) in ``Param.grad``.
+:meth:`MaskRCNN.backward` is the mirror image: mask head, box head and RPN each turn their
+weighted losses into gradients of the pyramid levels, which add up; the FPN turns them into
+dC2..dC5, the backbone into every parameter and d images. Every gradient accumulates (``+=``) in
+``Param.grad``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from minimaskrcnn.config import Config, ModelConfig, get_preset
 from minimaskrcnn.model.backbone import ResNetGN
+from minimaskrcnn.model.box_head import BoxHead
 from minimaskrcnn.model.fpn import FPN
-from minimaskrcnn.model.roi_heads import RoIHeads
-from minimaskrcnn.model.rpn import (
-    RPNHead,
-    assign_anchor_targets,
-    filter_proposals,
-    flatten_head_outputs,
-    rpn_losses,
-    unflatten_head_grads,
-)
+from minimaskrcnn.model.mask_head import MaskHead
+from minimaskrcnn.model.rpn import RegionProposalNetwork
+from minimaskrcnn.model.stage import Stage, identity_count
 from minimaskrcnn.model.timing import NullTimer
-from minimaskrcnn.nn.module import Module
-from minimaskrcnn.ops import AnchorGenerator, BoxCoder
-from minimaskrcnn.training.matcher import Matcher
-from minimaskrcnn.training.sampler import BalancedPositiveNegativeSampler
 
-LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+LOSS_KEYS = RegionProposalNetwork.LOSSES + BoxHead.LOSSES + MaskHead.LOSSES
+"""torchvision's names of the five Mask R-CNN losses (the total is their weighted sum)."""
+
+LEGACY_NAMES = (("rpn_head.", "rpn.head."), ("roi_heads.box_head.", "box_head."),
+                ("roi_heads.box_predictor.", "box_head."), ("roi_heads.mask_head.", "mask_head."))
+"""Parameter-name prefixes of checkpoints written before the stages had one file each
+(``old prefix -> new prefix``); :func:`upgrade_state_names` converts them on load."""
 
 
-class MaskRCNN(Module):
-    """The network of ``ModelConfig`` (parameters: ``backbone``, ``fpn``, ``rpn_head``,
-    ``roi_heads``). Build it with :func:`build_model`.
+def upgrade_state_names(state: dict) -> dict:
+    """Rename the parameters of a checkpoint written by minimaskrcnn <= 0.1 (``rpn_head.*``,
+    ``roi_heads.box_head.*``, ``roi_heads.box_predictor.*``, ``roi_heads.mask_head.*``) to
+    today's names (``rpn.head.*``, ``box_head.*``, ``mask_head.*``); other names pass through."""
+    out = {}
+    for name, value in state.items():
+        for old, new in LEGACY_NAMES:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        out[name] = value
+    return out
+
+
+class MaskRCNNCache(NamedTuple):
+    """One cache per stage, in forward order (what :meth:`MaskRCNN.backward` reads)."""
+
+    backbone: object
+    fpn: object
+    rpn: object
+    box_head: object
+    mask_head: object
+
+
+class MaskRCNN(Stage):
+    """The network of ``ModelConfig``, five stages (parameters: ``backbone``, ``fpn``, ``rpn``,
+    ``box_head``, ``mask_head``). Build it with :func:`build_model`.
 
     Methods:
-        forward_train(images, targets, rng) -> (losses dict of floats, cache)
-        backward(cache): accumulate d(total loss)/d(param) into every ``Param.grad``
+        forward_train(images, targets, rng) -> (proposals, losses dict of floats, cache)
+        backward(None, cache, loss_weights=None) -> d images; accumulates d(weighted sum of the
+            losses)/d(param) into every ``Param.grad``
         predict(images) -> list of per-image detection dicts
     """
 
@@ -59,16 +85,9 @@ class MaskRCNN(Module):
         self.backbone = ResNetGN(cfg.stem_channels, cfg.stage_channels, cfg.blocks_per_stage,
                                  cfg.gn_groups, rng)
         self.fpn = FPN(cfg.stage_channels, cfg.fpn_channels, rng)
-        self.anchor_generator = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
-                                                (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
-        num_anchors = len(cfg.aspect_ratios)
-        self.rpn_head = RPNHead(cfg.fpn_channels, num_anchors, rng)
-        self.rpn_box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.bbox_xform_clip)
-        self.rpn_matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh,
-                                   allow_low_quality_matches=True)
-        self.rpn_sampler = BalancedPositiveNegativeSampler(cfg.rpn_batch_size_per_image,
-                                                           cfg.rpn_positive_fraction)
-        self.roi_heads = RoIHeads(cfg, rng)
+        self.rpn = RegionProposalNetwork(cfg, rng)
+        self.box_head = BoxHead(cfg, rng)
+        self.mask_head = MaskHead(cfg, rng)
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -78,18 +97,26 @@ class MaskRCNN(Module):
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays in (:meth:`Module.load_state_dict`; ``strict=False`` skips names absent
-        from ``state``). Raises ``ValueError`` naming the missing/unexpected names (``strict``)
-        or the parameter whose shape differs."""
+        from ``state``). Names of older checkpoints are converted (:func:`upgrade_state_names`).
+        Raises ``ValueError`` naming the missing/unexpected names (``strict``) or the parameter
+        whose shape differs."""
         try:
-            super().load_state_dict(state, strict=strict)
+            super().load_state_dict(upgrade_state_names(state), strict=strict)
         except KeyError as e:  # Module raises KeyError for missing/unexpected names
             raise ValueError(e.args[0]) from None
 
     # -- input --------------------------------------------------------------------------------
 
-    def _batch(self, images):
+    def transform(self, images):
         """Validate and zero-pad images to ``(N, 3, H, W)``, H and W multiples of
-        ``size_divisible``, at the bottom and right (torchvision ``GeneralizedRCNNTransform``)."""
+        ``size_divisible``, at the bottom and right (torchvision ``GeneralizedRCNNTransform``,
+        without resizing). Returns ``(batch, image_sizes)``: the padded batch in the
+        parameters' dtype and the N unpadded ``(h_i, w_i)``.
+
+        Raises:
+            TypeError: not a non-empty list of float NumPy arrays.
+            ValueError: an element not of shape ``(3, h, w)``.
+        """
         if not isinstance(images, (list, tuple)) or len(images) == 0:
             raise TypeError("images must be a non-empty list of (3, H, W) float arrays")
         dtype = self.backbone.conv1.weight.data.dtype
@@ -110,7 +137,9 @@ class MaskRCNN(Module):
             batch[i, :, : im.shape[1], : im.shape[2]] = im
         return batch, sizes
 
-    def _check_targets(self, targets, sizes):
+    def check_targets(self, targets, sizes):
+        """Validate the targets against the images (see :meth:`forward_train`); returns them
+        with float32 boxes and int64 labels."""
         if not isinstance(targets, (list, tuple)) or len(targets) != len(sizes):
             raise ValueError(f"targets must be a list of {len(sizes)} dicts (one per image)")
         out = []
@@ -143,124 +172,126 @@ class MaskRCNN(Module):
                         "masks": masks})
         return out
 
-    # -- shared pieces --------------------------------------------------------------------------
-
-    def _features(self, batch, timer):
-        with timer("backbone_fpn"):
-            cs, bb_cache = self.backbone.forward(batch)
-            ps, fpn_cache = self.fpn.forward(cs)
-        return ps, (bb_cache, fpn_cache)
-
-    def _rpn_outputs(self, ps, batch_shape):
-        (obj_levels, delta_levels), head_cache = self.rpn_head.forward(ps)
-        objectness, deltas = flatten_head_outputs(obj_levels, delta_levels)  # (N, T), (N, T, 4)
-        anchors = np.concatenate(self.anchor_generator(batch_shape, [p.shape[-2:] for p in ps]))
-        level_sizes = [o.shape[1] * o.shape[2] * o.shape[3] for o in obj_levels]
-        return objectness, deltas, anchors, level_sizes, head_cache, [o.shape for o in obj_levels]
-
-    def _proposals(self, objectness, deltas, anchors, level_sizes, sizes, training):
-        cfg = self.config
-        pre = cfg.rpn_pre_nms_top_n_train if training else cfg.rpn_pre_nms_top_n_test
-        post = cfg.rpn_post_nms_top_n_train if training else cfg.rpn_post_nms_top_n_test
-        boxes, _ = filter_proposals(anchors, deltas, objectness, self.rpn_box_coder, sizes,
-                                    level_sizes, pre, post, cfg.rpn_nms_thresh, cfg.rpn_min_size)
-        return boxes
-
     # -- training -----------------------------------------------------------------------------
 
-    def forward_train(self, images, targets, rng: np.random.Generator, *, proposals=None,
-                      timer=None):
-        """One training forward pass.
+    def forward_train(self, images, targets, rng, *, proposals=None, timer=None,
+                      sum_counts=identity_count):
+        """One training forward pass, stage by stage.
 
         Args:
             images: list of N ``(3, h_i, w_i)`` float32 arrays (standardised; sizes may differ).
             targets: list of N dicts: ``boxes (G_i, 4) float32 [x1, y1, x2, y2]`` pixels with
                 positive width and height, ``labels (G_i,) int64`` in 1..K, ``masks (G_i, h_i,
                 w_i) uint8``. ``G_i = 0`` is allowed (every anchor and RoI is background).
-            rng: ``np.random.Generator`` driving the RPN and RoI samplers.
+            rng: a ``np.random.Generator`` driving the RPN's and then the box head's sampler
+                for the whole batch, or a list of N Generators, one per image (each image then
+                samples from its own stream: what data-parallel training needs).
             proposals: optional list of N ``(P_i, 4)`` boxes used instead of the RPN's (the
                 gradient check holds them fixed; the RPN losses are computed as usual).
             timer: optional :class:`~minimaskrcnn.model.timing.StageTimer` collecting seconds
                 per stage.
+            sum_counts: sums each loss normaliser over data-parallel ranks (identity: one
+                process holds the whole batch).
 
         Returns:
-            ``(losses, cache)``: ``losses`` maps the five torchvision loss names to Python
-            floats (total = their sum); ``cache`` is everything :meth:`backward` needs.
+            ``(proposals, losses, cache)``: the RPN's proposals (list of N ``(P_i, 4)``),
+            ``losses`` mapping the five torchvision loss names (:data:`LOSS_KEYS`) to Python
+            floats, and a :class:`MaskRCNNCache` for :meth:`backward`.
 
         Raises:
             TypeError / ValueError: malformed images or targets (naming the argument and index),
             a mask whose size is not its image's, a label outside 1..K, a box with zero width
-            or height.
+            or height, a list of generators whose length is not N.
         """
         timer = timer or NullTimer()
-        cfg = self.config
-        batch, sizes = self._batch(images)
-        targets = self._check_targets(targets, sizes)
-        ps, feat_cache = self._features(batch, timer)
-
+        batch, image_sizes = self.transform(images)  # (N, 3, H, W)
+        targets = self.check_targets(targets, image_sizes)
+        image_size = batch.shape[-2:]
+        with timer("backbone_fpn"):
+            feats, _, c_backbone = self.backbone.forward_train(batch)  # C2..C5
+            pyramid, _, c_fpn = self.fpn.forward_train(feats)  # P2..P6
         with timer("rpn"):
-            objectness, deltas, anchors, level_sizes, head_cache, obj_shapes = self._rpn_outputs(
-                ps, batch.shape[-2:])
-            labels, reg_targets = [], []
-            for t in targets:
-                lab, reg = assign_anchor_targets(anchors, t["boxes"], self.rpn_matcher,
-                                                 self.rpn_box_coder)
-                labels.append(lab)
-                reg_targets.append(reg)
-            loss_obj, loss_rpn_box, d_obj, d_deltas = rpn_losses(
-                objectness, deltas, labels, reg_targets, self.rpn_sampler, rng,
-                cfg.rpn_smooth_l1_beta)
-            if proposals is None:
-                proposals = self._proposals(objectness, deltas, anchors, level_sizes, sizes, True)
+            proposals, rpn_losses, c_rpn = self.rpn.forward_train(
+                pyramid, image_size, image_sizes, targets, rng, proposals=proposals,
+                sum_counts=sum_counts)
+        with timer("roi_heads"):
+            sampled, box_losses, c_box = self.box_head.forward_train(
+                pyramid[:-1], proposals, image_size, targets, rng, sum_counts=sum_counts)
+        with timer("mask_head"):
+            _, mask_losses, c_mask = self.mask_head.forward_train(
+                pyramid[:-1], sampled, image_size, [t["masks"] for t in targets],
+                sum_counts=sum_counts)
+        losses = {**rpn_losses, **box_losses, **mask_losses}
+        return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_box, c_mask)
 
-        roi_losses, roi_cache = self.roi_heads.forward_train(
-            ps[:-1], proposals, sizes, batch.shape[-2:], targets, rng, timer=timer)
-        losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box, **roi_losses}
-        cache = {"features": feat_cache, "rpn_head": head_cache, "obj_shapes": obj_shapes,
-                 "d_obj": d_obj, "d_deltas": d_deltas, "roi_heads": roi_cache, "timer": timer,
-                 "proposals": proposals}
-        return losses, cache
+    def backward(self, dy, cache: MaskRCNNCache, loss_weights=None):
+        """Backward through every stage in reverse; returns d images ``(N, 3, H, W)`` (padded).
 
-    def backward(self, cache) -> None:
-        """Accumulate d(sum of the five losses)/d(param) into every ``Param.grad`` (``+=``;
-        call ``zero_grad`` between iterations). ``cache`` is the one :meth:`forward_train`
-        returned; the gradients have the parameters' dtype. No argument checks (a foreign
-        ``cache`` fails with a ``KeyError``/``TypeError`` from the unpacking)."""
-        timer = cache["timer"]
-        with timer("backward"):
-            d_ps = self.roi_heads.backward(cache["roi_heads"])  # P2..P5
-            d_obj, d_del = unflatten_head_grads(cache["d_obj"], cache["d_deltas"], cache["obj_shapes"])
-            d_rpn = self.rpn_head.backward((d_obj, d_del), cache["rpn_head"])  # P2..P6
-            d_ps = [a + b for a, b in zip(d_ps, d_rpn[:-1], strict=True)] + [d_rpn[-1]]
-            bb_cache, fpn_cache = cache["features"]
-            d_cs = self.fpn.backward(d_ps, fpn_cache)
-            self.backbone.backward(d_cs, bb_cache)
+        Accumulates d(sum of the weighted losses)/d(param) into every ``Param.grad`` (``+=``;
+        call ``zero_grad`` between iterations); gradients have the parameters' dtype.
+
+        Args:
+            dy: ``None``: the training forward's outputs (proposals) carry no gradient; what
+                flows back starts at the losses.
+            cache: the :class:`MaskRCNNCache` of :meth:`forward_train`.
+            loss_weights: ``{loss name: weight}`` (:data:`LOSS_KEYS`; a missing name weighs 1).
+
+        Raises:
+            ValueError: ``dy`` is not ``None``, or a loss name in ``loss_weights`` is unknown.
+            TypeError: ``cache`` is not a :class:`MaskRCNNCache`.
+        """
+        if dy is not None:
+            raise ValueError("MaskRCNN.backward: the proposals carry no gradient, pass dy=None "
+                             "(the losses' weights go in loss_weights)")
+        if not isinstance(cache, MaskRCNNCache):
+            raise TypeError("MaskRCNN.backward needs the MaskRCNNCache of forward_train, got "
+                            f"{type(cache).__name__}")
+        unknown = sorted(set(loss_weights or {}) - set(LOSS_KEYS))
+        if unknown:
+            raise ValueError(f"loss_weights: unknown loss names {unknown}; losses: {LOSS_KEYS}")
+        d_mask = self.mask_head.backward(None, cache.mask_head, loss_weights)  # dP2..dP5 or None
+        d_box = self.box_head.backward(None, cache.box_head, loss_weights)  # dP2..dP5
+        if d_mask is not None:
+            d_box = [b + m for b, m in zip(d_box, d_mask, strict=True)]
+        d_rpn = self.rpn.backward(None, cache.rpn, loss_weights)  # dP2..dP6
+        d_pyramid = [b + r for b, r in zip(d_box, d_rpn[:-1], strict=True)] + [d_rpn[-1]]
+        d_feats = self.fpn.backward(d_pyramid, cache.fpn)  # dC2..dC5
+        return self.backbone.backward(d_feats, cache.backbone)
 
     # -- inference ----------------------------------------------------------------------------
 
-    def predict(self, images, *, timer=None):
+    def predict(self, images, *, timer=None, mask_format="bool"):
         """Detections for each image (torchvision ``MaskRCNN`` in eval mode).
 
         Args:
             images: list of N ``(3, h_i, w_i)`` float arrays (standardised).
+            mask_format: ``"bool"`` (dense masks) or ``"rle"`` (COCO run-length encodings,
+                pasted a few at a time: memory bounded by the image, for very large images).
 
         Returns:
             list of N dicts: ``boxes (D_i, 4) float32`` ``[x1, y1, x2, y2]`` pixels of the image,
             ``labels (D_i,) int64`` in 1..K, ``scores (D_i,) float32`` (decreasing),
-            ``masks (D_i, h_i, w_i) bool`` (pasted probability >= 0.5).
+            ``masks``: ``(D_i, h_i, w_i) bool`` (pasted probability >= ``mask_threshold``) or a
+            list of D_i RLE dicts.
 
         Raises:
             TypeError: ``images`` not a non-empty list, an element not a float NumPy array.
-            ValueError: an element not of shape ``(3, h, w)``.
+            ValueError: an element not of shape ``(3, h, w)``; an unknown ``mask_format``.
         """
+        if mask_format not in ("bool", "rle"):
+            raise ValueError(f"mask_format must be 'bool' or 'rle', got {mask_format!r}")
         timer = timer or NullTimer()
-        batch, sizes = self._batch(images)
-        ps, _ = self._features(batch, timer)
+        batch, image_sizes = self.transform(images)
+        image_size = batch.shape[-2:]
+        with timer("backbone_fpn"):
+            pyramid = self.fpn.predict(self.backbone.predict(batch))
         with timer("rpn"):
-            objectness, deltas, anchors, level_sizes, _, _ = self._rpn_outputs(ps, batch.shape[-2:])
-            proposals = self._proposals(objectness, deltas, anchors, level_sizes, sizes, False)
+            proposals = self.rpn.predict(pyramid, image_size, image_sizes)
         with timer("roi_heads"):
-            return self.roi_heads.predict(ps[:-1], proposals, sizes, batch.shape[-2:])
+            detections = self.box_head.predict(pyramid[:-1], proposals, image_size, image_sizes)
+        with timer("mask_head"):
+            return self.mask_head.predict(pyramid[:-1], detections, image_size, image_sizes,
+                                          mask_format=mask_format)
 
 
 def build_model(preset_or_config, rng: np.random.Generator) -> MaskRCNN:

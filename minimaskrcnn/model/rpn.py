@@ -1,5 +1,18 @@
-"""Region proposal network: shared head, anchor targets, losses and proposals (paper section 3;
-torchvision ``models/detection/rpn.py``).
+"""Region proposal network: shared head, anchors, targets, losses and proposals (paper section 3;
+torchvision ``models/detection/rpn.py``, ``RegionProposalNetwork``).
+
+Training forward of :class:`RegionProposalNetwork`::
+
+    P2..P6 -> RPNHead -> objectness (N, T), deltas (N, T, 4)        (flattened, level order)
+    anchors (AnchorGenerator on the padded size) vs ground truths:
+        Matcher(0.7, 0.3, low-quality matches) -> labels {1, 0, -1}, BoxCoder.encode -> targets
+        sampler(256, 0.5 per image) -> S sampled anchors, of which the foreground
+        loss_objectness = BCE over the S sampled / S;  loss_rpn_box_reg = smooth L1 over fg / S
+    proposals: per level top-k, decode, clip, remove small, NMS per level, top-k per image
+        (no gradient)
+
+Backward: the two losses' gradients (made here, scaled by their weights), un-flattened to the
+levels, through the shared head -> dP2..dP6.
 
 Shape shorthand: N images, C channels (FPN width), L levels (P2..P6), A anchors per cell,
 H_l W_l the size of level l, T = sum_l H_l * W_l * A anchors per image, G ground truths.
@@ -16,12 +29,23 @@ are plain arrays (gradients never flow into proposals, as in torchvision).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from minimaskrcnn import nn
+from minimaskrcnn.model.matcher import Matcher
+from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
+from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
 from minimaskrcnn.nn.module import Module
-from minimaskrcnn.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from minimaskrcnn.training.matcher import Matcher
+from minimaskrcnn.ops import (
+    AnchorGenerator,
+    BoxCoder,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 
 
 class RPNHead(Module):
@@ -154,36 +178,55 @@ def assign_anchor_targets(anchors, gt_boxes, matcher: Matcher, box_coder: BoxCod
     return labels, targets
 
 
-def rpn_losses(objectness, deltas, labels, regression_targets, sampler, rng, beta):
+def sample_anchors(labels, sampler: BalancedPositiveNegativeSampler, rng):
+    """Sample the anchors that enter the RPN losses (``sampler`` per image).
+
+    Args:
+        labels: list of N ``(T,)`` float32 in {1, 0, -1} (:func:`assign_anchor_targets`).
+        rng: a Generator, or one Generator per image (see ``BalancedPositiveNegativeSampler``).
+
+    Returns:
+        ``(sampled, positive)``: two ``(N, T)`` bool arrays.
+    """
+    pos_masks, neg_masks = sampler([lab.astype(np.int64) for lab in labels], rng)
+    positive = np.stack([np.asarray(p, bool) for p in pos_masks])  # (N, T)
+    sampled = positive | np.stack([np.asarray(m, bool) for m in neg_masks])
+    return sampled, positive
+
+
+def rpn_losses(objectness, deltas, labels, regression_targets, sampled, positive, beta,
+               num_sampled=None):
     """Objectness and box losses of the RPN and their gradients (torchvision
     ``RegionProposalNetwork.compute_loss``).
 
     Args:
         objectness: ``(N, T)`` logits; deltas: ``(N, T, 4)``.
-        labels: list of N ``(T,)`` float32 in {1, 0, -1}; regression_targets: list of N ``(T, 4)``.
-        sampler: ``BalancedPositiveNegativeSampler(256, 0.5)`` for the preset; rng drives it.
+        labels: ``(N, T)`` float32 in {1, 0, -1}; regression_targets: ``(N, T, 4)``.
+        sampled, positive: ``(N, T)`` bool (:func:`sample_anchors`).
         beta: smooth L1 beta (1/9).
+        num_sampled: the normaliser S, the sampled anchors of the whole batch (over every
+            data-parallel rank); default: those of these N images.
 
     Returns:
         ``(loss_objectness, loss_rpn_box_reg, d_objectness (N, T), d_deltas (N, T, 4))``:
-        binary cross-entropy averaged over the S sampled anchors of the batch, and smooth L1
-        summed over the sampled foreground anchors divided by S.
+        binary cross-entropy summed over the sampled anchors / S, and smooth L1 summed over the
+        sampled foreground / S; gradients of weight-1 losses.
     """
-    pos_masks, neg_masks = sampler([lab.astype(np.int64) for lab in labels], rng)
-    pos = np.stack([np.asarray(p, bool) for p in pos_masks])  # (N, T)
-    sampled = pos | np.stack([np.asarray(m, bool) for m in neg_masks])
-    lab = np.stack(labels)
-    reg = np.stack(regression_targets)
-    num_sampled = int(sampled.sum())
+    local = int(sampled.sum())
+    num_sampled = local if num_sampled is None else num_sampled
     d_obj = np.zeros_like(objectness)
     d_del = np.zeros_like(deltas)
-    if num_sampled == 0:
+    if local == 0:
         return 0.0, 0.0, d_obj, d_del
-    loss_obj, g_obj = nn.losses.binary_cross_entropy_with_logits(objectness[sampled], lab[sampled].astype(objectness.dtype))
-    d_obj[sampled] = g_obj
-    loss_box, g_box = nn.losses.smooth_l1_loss(deltas[pos], reg[pos].astype(deltas.dtype), beta=beta, reduction="sum")
-    d_del[pos] = g_box / num_sampled
-    return float(loss_obj), float(loss_box) / num_sampled, d_obj, d_del
+    share = local / num_sampled  # 1 in one process: the mean over the local samples
+    loss_obj, g_obj = nn.losses.binary_cross_entropy_with_logits(
+        objectness[sampled], labels[sampled].astype(objectness.dtype))
+    d_obj[sampled] = g_obj if share == 1 else g_obj * g_obj.dtype.type(share)
+    loss_box, g_box = nn.losses.smooth_l1_loss(
+        deltas[positive], regression_targets[positive].astype(deltas.dtype), beta=beta,
+        reduction="sum")
+    d_del[positive] = g_box / num_sampled
+    return float(loss_obj) * share, float(loss_box) / num_sampled, d_obj, d_del
 
 
 def filter_proposals(anchors, deltas, objectness, box_coder: BoxCoder, image_sizes, level_sizes,
@@ -239,3 +282,137 @@ def filter_proposals(anchors, deltas, objectness, box_coder: BoxCoder, image_siz
         final_boxes.append(boxes[keep])
         final_scores.append(scores[keep])
     return final_boxes, final_scores
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+class RPNCache(NamedTuple):
+    """What :meth:`RegionProposalNetwork.backward` reads.
+
+    head: the shared head's per-level cache; level_shapes: per level the objectness shape
+    ``(N, A, H_l, W_l)``; objectness ``(N, T)`` and deltas ``(N, T, 4)``: the head's outputs;
+    labels ``(N, T)`` float32 {1, 0, -1} and regression_targets ``(N, T, 4)``: the anchor
+    targets; sampled, positive ``(N, T)`` bool; num_sampled: the normaliser S.
+    """
+
+    head: list
+    level_shapes: list
+    objectness: np.ndarray
+    deltas: np.ndarray
+    labels: np.ndarray
+    regression_targets: np.ndarray
+    sampled: np.ndarray
+    positive: np.ndarray
+    num_sampled: float
+
+
+class RegionProposalNetwork(Stage):
+    """The RPN stage (torchvision ``RegionProposalNetwork``): anchors, the shared head, box coder,
+    matcher, sampler, targets, losses and proposal filtering. Parameters: ``head``.
+
+    ``forward_train(features, image_size, image_sizes, targets, rng)`` ->
+    ``(proposals, losses, cache)``; ``predict(features, image_size, image_sizes)`` -> proposals;
+    ``backward(None, cache, loss_weights)`` -> ``[dP2..dP6]``.
+
+    Args:
+        cfg: the :class:`~minimaskrcnn.config.ModelConfig` (anchor sizes and ratios, FPN width,
+            the ``rpn_*`` fields, ``bbox_xform_clip``).
+        rng: initial weights of the head.
+    """
+
+    LOSSES = ("loss_objectness", "loss_rpn_box_reg")
+
+    def __init__(self, cfg, rng: np.random.Generator):
+        self.head = RPNHead(cfg.fpn_channels, len(cfg.aspect_ratios), rng)
+        self.anchor_generator = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
+                                                (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.bbox_xform_clip)
+        self.matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh,
+                               allow_low_quality_matches=True)
+        self.sampler = BalancedPositiveNegativeSampler(cfg.rpn_batch_size_per_image,
+                                                       cfg.rpn_positive_fraction)
+        self.pre_nms_top_n = {True: cfg.rpn_pre_nms_top_n_train, False: cfg.rpn_pre_nms_top_n_test}
+        self.post_nms_top_n = {True: cfg.rpn_post_nms_top_n_train,
+                               False: cfg.rpn_post_nms_top_n_test}
+        self.nms_thresh = cfg.rpn_nms_thresh
+        self.min_size = cfg.rpn_min_size
+        self.smooth_l1_beta = cfg.rpn_smooth_l1_beta
+
+    def _head(self, features, image_size):
+        """Head outputs flattened in anchor order, the anchors, the level sizes."""
+        (obj_levels, delta_levels), head_cache = self.head.forward(features)
+        objectness, deltas = flatten_head_outputs(obj_levels, delta_levels)  # (N, T), (N, T, 4)
+        anchors = np.concatenate(self.anchor_generator(image_size, [f.shape[-2:] for f in features]))
+        level_shapes = [o.shape for o in obj_levels]
+        return objectness, deltas, anchors, level_shapes, head_cache
+
+    def _proposals(self, objectness, deltas, anchors, level_shapes, image_sizes, training):
+        level_sizes = [a * h * w for _, a, h, w in level_shapes]
+        boxes, _ = filter_proposals(anchors, deltas, objectness, self.box_coder, image_sizes,
+                                    level_sizes, self.pre_nms_top_n[training],
+                                    self.post_nms_top_n[training], self.nms_thresh, self.min_size)
+        return boxes
+
+    def forward_train(self, features, image_size, image_sizes, targets, rng, *, proposals=None,
+                      sum_counts=identity_count):
+        """Proposals and the two RPN losses.
+
+        Args:
+            features: P2..P6, list of ``(N, C, H_l, W_l)``.
+            image_size: ``(H, W)`` of the padded batch (the anchors are laid on it).
+            image_sizes: N unpadded ``(h_i, w_i)`` (proposals are clipped to them).
+            targets: N dicts with ``boxes (G_i, 4)`` float32.
+            rng: a Generator, or one per image, for the anchor sampler.
+            proposals: optional list of N ``(P_i, 4)`` returned instead of the RPN's own (the
+                gradient check holds them fixed); the losses are computed as usual.
+            sum_counts: sums a normaliser over data-parallel ranks (identity by default).
+
+        Returns:
+            ``(proposals, losses, cache)``: proposals a list of N ``(P_i, 4)`` arrays (no
+            gradient), losses ``{"loss_objectness", "loss_rpn_box_reg"}``, an :class:`RPNCache`.
+        """
+        objectness, deltas, anchors, level_shapes, head_cache = self._head(features, image_size)
+        labels, reg_targets = [], []
+        for t in targets:
+            lab, reg = assign_anchor_targets(anchors, t["boxes"], self.matcher, self.box_coder)
+            labels.append(lab)
+            reg_targets.append(reg)
+        sampled, positive = sample_anchors(labels, self.sampler, rng)
+        labels, reg_targets = np.stack(labels), np.stack(reg_targets)  # (N, T), (N, T, 4)
+        num_sampled = sum_counts(float(sampled.sum()))
+        loss_obj, loss_box, _, _ = rpn_losses(objectness, deltas, labels, reg_targets, sampled,
+                                              positive, self.smooth_l1_beta, num_sampled)
+        if proposals is None:
+            proposals = self._proposals(objectness, deltas, anchors, level_shapes, image_sizes,
+                                        True)
+        losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
+        cache = RPNCache(head_cache, level_shapes, objectness, deltas, labels, reg_targets,
+                         sampled, positive, num_sampled)
+        return proposals, losses, cache
+
+    def predict(self, features, image_size, image_sizes):
+        """Proposals of each image: list of N ``(P_i, 4)`` arrays, highest objectness first."""
+        objectness, deltas, anchors, level_shapes, _ = self._head(features, image_size)
+        return self._proposals(objectness, deltas, anchors, level_shapes, image_sizes, False)
+
+    def backward(self, d_proposals, cache: RPNCache, loss_weights=None):
+        """Gradients of the weighted RPN losses w.r.t. P2..P6 (list of ``(N, C, H_l, W_l)``).
+
+        ``d_proposals`` must be ``None``: proposals carry no gradient (as in torchvision).
+        """
+        if d_proposals is not None:
+            raise ValueError("the RPN's proposals carry no gradient: pass d_proposals=None")
+        _, _, d_obj, d_del = rpn_losses(cache.objectness, cache.deltas, cache.labels,
+                                        cache.regression_targets, cache.sampled, cache.positive,
+                                        self.smooth_l1_beta, cache.num_sampled)
+        w_obj = loss_weight(loss_weights, "loss_objectness")
+        w_box = loss_weight(loss_weights, "loss_rpn_box_reg")
+        if w_obj != 1.0:
+            d_obj *= d_obj.dtype.type(w_obj)
+        if w_box != 1.0:
+            d_del *= d_del.dtype.type(w_box)
+        d_obj_levels, d_del_levels = unflatten_head_grads(d_obj, d_del, cache.level_shapes)
+        return self.head.backward((d_obj_levels, d_del_levels), cache.head)

@@ -23,6 +23,7 @@ from minimaskrcnn.ops.boxes import (
 from minimaskrcnn.ops.mask_ops import (
     mask_loss,
     mask_loss_backward,
+    paste_binary_masks,
     paste_masks_in_image,
     project_masks_on_boxes,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "mask_loss",
     "mask_loss_backward",
     "nms",
+    "paste_binary_masks",
     "paste_masks_in_image",
     "project_masks_on_boxes",
     "remove_small_boxes",

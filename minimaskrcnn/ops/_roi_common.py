@@ -153,6 +153,73 @@ def convert_boxes_to_rois(boxes, num_images: int, dtype, like=None):
     return xp.ascontiguousarray(rois)
 
 
+MAX_CELL_COORDINATE = float(2**24)
+"""Largest ``|coordinate * spatial_scale|`` a RoI may have, in feature cells: beyond 2**24 a
+float32 cannot tell neighbouring sample positions apart (and +-3e38 overflows to inf)."""
+
+MAX_SAMPLES_PER_ROI = 2**22
+"""Largest number of bilinear samples one RoI may ask for (``Ph * Pw * grid_h * grid_w``): 4.2 M
+samples already take ~0.2 GB of sample tables in the Numba tier and seconds in the reference.
+A huge ``sampling_ratio``, or adaptive sampling (``sampling_ratio <= 0``) on a box of millions
+of cells, stops here with one clear error, the same in every tier."""
+
+
+def check_roi_extent(op: str, rois, spatial_scale: float, pooled_h: int = 0, pooled_w: int = 0,
+                     sampling_ratio: int | None = None, aligned: bool = False,
+                     quantize: bool = False) -> None:
+    """Bound what a call may ask for, before any tier runs (same error in every tier).
+
+    Checks that every scaled coordinate lies within :data:`MAX_CELL_COORDINATE` cells and, for the
+    bilinear ops (``sampling_ratio`` given), that no RoI needs more than
+    :data:`MAX_SAMPLES_PER_ROI` samples. Computed on the host in float64 (the RoIs are small).
+
+    Args:
+        op: the op's name for the message (``"roi_align"``, ...).
+        rois: ``(R, 5)`` validated rois (NumPy or CuPy).
+        spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize: as the op's.
+
+    Raises:
+        ValueError: naming the first offending RoI, what it asks for and the limit.
+    """
+    if rois.shape[0] == 0:
+        return
+    from minimaskrcnn.backend import to_numpy
+
+    r = to_numpy(rois).astype(np.float64)
+    cells = r[:, 1:] * float(spatial_scale)
+    big = np.nonzero(np.abs(cells).max(axis=1) > MAX_CELL_COORDINATE)[0]
+    if big.size:
+        i = int(big[0])
+        raise ValueError(f"{op}: RoI {i} {r[i, 1:].tolist()} times spatial_scale "
+                         f"{spatial_scale} reaches beyond +-{MAX_CELL_COORDINATE:.0f} feature "
+                         "cells; check the box coordinates")
+    if sampling_ratio is None:
+        return
+    if quantize:
+        cells = np.floor(np.abs(cells) + 0.5) * np.sign(cells)
+        cells[:, 2:] += 1  # the quantised box covers whole cells (inclusive end)
+    h = cells[:, 3] - cells[:, 1]
+    w = cells[:, 2] - cells[:, 0]
+    if not aligned:
+        h, w = np.maximum(h, 1.0), np.maximum(w, 1.0)
+    if sampling_ratio > 0:
+        grid_h = grid_w = np.full(r.shape[0], float(sampling_ratio))
+    else:
+        grid_h = np.maximum(np.ceil(h / pooled_h), 0.0)
+        grid_w = np.maximum(np.ceil(w / pooled_w), 0.0)
+    samples = grid_h * grid_w * float(pooled_h * pooled_w)
+    over = np.nonzero(samples > MAX_SAMPLES_PER_ROI)[0]
+    if over.size:
+        i = int(over[0])
+        how = (f"sampling_ratio={sampling_ratio}" if sampling_ratio > 0 else
+               f"adaptive sampling (sampling_ratio={sampling_ratio}) on a box of "
+               f"{h[i]:.0f} x {w[i]:.0f} cells")
+        raise ValueError(f"{op}: RoI {i} needs {samples[i]:.0f} samples ({pooled_h} x {pooled_w} "
+                         f"bins, {grid_h[i]:.0f} x {grid_w[i]:.0f} per bin, {how}), more than "
+                         f"the limit of {MAX_SAMPLES_PER_ROI} per RoI; use a smaller "
+                         "sampling_ratio or check the box")
+
+
 def rois_by_image(batch_idx: np.ndarray, num_images: int):
     """RoIs grouped by image, each group in increasing RoI order (for one-writer backward passes).
 

@@ -13,6 +13,7 @@ Shapes: features ``[(N, C, H_l, W_l)]`` finest first (P2..P5), boxes ``(R, 5)`` 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,7 +25,62 @@ from minimaskrcnn.ops._roi_common import (
     output_size_pair,
 )
 
-ROI_OPS = ("align", "warp_avg", "warp_max", "pool")
+ROI_OPS = ("align", "align_max", "warp_avg", "warp_max", "pool")
+"""The pooler's RoI ops (the paper's Table 2c): RoIAlign (avg, and max over the bin's samples),
+RoIWarp (avg, max), RoIPool."""
+
+
+class PoolerCache(NamedTuple):
+    """What :meth:`MultiScaleRoIAlign.backward` reads.
+
+    rois: ``(R, 5)`` the pooled RoIs (input dtype); index: per level, the ``(R_l,)`` int64 rows
+    pooled from that level; scales: per level, cells per input pixel; shapes: per level,
+    ``(N, C, H_l, W_l)``; argmax: per level, the ``(R_l, C, Ph, Pw)`` int64 argmax of the max-based
+    ops (``None`` for the averaging ones and empty levels); tier: the forward's kernel tier,
+    used again by the backward.
+    """
+
+    rois: object
+    index: list
+    scales: list
+    shapes: list
+    argmax: list
+    tier: str | None
+
+
+def _roi_op_pair(roi_op: str, output_size, sampling_ratio: int, aligned: bool):
+    """``(forward, backward)`` of one RoI op, its arguments bound; chosen once per pooler.
+
+    ``forward(feat, rois, scale, tier) -> (out, argmax or None)``;
+    ``backward(grad, rois, argmax, shape, scale, tier) -> grad of feat``.
+    """
+    from minimaskrcnn.ops.roi_align import roi_align, roi_align_backward
+    from minimaskrcnn.ops.roi_pool import roi_pool, roi_pool_backward
+    from minimaskrcnn.ops.roi_warp import roi_warp, roi_warp_backward
+
+    if roi_op == "pool":
+        def forward(feat, rois, scale, tier):
+            return roi_pool(feat, rois, output_size, scale, tier=tier, return_argmax=True)
+
+        def backward(g, rois, argmax, shape, scale, tier):
+            return roi_pool_backward(g, rois, shape, output_size, scale, argmax=argmax, tier=tier)
+
+        return forward, backward
+    mode = "max" if roi_op.endswith("max") else "avg"
+    if roi_op.startswith("align"):
+        op, op_backward, extra = roi_align, roi_align_backward, (aligned,)
+    else:
+        op, op_backward, extra = roi_warp, roi_warp_backward, ()
+
+    def forward(feat, rois, scale, tier):
+        return op(feat, rois, output_size, scale, sampling_ratio, *extra, mode=mode, tier=tier,
+                  return_argmax=True)
+
+    def backward(g, rois, argmax, shape, scale, tier):
+        return op_backward(g, rois, shape, output_size, scale, sampling_ratio, *extra, mode=mode,
+                           argmax=argmax, tier=tier)
+
+    return forward, backward
 
 
 def infer_scale(feature_height: int, image_height: int) -> float:
@@ -78,9 +134,11 @@ class MultiScaleRoIAlign:
         output_size: ``Ph`` or ``(Ph, Pw)``.
         sampling_ratio: samples per bin per axis for the bilinear ops (``<= 0``: adaptive);
             ignored by ``"pool"``.
-        roi_op: ``"align"`` (RoIAlign, ``aligned`` as given), ``"warp_avg"`` / ``"warp_max"``
-            (RoIWarp, quantised box + bilinear, mean / max), or ``"pool"`` (RoIPool).
-        aligned: RoIAlign's half-pixel shift (only for ``"align"``).
+        roi_op: ``"align"`` (RoIAlign, ``aligned`` as given), ``"align_max"`` (RoIAlign-max:
+            the largest bilinear sample of each bin), ``"warp_avg"`` / ``"warp_max"`` (RoIWarp,
+            quantised box + bilinear, mean / max), or ``"pool"`` (RoIPool). The op's forward
+            and backward are chosen once, here.
+        aligned: RoIAlign's half-pixel shift (only for ``"align"`` and ``"align_max"``).
         canonical_scale, canonical_level: ``s0`` and ``k0`` of the level mapper (224, 4).
 
     Raises:
@@ -97,6 +155,8 @@ class MultiScaleRoIAlign:
         self.aligned = bool(aligned)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
+        self._forward, self._backward = _roi_op_pair(roi_op, self.output_size,
+                                                     self.sampling_ratio, self.aligned)
 
     def __repr__(self):
         return (f"MultiScaleRoIAlign(output_size={self.output_size}, sampling_ratio="
@@ -115,9 +175,8 @@ class MultiScaleRoIAlign:
             tier: kernel tier passed to the RoI op.
 
         Returns:
-            ``(out, cache)``: ``out`` ``(R, C, Ph, Pw)`` in the input RoI order; ``cache`` a dict
-            with what :meth:`backward` needs (rois, level of each RoI, scales, feature shapes,
-            argmax of the max-based ops).
+            ``(out, cache)``: ``out`` ``(R, C, Ph, Pw)`` in the input RoI order; ``cache`` a
+            :class:`PoolerCache`.
 
         Raises:
             ValueError / TypeError: empty or inconsistent ``features``, bad boxes or image size.
@@ -151,61 +210,30 @@ class MultiScaleRoIAlign:
             argmaxes.append(None)
             if idx.size == 0:
                 continue
-            res, argmax = self._pool(feat, rois[idx], scale, tier)
+            res, argmax = self._forward(feat, rois[idx], scale, tier)
             out[idx] = res
             argmaxes[lvl] = argmax
-        cache = {"rois": rois, "levels": levels, "index": index, "scales": scales,
-                 "shapes": [tuple(f.shape) for f in features], "argmax": argmaxes, "tier": tier}
-        return out, cache
+        return out, PoolerCache(rois, index, scales, [tuple(f.shape) for f in features], argmaxes,
+                                tier)
 
-    def backward(self, grad_out, cache):
-        """Gradient of :meth:`forward` w.r.t. each level: list of ``(N, C, H_l, W_l)`` arrays."""
+    def backward(self, grad_out, cache: PoolerCache):
+        """Gradient of :meth:`forward` w.r.t. each level: list of ``(N, C, H_l, W_l)`` arrays.
+
+        Raises:
+            ValueError: ``grad_out`` does not have one row per pooled RoI.
+        """
         xp = backend.get_array_module(grad_out)
-        rois = cache["rois"]
+        rois = cache.rois
         if grad_out.shape[0] != rois.shape[0]:
             raise ValueError(f"grad_out must have {rois.shape[0]} rows (one per RoI), "
                              f"got shape {tuple(grad_out.shape)}")
         grads = []
-        for lvl, shape in enumerate(cache["shapes"]):
-            idx = cache["index"][lvl]
+        for lvl, shape in enumerate(cache.shapes):
+            idx = cache.index[lvl]
             if idx.size == 0:
                 grads.append(xp.zeros(shape, dtype=grad_out.dtype))
                 continue
             g = xp.ascontiguousarray(grad_out[idx])
-            grads.append(self._pool_backward(g, rois[idx], cache["argmax"][lvl], shape,
-                                             cache["scales"][lvl], cache["tier"]))
+            grads.append(self._backward(g, rois[idx], cache.argmax[lvl], shape, cache.scales[lvl],
+                                        cache.tier))
         return grads
-
-    # ----------------------------------------------------------------------------------------
-
-    def _pool(self, feat, rois, scale, tier):
-        size, sr = self.output_size, self.sampling_ratio
-        if self.roi_op == "align":
-            from minimaskrcnn.ops.roi_align import roi_align  # noqa: PLC0415
-
-            return roi_align(feat, rois, size, scale, sr, self.aligned, tier=tier), None
-        if self.roi_op == "pool":
-            from minimaskrcnn.ops.roi_pool import roi_pool  # noqa: PLC0415
-
-            return roi_pool(feat, rois, size, scale, tier=tier, return_argmax=True)
-        from minimaskrcnn.ops.roi_warp import roi_warp  # noqa: PLC0415
-
-        mode = "avg" if self.roi_op == "warp_avg" else "max"
-        if mode == "avg":
-            return roi_warp(feat, rois, size, scale, sr, mode, tier=tier), None
-        return roi_warp(feat, rois, size, scale, sr, mode, tier=tier, return_argmax=True)
-
-    def _pool_backward(self, g, rois, argmax, shape, scale, tier):
-        size, sr = self.output_size, self.sampling_ratio
-        if self.roi_op == "align":
-            from minimaskrcnn.ops.roi_align import roi_align_backward  # noqa: PLC0415
-
-            return roi_align_backward(g, rois, shape, size, scale, sr, self.aligned, tier=tier)
-        if self.roi_op == "pool":
-            from minimaskrcnn.ops.roi_pool import roi_pool_backward  # noqa: PLC0415
-
-            return roi_pool_backward(g, rois, argmax, shape, tier=tier)
-        from minimaskrcnn.ops.roi_warp import roi_warp_backward  # noqa: PLC0415
-
-        mode = "avg" if self.roi_op == "warp_avg" else "max"
-        return roi_warp_backward(g, rois, shape, size, scale, sr, mode, tier=tier, argmax=argmax)

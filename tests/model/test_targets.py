@@ -19,8 +19,8 @@ from minimaskrcnn.model.rpn import (
     unflatten_head_grads,
 )
 from minimaskrcnn.ops import BoxCoder
-from minimaskrcnn.training.matcher import Matcher
-from minimaskrcnn.training.sampler import BalancedPositiveNegativeSampler
+from minimaskrcnn.model.matcher import Matcher
+from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
 
 
 def f32(x):

@@ -32,7 +32,8 @@ import numpy as np
 from minimaskrcnn import backend
 from minimaskrcnn._validate import check_array, check_scalar, shape_str
 
-__all__ = ["project_masks_on_boxes", "mask_loss", "mask_loss_backward", "paste_masks_in_image"]
+__all__ = ["project_masks_on_boxes", "mask_loss", "mask_loss_backward", "paste_masks_in_image",
+           "paste_binary_masks"]
 
 MASK_LOSS_MODES = ("sigmoid", "softmax")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -313,3 +314,62 @@ def paste_masks_in_image(masks, boxes, image_shape, padding=1, *, tier=None):
         return xp.zeros((D, H, W), dtype=masks.dtype)
     int_boxes = xp.ascontiguousarray(expand_boxes_to_int(boxes, M, padding))
     return fn(xp.ascontiguousarray(masks), int_boxes, H, W, padding)
+
+
+PASTE_CHUNK_BYTES = 1 << 28
+"""Float scratch that :func:`paste_binary_masks` allows itself at once (256 MiB, as Detectron2's
+``GPU_MEM_LIMIT`` chunking of ``paste_masks_in_image``)."""
+
+
+def paste_binary_masks(masks, boxes, image_shape, threshold=0.5, padding=1, *, rle=False,
+                       chunk_bytes=PASTE_CHUNK_BYTES, tier=None):
+    """Paste and binarise masks a few at a time (:func:`paste_masks_in_image`, then ``>=
+    threshold``), so the float scratch stays under ``chunk_bytes`` whatever ``D`` is.
+
+    A 3000 x 3000 image with 500 detections would need one (500, 3000, 3000) float32 array
+    (16.8 GiB) if pasted at once; here at most ``max(1, chunk_bytes // (4 H W))`` masks are pasted
+    together. With ``rle=True`` every chunk is run-length encoded (pycocotools) before the next
+    one, so memory is bounded by the image, not by detections x image; with ``rle=False`` the
+    result is a dense bool array (``D H W`` bytes).
+
+    Args:
+        masks: ``(D, M, M)`` float probabilities; boxes: ``(D, 4)`` float detection boxes,
+            image pixels; image_shape: ``(H, W)``; padding: as :func:`paste_masks_in_image`.
+        threshold: a pixel is in the mask when its pasted probability is ``>= threshold``.
+        rle: return COCO RLEs instead of a bool array.
+        chunk_bytes: the float scratch allowed at once (>= 1).
+
+    Returns:
+        ``(D, H, W)`` bool (NumPy), or a list of D pycocotools RLE dicts (``size``, ``counts``
+        bytes).
+
+    Raises:
+        TypeError / ValueError: as :func:`paste_masks_in_image`; a non-finite ``threshold``;
+            ``chunk_bytes`` < 1.
+    """
+    check_scalar("threshold", threshold)
+    if not np.isfinite(float(threshold)):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    check_scalar("chunk_bytes", chunk_bytes, minimum=1, integer=True)
+    try:
+        H, W = (int(s) for s in image_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"image_shape must be a pair (H, W) of ints, got {image_shape!r}") from None
+    D = int(masks.shape[0]) if hasattr(masks, "shape") and len(masks.shape) else 0
+    step = max(1, int(chunk_bytes) // max(4 * H * W, 1))
+    dense = None if rle else np.zeros((D, H, W), dtype=bool)
+    encoded = []
+    for s in range(0, max(D, 1), step):
+        part = paste_masks_in_image(masks[s:s + step], boxes[s:s + step], (H, W), padding,
+                                    tier=tier)
+        binary = backend.to_numpy(part >= part.dtype.type(threshold))  # (d, H, W) bool
+        if rle:
+            if binary.shape[0]:
+                from pycocotools import mask as mask_util  # noqa: PLC0415
+
+                encoded += mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)
+                                                              .astype(np.uint8)))
+        else:
+            dense[s:s + binary.shape[0]] = binary
+        del part, binary
+    return encoded if rle else dense

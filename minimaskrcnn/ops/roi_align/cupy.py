@@ -245,13 +245,16 @@ __global__ void roi_sample_backward_gather(const T* gout, const T* rois, const l
 
 _KERNELS = ("roi_sample_forward", "roi_sample_backward_atomic", "roi_sample_backward_gather")
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+# Everything cupy.RawModule is given, as one module-level constant: the CI compile check
+# (minimaskrcnn/testing/cuda_kernels.py) reads it without importing cupy and compiles every
+# name expression with NVRTC.
+RAW_MODULE = {"code": ROI_SAMPLING_SOURCE, "options": ("-std=c++14", "--fmad=false"),
+              "name_expressions": tuple(f"{k}<{t}>" for k in _KERNELS for t in _CTYPES.values())}
 
 
 @functools.cache
 def _module():
-    names = tuple(f"{k}<{t}>" for k in _KERNELS for t in _CTYPES.values())
-    return cupy.RawModule(code=ROI_SAMPLING_SOURCE, options=("-std=c++14", "--fmad=false"),
-                          name_expressions=names)
+    return cupy.RawModule(**RAW_MODULE)
 
 
 def kernel(name: str, dtype) -> cupy.RawKernel:
@@ -268,8 +271,8 @@ def _host(result, like):
     return result if backend.is_cupy_array(like) else cupy.asnumpy(result)
 
 
-def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,
-                   quantize, use_max):
+def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, *,
+                   aligned, quantize, use_max):
     """Same contract as ``reference.sample_forward``: ``(out, argmax or None)``."""
     x = cupy.ascontiguousarray(cupy.asarray(input))
     d_rois = cupy.ascontiguousarray(cupy.asarray(rois))
@@ -286,8 +289,9 @@ def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_rati
     return _host(out, input), (_host(argmax, input) if use_max else None)
 
 
-def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, spatial_scale,
-                    sampling_ratio, aligned, quantize, use_max, deterministic=False):
+def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
+                    sampling_ratio, *, aligned, quantize, use_max, argmax=None,
+                    deterministic=False):
     """Same contract as ``reference.sample_backward``; atomics or the deterministic gather."""
     N, C, H, W = input_shape
     g = cupy.ascontiguousarray(cupy.asarray(grad_output))
@@ -314,15 +318,3 @@ def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, 
             (g, d_rois, am, np.int64(R), np.int32(C), np.int32(H), np.int32(W),
              np.int32(pooled_h), np.int32(pooled_w), scale, *flags, gin))
     return _host(gin, grad_output)
-
-
-def roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    return sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio,
-                          aligned, False, False)[0]
-
-
-def roi_align_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
-                       sampling_ratio, aligned, deterministic=False):
-    return sample_backward(grad_output, rois, None, input_shape, pooled_h, pooled_w,
-                           spatial_scale, sampling_ratio, aligned, False, False,
-                           deterministic=deterministic)

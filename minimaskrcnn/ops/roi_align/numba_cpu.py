@@ -227,8 +227,8 @@ def swap_last_axes(x):
     return np.ascontiguousarray(x.transpose(0, 2, 1))
 
 
-def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,
-                   quantize, use_max):
+def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, *,
+                   aligned, quantize, use_max):
     """Same contract as ``reference.sample_forward``: ``(out, argmax or None)``.
 
     The input is transposed once to channels-last ``(N, H*W, C)`` so that the inner loop over
@@ -248,8 +248,9 @@ def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_rati
     return out, (argmax.reshape(R, C, pooled_h, pooled_w) if use_max else None)
 
 
-def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, spatial_scale,
-                    sampling_ratio, aligned, quantize, use_max):
+def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
+                    sampling_ratio, *, aligned, quantize, use_max, argmax=None,
+                    deterministic=False):
     """Same contract as ``reference.sample_backward``; deterministic (see module docstring)."""
     N, C, H, W = input_shape
     R = rois.shape[0]
@@ -265,14 +266,3 @@ def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, 
         _backward(gout, rois, am, order, starts, dt(spatial_scale), pooled_h, pooled_w,
                   sampling_ratio, aligned, quantize, use_max, H, W, nblocks, gin)
     return gin.reshape(N, C, H, W)
-
-
-def roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    return sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio,
-                          aligned, False, False)[0]
-
-
-def roi_align_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
-                       sampling_ratio, aligned, deterministic=True):
-    return sample_backward(grad_output, rois, None, input_shape, pooled_h, pooled_w,
-                           spatial_scale, sampling_ratio, aligned, False, False)

@@ -228,8 +228,8 @@ def _result(dev, like):
     return dev.copy_to_host()
 
 
-def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,
-                   quantize, use_max):
+def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, *,
+                   aligned, quantize, use_max):
     """Same contract as ``reference.sample_forward``: ``(out, argmax or None)``."""
     N, C, H, W = input.shape
     R = rois.shape[0]
@@ -243,8 +243,9 @@ def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_rati
     return _result(out, input), (_result(argmax, input) if use_max else None)
 
 
-def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, spatial_scale,
-                    sampling_ratio, aligned, quantize, use_max, deterministic=False):
+def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
+                    sampling_ratio, *, aligned, quantize, use_max, argmax=None,
+                    deterministic=False):
     """Same contract as ``reference.sample_backward``; atomics or gather (module docstring)."""
     N, C, H, W = input_shape
     R = rois.shape[0]
@@ -267,15 +268,3 @@ def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, 
             gout, d_rois, am, dt(spatial_scale), pooled_h, pooled_w, sampling_ratio, aligned,
             quantize, use_max, gin)
     return _result(gin, grad_output)
-
-
-def roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    return sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio,
-                          aligned, False, False)[0]
-
-
-def roi_align_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
-                       sampling_ratio, aligned, deterministic=False):
-    return sample_backward(grad_output, rois, None, input_shape, pooled_h, pooled_w,
-                           spatial_scale, sampling_ratio, aligned, False, False,
-                           deterministic=deterministic)

@@ -6,9 +6,12 @@ channels: for each RoI, bin ``(ph, pw)`` and sample ``(iy, ix)`` the scalar help
 ``C`` channel values are combined at once. Shapes: input ``(N, C, H, W)``, rois ``(R, 5)``
 ``[batch_idx, x1, y1, x2, y2]`` in input pixels, output ``(R, C, Ph, Pw)``.
 
-:func:`sample_forward` / :func:`sample_backward` are the general form used by both ops:
-``quantize`` rounds the RoI to the feature grid first (RoIWarp) and ``use_max`` takes the
-largest sample of each bin instead of the mean (RoIWarp ``mode="max"``).
+:func:`sample_forward` / :func:`sample_backward` are the one sampling kernel of every tier,
+used by RoIAlign and RoIWarp alike, with keyword flags: ``aligned`` (the half-pixel shift),
+``quantize`` (round the RoI to the feature grid first: RoIWarp) and ``use_max`` (the largest
+sample of each bin instead of the mean: ``mode="max"``, the paper's RoIAlign-max and RoIWarp-max
+rows of Table 2c). Each tier module (``numba_cpu``, ``numba_cuda``, ``cupy``) exports the same
+two functions with the same signatures; nothing else is looked up by the backend.
 """
 
 from __future__ import annotations
@@ -36,9 +39,16 @@ def roi_geometry(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
     return n, start_h, bin_h, max(grid_h, 0), start_w, bin_w, max(grid_w, 0)
 
 
-def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,
-                   quantize, use_max):
-    """Bilinear sampling of every RoI bin; mean (RoIAlign) or max (RoIWarp max) per bin.
+def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, *,
+                   aligned, quantize, use_max):
+    """Bilinear sampling of every RoI bin; mean or max per bin.
+
+    Args:
+        input: ``(N, C, H, W)`` float32/float64; rois: ``(R, 5)`` validated
+        ``[batch_idx, x1, y1, x2, y2]`` of the input's dtype, input pixels.
+        pooled_h, pooled_w: bins; spatial_scale: cells per pixel; sampling_ratio: samples per
+        bin per axis (``<= 0`` adaptive).
+        aligned, quantize, use_max: the flags of the module docstring.
 
     Returns:
         ``(out, argmax)``: ``out`` ``(R, C, Ph, Pw)`` of the input dtype; ``argmax`` ``(R, C, Ph,
@@ -87,12 +97,15 @@ def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_rati
     return out, argmax
 
 
-def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, spatial_scale,
-                    sampling_ratio, aligned, quantize, use_max):
+def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
+                    sampling_ratio, *, aligned, quantize, use_max, argmax=None,
+                    deterministic=False):
     """Adjoint of :func:`sample_forward` with respect to the input: ``(N, C, H, W)``.
 
     Each sample scatters ``grad * w / count`` (mean) to its four neighbours, or, for ``use_max``,
-    only the winning sample ``argmax`` scatters ``grad * w``.
+    only the winning sample ``argmax`` (``(R, C, Ph, Pw)`` int64 from the forward) scatters
+    ``grad * w``. ``deterministic`` is accepted for a common signature and ignored: the CPU tiers
+    are always deterministic.
     """
     N, C, H, W = input_shape
     R = rois.shape[0]
@@ -127,16 +140,3 @@ def sample_backward(grad_output, rois, argmax, input_shape, pooled_h, pooled_w, 
                             gin[:, y_hi, x_lo] += g * (ly * hx) / count
                             gin[:, y_hi, x_hi] += g * (ly * lx) / count
     return grad_input
-
-
-def roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    """RoIAlign forward (torchvision ``roi_align``): ``(R, C, Ph, Pw)`` means of bilinear samples."""
-    return sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio,
-                          aligned, False, False)[0]
-
-
-def roi_align_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
-                       sampling_ratio, aligned, deterministic=True):
-    """RoIAlign backward: ``(N, C, H, W)`` gradient of the input (always deterministic here)."""
-    return sample_backward(grad_output, rois, None, input_shape, pooled_h, pooled_w,
-                           spatial_scale, sampling_ratio, aligned, False, False)

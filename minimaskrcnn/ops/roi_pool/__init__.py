@@ -21,6 +21,7 @@ from minimaskrcnn._validate import check_array
 from minimaskrcnn.ops._roi_common import (
     check_input,
     check_input_shape,
+    check_roi_extent,
     check_spatial_scale,
     convert_boxes_to_rois,
     output_size_pair,
@@ -54,6 +55,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, tier=None, return_
     pooled_h, pooled_w = output_size_pair(output_size)
     spatial_scale = check_spatial_scale(spatial_scale)
     rois = convert_boxes_to_rois(boxes, input.shape[0], input.dtype, like=input)
+    check_roi_extent("roi_pool", rois, spatial_scale)
     fn = backend.implementation(__name__, "roi_pool", tier, input, rois)
     N, C, H, W = input.shape
     if rois.shape[0] == 0 or C == 0 or H == 0 or W == 0:
@@ -65,14 +67,19 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, tier=None, return_
     return (out, argmax) if return_argmax else out
 
 
-def roi_pool_backward(grad_output, boxes, argmax, input_shape, *, tier=None, deterministic=False):
+def roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *,
+                      argmax=None, tier=None, deterministic=False):
     """Gradient of :func:`roi_pool` w.r.t. its input: each output gradient goes to its argmax.
+
+    The RoI ops' common backward signature (``grad_output, boxes, input_shape`` and then the
+    forward's arguments); RoIPool's backward needs only the batch indices of ``boxes`` and the
+    argmax, ``output_size`` and ``spatial_scale`` are checked against ``grad_output``.
 
     Args:
         grad_output: ``(R, C, Ph, Pw)`` float32/float64.
-        boxes: the forward's boxes (only their batch indices are used).
-        argmax: ``(R, C, Ph, Pw)`` int64 from ``roi_pool(..., return_argmax=True)``.
+        boxes, output_size, spatial_scale: as given to the forward.
         input_shape: ``(N, C, H, W)`` of the forward's input.
+        argmax: ``(R, C, Ph, Pw)`` int64 from ``roi_pool(..., return_argmax=True)`` (required).
         tier: kernel tier.
         deterministic: GPU tiers only: ``True`` gathers per input cell in a fixed order instead
             of atomic adds (see :func:`minimaskrcnn.ops.roi_align_backward`).
@@ -81,21 +88,25 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape, *, tier=None, det
         ``(N, C, H, W)`` array of ``grad_output``'s dtype.
 
     Raises:
-        ValueError: shapes that disagree, argmax outside ``[-1, H*W)``.
+        ValueError: shapes that disagree, a missing argmax, argmax outside ``[-1, H*W)``.
     """
     check_array("grad_output", grad_output, ndim=4, float_only=True,
                 expected="(R, C, Ph, Pw) float32 or float64")
     grad_output = check_input("grad_output", grad_output)
     N, C, H, W = check_input_shape(input_shape)
+    pooled_h, pooled_w = output_size_pair(output_size)
+    check_spatial_scale(spatial_scale)
     rois = convert_boxes_to_rois(boxes, N, grad_output.dtype, like=grad_output)
-    if grad_output.shape[:2] != (rois.shape[0], C):
-        raise ValueError(f"grad_output must have shape (R, C, Ph, Pw) with R={rois.shape[0]}, "
-                         f"C={C}, got {tuple(grad_output.shape)}")
+    want = (rois.shape[0], C, pooled_h, pooled_w)
+    if tuple(grad_output.shape) != want:
+        raise ValueError(f"grad_output must have shape (R, C, Ph, Pw) = {want}, "
+                         f"got {tuple(grad_output.shape)}")
+    if argmax is None:
+        raise ValueError("roi_pool_backward needs argmax (from roi_pool(..., return_argmax=True))")
     check_array("argmax", argmax, ndim=4, expected="(R, C, Ph, Pw) int64")
     xp = backend.get_array_module(grad_output)
-    if tuple(argmax.shape) != tuple(grad_output.shape) or not xp.issubdtype(argmax.dtype,
-                                                                            xp.integer):
-        raise ValueError(f"argmax must be an integer array of shape {tuple(grad_output.shape)}, "
+    if tuple(argmax.shape) != want or not xp.issubdtype(argmax.dtype, xp.integer):
+        raise ValueError(f"argmax must be an integer array of shape {want}, "
                          f"got {argmax.dtype} {tuple(argmax.shape)}")
     if argmax.size and (int(argmax.min()) < -1 or int(argmax.max()) >= H * W):
         raise ValueError(f"argmax values must lie in [-1, H*W) = [-1, {H * W})")

@@ -16,36 +16,19 @@ like RoIPool", then bilinear resampling):
    ``mode="max"``: the largest sample (first one wins ties), whose index ``iy * grid_w + ix``
    within the bin is the argmax the backward needs.
 
-So RoIWarp differs from RoIAlign only by step 1: the quantisation RoIAlign removes.
+So RoIWarp differs from RoIAlign only by step 1: the quantisation RoIAlign removes. It runs on
+RoIAlign's sampling kernel of each tier (``roi_align/<tier>.py``, ``sample_forward`` /
+``sample_backward`` with ``quantize=True, aligned=False``): this package has no tier files.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from minimaskrcnn.ops.roi_align import MODES, sample, sample_grad
 
-from minimaskrcnn import backend
-from minimaskrcnn._validate import check_array
-from minimaskrcnn.ops._roi_common import (
-    check_input,
-    check_input_shape,
-    check_sampling_ratio,
-    check_spatial_scale,
-    convert_boxes_to_rois,
-    output_size_pair,
-)
-
-__all__ = ["roi_warp", "roi_warp_backward"]
-
-MODES = ("avg", "max")
+__all__ = ["MODES", "roi_warp", "roi_warp_backward"]
 
 
-def _check_mode(mode):
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
-    return mode == "max"
-
-
-def roi_warp(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, mode="avg", *,
+def roi_warp(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, *, mode="avg",
              tier=None, return_argmax=False):
     """RoIWarp: quantised RoI, bilinear resampling, mean or max per bin (see module docstring).
 
@@ -69,25 +52,12 @@ def roi_warp(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, mo
     Raises:
         TypeError / ValueError: as :func:`minimaskrcnn.ops.roi_align`, or an unknown ``mode``.
     """
-    input = check_input("input", input)
-    pooled_h, pooled_w = output_size_pair(output_size)
-    spatial_scale = check_spatial_scale(spatial_scale)
-    sampling_ratio = check_sampling_ratio(sampling_ratio)
-    use_max = _check_mode(mode)
-    rois = convert_boxes_to_rois(boxes, input.shape[0], input.dtype, like=input)
-    fn = backend.implementation(__name__, "roi_warp", tier, input, rois)
-    N, C, H, W = input.shape
-    if rois.shape[0] == 0 or C == 0 or H == 0 or W == 0:
-        xp = backend.get_array_module(input)
-        out = xp.zeros((rois.shape[0], C, pooled_h, pooled_w), dtype=input.dtype)
-        argmax = xp.full(out.shape, -1, dtype=np.int64) if use_max else None
-    else:
-        out, argmax = fn(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, use_max)
-    return (out, argmax) if return_argmax else out
+    return sample("roi_warp", input, boxes, output_size, spatial_scale, sampling_ratio,
+                  aligned=False, quantize=True, mode=mode, tier=tier, return_argmax=return_argmax)
 
 
 def roi_warp_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0,
-                      sampling_ratio=-1, mode="avg", *, tier=None, argmax=None,
+                      sampling_ratio=-1, *, mode="avg", argmax=None, tier=None,
                       deterministic=False):
     """Gradient of :func:`roi_warp` w.r.t. its input.
 
@@ -98,9 +68,9 @@ def roi_warp_backward(grad_output, boxes, input_shape, output_size, spatial_scal
         grad_output: ``(R, C, Ph, Pw)`` float32/float64.
         boxes, output_size, spatial_scale, sampling_ratio, mode: as given to the forward.
         input_shape: ``(N, C, H, W)`` of the forward's input.
-        tier: kernel tier.
         argmax: ``(R, C, Ph, Pw)`` int64 from ``roi_warp(..., mode="max", return_argmax=True)``;
             required for ``"max"``, ignored for ``"avg"``.
+        tier: kernel tier.
         deterministic: GPU tiers only (see :func:`minimaskrcnn.ops.roi_align_backward`).
 
     Returns:
@@ -109,30 +79,6 @@ def roi_warp_backward(grad_output, boxes, input_shape, output_size, spatial_scal
     Raises:
         ValueError: shapes that disagree, unknown mode, ``"max"`` without a valid ``argmax``.
     """
-    check_array("grad_output", grad_output, ndim=4, float_only=True,
-                expected="(R, C, Ph, Pw) float32 or float64")
-    grad_output = check_input("grad_output", grad_output)
-    N, C, H, W = check_input_shape(input_shape)
-    pooled_h, pooled_w = output_size_pair(output_size)
-    spatial_scale = check_spatial_scale(spatial_scale)
-    sampling_ratio = check_sampling_ratio(sampling_ratio)
-    use_max = _check_mode(mode)
-    rois = convert_boxes_to_rois(boxes, N, grad_output.dtype, like=grad_output)
-    want = (rois.shape[0], C, pooled_h, pooled_w)
-    if tuple(grad_output.shape) != want:
-        raise ValueError(f"grad_output must have shape (R, C, Ph, Pw) = {want}, "
-                         f"got {tuple(grad_output.shape)}")
-    xp = backend.get_array_module(grad_output)
-    if use_max:
-        if argmax is None:
-            raise ValueError("mode='max' needs argmax (from roi_warp(..., return_argmax=True))")
-        check_array("argmax", argmax, ndim=4, expected="(R, C, Ph, Pw) int64")
-        if tuple(argmax.shape) != want or not xp.issubdtype(argmax.dtype, xp.integer):
-            raise ValueError(f"argmax must be an integer array of shape {want}, "
-                             f"got {argmax.dtype} {tuple(argmax.shape)}")
-        argmax = xp.ascontiguousarray(argmax, dtype=np.int64)
-    fn = backend.implementation(__name__, "roi_warp_backward", tier, grad_output, rois)
-    if rois.shape[0] == 0 or C == 0 or H == 0 or W == 0:
-        return xp.zeros((N, C, H, W), dtype=grad_output.dtype)
-    return fn(grad_output, rois, argmax if use_max else None, (N, C, H, W), pooled_h, pooled_w,
-              spatial_scale, sampling_ratio, use_max, deterministic=bool(deterministic))
+    return sample_grad("roi_warp", grad_output, boxes, input_shape, output_size, spatial_scale,
+                       sampling_ratio, aligned=False, quantize=True, mode=mode, argmax=argmax,
+                       tier=tier, deterministic=deterministic)

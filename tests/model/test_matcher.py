@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from minimaskrcnn.training.matcher import Matcher
+from minimaskrcnn.model.matcher import Matcher
 
 BG, IGN = Matcher.BELOW_LOW_THRESHOLD, Matcher.BETWEEN_THRESHOLDS
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minimaskrcnn.training.sampler import BalancedPositiveNegativeSampler
+from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
 
 
 def _labels(num_pos, num_neg, num_ignored, rng):

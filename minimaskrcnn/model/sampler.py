@@ -20,7 +20,25 @@ import numpy as np
 from minimaskrcnn._validate import check_array, check_scalar
 from minimaskrcnn.backend import to_numpy
 
-__all__ = ["BalancedPositiveNegativeSampler"]
+__all__ = ["BalancedPositiveNegativeSampler", "per_image_rngs"]
+
+
+def per_image_rngs(rng, n: int) -> list[np.random.Generator]:
+    """``n`` generators, one per image: ``rng`` itself ``n`` times (one stream shared by the
+    batch, consumed image after image) or, for a list/tuple of ``n`` Generators, that list.
+
+    Raises:
+        TypeError: ``rng`` is neither a Generator nor a list of Generators.
+        ValueError: a list whose length is not ``n``.
+    """
+    if isinstance(rng, np.random.Generator):
+        return [rng] * n
+    if isinstance(rng, (list, tuple)) and all(isinstance(r, np.random.Generator) for r in rng):
+        if len(rng) != n:
+            raise ValueError(f"rng: got {len(rng)} per-image generators for {n} images")
+        return list(rng)
+    raise TypeError("rng must be a numpy.random.Generator or a list of one Generator per image, "
+                    f"got {type(rng).__name__}")
 
 
 class BalancedPositiveNegativeSampler:
@@ -45,14 +63,17 @@ class BalancedPositiveNegativeSampler:
         return (f"BalancedPositiveNegativeSampler(batch_size_per_image={self.batch_size_per_image}, "
                 f"positive_fraction={self.positive_fraction})")
 
-    def __call__(self, labels, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def __call__(self, labels, rng) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Sample positives and negatives in every image.
 
         Args:
             labels: list (one per image) of ``(N_i,)`` integer arrays: ``>= 1`` positive (1, or
                 the class label 1..K as torchvision accepts), ``0`` negative, ``-1`` (any negative
                 value) ignored.
-            rng: the random generator (advanced in image order: two positives draws then
+            rng: a ``np.random.Generator`` shared by the batch (advanced in image order), or a
+                list of one Generator per image (each image's sample then depends on its own
+                stream only, so a batch split across data-parallel ranks samples exactly as one
+                process does). Per image: two draws, positives then
                 negatives draws per image).
 
         Returns:
@@ -67,10 +88,9 @@ class BalancedPositiveNegativeSampler:
         if not isinstance(labels, (list, tuple)):
             raise TypeError(f"labels must be a list of (N,) integer arrays, one per image, "
                             f"got {type(labels).__name__}")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        rngs = per_image_rngs(rng, len(labels))
         pos_masks, neg_masks = [], []
-        for i, labels_per_image in enumerate(labels):
+        for i, (labels_per_image, rng_i) in enumerate(zip(labels, rngs, strict=True)):
             lab = check_array(f"labels[{i}]", labels_per_image, ndim=1, expected="(N,) int")
             if not np.issubdtype(lab.dtype, np.integer):
                 raise TypeError(f"labels[{i}] must be an integer array, got {lab.dtype}")
@@ -81,8 +101,8 @@ class BalancedPositiveNegativeSampler:
             num_pos = min(positive.size, int(self.batch_size_per_image * self.positive_fraction))
             num_neg = min(negative.size, self.batch_size_per_image - num_pos)
 
-            pos_chosen = positive[rng.permutation(positive.size)[:num_pos]]
-            neg_chosen = negative[rng.permutation(negative.size)[:num_neg]]
+            pos_chosen = positive[rng_i.permutation(positive.size)[:num_pos]]
+            neg_chosen = negative[rng_i.permutation(negative.size)[:num_neg]]
 
             pos_mask = np.zeros(lab.shape, dtype=bool)
             neg_mask = np.zeros(lab.shape, dtype=bool)
