@@ -29,6 +29,19 @@ class FakeComm(dist.SingleProcessComm):
         self.rank, self.size = rank, size
 
 
+class DoublingComm(FakeComm):
+    """Rank 0 of 2 whose partner holds the same values: the allreduce sum doubles the buffer."""
+
+    def __init__(self):
+        super().__init__(0, 2)
+        self.calls = 0
+
+    def Allreduce_inplace(self, buf):  # noqa: N802
+        assert buf.flags.c_contiguous and buf.ndim == 1
+        self.calls += 1
+        buf *= 2
+
+
 def clean_env(**extra):
     env = {k: v for k, v in os.environ.items()
            if k not in dist.MPI_LAUNCHER_ENV_VARS and k != dist.FORCE_ENV_VAR}
@@ -146,6 +159,60 @@ def test_checksum_is_exact():
     assert [n for n, _ in digests] == ["p0", "p1", "p2"]
     with pytest.raises(TypeError, match="not a Param"):
         dist.parameter_checksum([("x", np.ones(2))])
+
+
+def _grad_params(dtypes=(np.float32, np.float32, np.float64, np.float32)):
+    shapes = [(3, 4), (5,), (2, 2), (1, 2, 3)]
+    ps = [(f"p{i}", Param(np.zeros(s, t))) for i, (s, t) in enumerate(zip(shapes, dtypes, strict=True))]
+    for k, (_, p) in enumerate(ps):
+        p.grad[...] = np.arange(p.grad.size).reshape(p.grad.shape) + 10 * k
+    return ps
+
+
+def _expected(ps):
+    return [2 * (np.arange(p.grad.size).reshape(p.grad.shape) + 10 * k)
+            for k, (_, p) in enumerate(ps)]
+
+
+def test_fused_allreduce_copies_into_one_buffer_per_dtype():
+    comm, ps = DoublingComm(), _grad_params()
+    grads = [p.grad for _, p in ps]
+    expected = _expected(ps)
+    dist.allreduce_gradients(ps, comm)
+    assert comm.calls == 2  # float32 and float64
+    for (_, p), g, e in zip(ps, grads, expected, strict=True):
+        assert p.grad is g and p.grad.dtype == g.dtype and np.array_equal(p.grad, e)
+    assert sorted((k[1], k[2]) for k in comm._flat_buffers) == [("<f4", 23), ("<f8", 4)]
+    bufs = {k: id(b) for k, b in comm._flat_buffers.items()}
+    dist.allreduce_gradients(ps, comm)  # the buffers are reused
+    assert {k: id(b) for k, b in comm._flat_buffers.items()} == bufs
+    assert all(np.array_equal(p.grad, 2 * e) for (_, p), e in zip(ps, expected, strict=True))
+
+
+def test_bound_gradients_are_reduced_without_copies():
+    comm, ps = DoublingComm(), _grad_params(dtypes=(np.float32,) * 4)
+    expected = _expected(ps)
+    [buf] = dist.bind_gradient_buffer(ps, comm)
+    assert all(p.grad.base is buf for _, p in ps)
+    assert np.array_equal(buf, np.concatenate([e.ravel() / 2 for e in expected]))  # values kept
+    for _, p in ps:  # zero_grad and += keep the views
+        p.zero_grad()
+    for k, (_, p) in enumerate(ps):
+        p.grad += np.arange(p.grad.size).reshape(p.grad.shape) + 10 * k
+    dist.allreduce_gradients(ps, comm)
+    assert comm.calls == 1 and all(p.grad.base is buf for _, p in ps)
+    assert all(np.array_equal(p.grad, e) for (_, p), e in zip(ps, expected, strict=True))
+    # a reordered list (views at the wrong offsets) falls back to copying, still correct
+    rev = ps[::-1]
+    dist.allreduce_gradients(rev, comm)
+    assert all(np.array_equal(p.grad, 2 * e) for (_, p), e in zip(ps, expected, strict=True))
+    assert dist.bind_gradient_buffer(ps, dist.SingleProcessComm()) == []
+
+
+def test_broadcast_layout_check_and_single_dtype_buffers():
+    comm, ps = DoublingComm(), _grad_params()
+    dist.broadcast_parameters(ps, comm)  # Bcast is the identity on the fake
+    assert all((p.data == 0).all() for _, p in ps)
 
 
 # -- splitting work ----------------------------------------------------------------------------
@@ -284,6 +351,13 @@ elif scenario == "allreduce":
     assert d.allreduce_sum({"n_fg": 2 + c.rank, "loss": 0.5}, c) == {"n_fg": 5, "loss": 1.0}
     got = d.allreduce_sum(np.full(3, c.rank + 1, np.float32), c)
     assert got.dtype == np.float32 and got.tolist() == [3, 3, 3]
+    bufs = d.bind_gradient_buffer(ps, c)         # grads become views: reduced without copies
+    assert len(bufs) == 2 and all(p.grad.base is not None for _, p in ps)
+    for k, (_, p) in enumerate(ps):
+        p.zero_grad()
+        p.grad += (k + 1) * (c.rank + 1)
+    d.allreduce_gradients(ps, c)
+    assert all((p.grad == 3 * (k + 1)).all() for k, (_, p) in enumerate(ps))
     say("OK")
 
 elif scenario == "gather":
