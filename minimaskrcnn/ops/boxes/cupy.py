@@ -35,13 +35,16 @@ __global__ void box_iou(const T* boxes1, const T* boxes2, long long n, long long
 """
 
 _NAMES = {np.dtype(np.float32): "box_iou<float>", np.dtype(np.float64): "box_iou<double>"}
+# Everything cupy.RawModule is given, as one module-level constant: the CI compile check
+# (minimaskrcnn/testing/cuda_kernels.py) reads it without importing cupy and compiles every
+# name expression with NVRTC.
+RAW_MODULE = {"code": BOX_IOU_SOURCE, "options": ("-std=c++14",),
+              "name_expressions": tuple(_NAMES.values())}
 
 
 @functools.cache
 def _kernel(dtype: np.dtype) -> cupy.RawKernel:
-    module = cupy.RawModule(code=BOX_IOU_SOURCE, options=("-std=c++14",),
-                            name_expressions=tuple(_NAMES.values()))
-    return module.get_function(_NAMES[dtype])
+    return cupy.RawModule(**RAW_MODULE).get_function(_NAMES[dtype])
 
 
 def box_iou(boxes1, boxes2):

@@ -45,13 +45,16 @@ __global__ void nms_mask(const T* boxes, const T* areas, long long n, long long 
 """
 
 _NAMES = {np.dtype(np.float32): "nms_mask<float>", np.dtype(np.float64): "nms_mask<double>"}
+# Everything cupy.RawModule is given, as one module-level constant: the CI compile check
+# (minimaskrcnn/testing/cuda_kernels.py) reads it without importing cupy and compiles every
+# name expression with NVRTC.
+RAW_MODULE = {"code": NMS_MASK_SOURCE, "options": ("-std=c++14",),
+              "name_expressions": tuple(_NAMES.values())}
 
 
 @functools.cache
 def _kernel(dtype: np.dtype) -> cupy.RawKernel:
-    module = cupy.RawModule(code=NMS_MASK_SOURCE, options=("-std=c++14",),
-                            name_expressions=tuple(_NAMES.values()))
-    return module.get_function(_NAMES[dtype])
+    return cupy.RawModule(**RAW_MODULE).get_function(_NAMES[dtype])
 
 
 def nms(boxes, scores, iou_threshold: float):

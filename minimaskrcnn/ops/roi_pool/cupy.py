@@ -86,13 +86,16 @@ __global__ void roi_pool_backward_gather(const T* gout, const long long* argmax,
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _KERNELS = ("roi_pool_forward", "roi_pool_backward_atomic", "roi_pool_backward_gather")
+# Everything cupy.RawModule is given, as one module-level constant: the CI compile check
+# (minimaskrcnn/testing/cuda_kernels.py) reads it without importing cupy and compiles every
+# name expression with NVRTC.
+RAW_MODULE = {"code": ROI_POOL_SOURCE, "options": ("-std=c++14", "--fmad=false"),
+              "name_expressions": tuple(f"{k}<{t}>" for k in _KERNELS for t in _CTYPES.values())}
 
 
 @functools.cache
 def _module():
-    names = tuple(f"{k}<{t}>" for k in _KERNELS for t in _CTYPES.values())
-    return cupy.RawModule(code=ROI_POOL_SOURCE,
-                          options=("-std=c++14", "--fmad=false"), name_expressions=names)
+    return cupy.RawModule(**RAW_MODULE)
 
 
 def _kernel(name, dtype):
