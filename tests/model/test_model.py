@@ -57,8 +57,8 @@ def test_parameter_count_matches_torchvision():
     # torchvision 0.29 MaskRCNN built to the preset (docs/nuclei-mini.md, torchvision's results)
     assert sum(counts.values()) == 2_479_803
     assert counts["backbone"] + counts["fpn"] == 1_406_176
-    assert counts["rpn_head"] == 37_903
-    assert counts["roi_heads"] == 1_035_724
+    assert counts["rpn"] == 37_903
+    assert counts["box_head"] + counts["mask_head"] == 1_035_724
     assert all(p.data.dtype == np.float32 for p in model.parameters())
 
 
@@ -80,9 +80,9 @@ def test_init_follows_the_spec():
     w = model.backbone.layers[3].layers[0].conv2.weight.data  # (256, 256, 3, 3), fan_out 2304
     assert abs(w.std() - np.sqrt(2 / (256 * 9))) < 0.05 * np.sqrt(2 / (256 * 9))
     assert np.all(model.backbone.gn1.weight.data == 1) and np.all(model.backbone.gn1.bias.data == 0)
-    assert abs(model.rpn_head.conv.weight.data.std() - 0.01) < 0.001
+    assert abs(model.rpn.head.conv.weight.data.std() - 0.01) < 0.001
     assert np.all(model.fpn.layer_blocks[0].bias.data == 0)
-    fc6 = model.roi_heads.box_head.fc6.weight.data  # U(+-1/sqrt(3136))
+    fc6 = model.box_head.fc6.weight.data  # U(+-1/sqrt(3136))
     assert np.abs(fc6).max() <= 1 / np.sqrt(64 * 49)
 
 
@@ -118,14 +118,20 @@ def test_state_dict_round_trip_and_errors():
 # gradient check
 
 
+LOSS_WEIGHTS = {"loss_objectness": 0.5, "loss_rpn_box_reg": 2.0, "loss_classifier": 1.5,
+                "loss_box_reg": 0.7, "loss_mask": 3.0}
+
+
 def _total(model, images, targets, proposals, seed):
-    losses, cache = model.forward_train(images, targets, np.random.default_rng(seed),
-                                        proposals=proposals)
-    return sum(losses.values()), cache
+    """The weighted total ``sum_k w_k L_k`` (weights that differ, so that a weight applied to the
+    wrong loss in backward fails the check)."""
+    proposals_out, losses, cache = model.forward_train(
+        images, targets, np.random.default_rng(seed), proposals=proposals)
+    return sum(LOSS_WEIGHTS[k] * v for k, v in losses.items()), proposals_out, cache
 
 
 def test_gradient_check_whole_training_loss_float64():
-    """d(total loss)/d(params) against central differences along random directions.
+    """d(weighted total loss)/d(params) against central differences along random directions.
 
     What makes the loss a smooth function of the parameters for the check: the samplers draw
     from a generator re-seeded identically for every evaluation, and the proposals (which
@@ -143,27 +149,25 @@ def test_gradient_check_whole_training_loss_float64():
             p.data += brng.uniform(-0.1, 0.1, p.shape)
     images, targets = tiny_batch(np.float64)
     seed = 7
-    loss0, cache = _total(model, images, targets, None, seed)
-    proposals = cache["proposals"]
+    _, proposals, _ = _total(model, images, targets, None, seed)
     model.zero_grad()
-    loss0, cache = _total(model, images, targets, proposals, seed)
-    model.backward(cache)
-    losses, _ = model.forward_train(images, targets, np.random.default_rng(seed), proposals=proposals)
+    _, _, cache = _total(model, images, targets, proposals, seed)
+    model.backward(None, cache, LOSS_WEIGHTS)
+    _, losses, _ = model.forward_train(images, targets, np.random.default_rng(seed), proposals=proposals)
     assert all(losses[k] > 0 for k in LOSS_KEYS), losses
 
     params = dict(model.named_parameters())
     # every parameter receives a gradient, except the mask predictor's background channel
     for name, p in params.items():
-        if name.startswith("roi_heads.mask_head.mask_fcn_logits"):
+        if name.startswith("mask_head.mask_fcn_logits"):
             assert not p.grad[0].any() and p.grad[1:].any(), name
         else:
             assert np.abs(p.grad).sum() > 0, f"{name} got no gradient"
 
     stages = ["backbone.conv1", "backbone.gn1", "backbone.layers.0", "backbone.layers.1",
               "backbone.layers.2", "backbone.layers.3", "fpn.inner_blocks", "fpn.layer_blocks",
-              "rpn_head", "roi_heads.box_head", "roi_heads.box_predictor",
-              "roi_heads.mask_head.mask_fcn", "roi_heads.mask_head.conv5_mask",
-              "roi_heads.mask_head.mask_fcn_logits"]
+              "rpn.head", "box_head.fc", "box_head.cls_score", "box_head.bbox_pred",
+              "mask_head.mask_fcn.", "mask_head.conv5_mask", "mask_head.mask_fcn_logits"]
     rng = np.random.default_rng(123)
     eps = 1e-7
     for stage in stages:
@@ -178,9 +182,9 @@ def test_gradient_check_whole_training_loss_float64():
                 params[n].data += sign * eps * v
 
         shift(+1)
-        lp, _ = _total(model, images, targets, proposals, seed)
+        lp, _, _ = _total(model, images, targets, proposals, seed)
         shift(-2)
-        lm, _ = _total(model, images, targets, proposals, seed)
+        lm, _, _ = _total(model, images, targets, proposals, seed)
         shift(+1)
         numeric = (lp - lm) / (2 * eps)
         assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-9), (stage, numeric, analytic)
@@ -189,11 +193,11 @@ def test_gradient_check_whole_training_loss_float64():
 def test_backward_accumulates():
     model = build_model(TINY, np.random.default_rng(0))
     images, targets = tiny_batch()
-    _, cache = model.forward_train(images, targets, np.random.default_rng(0))
-    model.backward(cache)
+    _, _, cache = model.forward_train(images, targets, np.random.default_rng(0))
+    model.backward(None, cache)
     g1 = {n: p.grad.copy() for n, p in model.named_parameters()}
-    _, cache = model.forward_train(images, targets, np.random.default_rng(0))
-    model.backward(cache)
+    _, _, cache = model.forward_train(images, targets, np.random.default_rng(0))
+    model.backward(None, cache)
     for n, p in model.named_parameters():
         np.testing.assert_allclose(p.grad, 2 * g1[n], rtol=1e-4, atol=1e-6)
 
@@ -209,12 +213,12 @@ def test_images_of_different_sizes_and_an_image_without_instances():
     images.append(rng.standard_normal((3, 33, 70)).astype(np.float32))
     targets.append({"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
                     "masks": np.zeros((0, 33, 70), np.uint8)})
-    losses, cache = model.forward_train(images, targets, rng)
+    proposals, losses, cache = model.forward_train(images, targets, rng)
     assert set(losses) == set(LOSS_KEYS)
     assert all(isinstance(v, float) and np.isfinite(v) for v in losses.values())
-    model.backward(cache)
+    model.backward(None, cache)
     # boxes are clipped to each image's own size, not the padded batch (64 x 96)
-    for (h, w), props in zip([(64, 64), (48, 60), (33, 70)], cache["proposals"], strict=True):
+    for (h, w), props in zip([(64, 64), (48, 60), (33, 70)], proposals, strict=True):
         assert props[:, [0, 2]].max() <= w and props[:, [1, 3]].max() <= h
     out = model.predict(images)
     assert len(out) == 3
@@ -235,11 +239,11 @@ def test_batch_where_no_image_has_instances():
     img = np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32)
     t = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
          "masks": np.zeros((0, 32, 32), np.uint8)}
-    losses, cache = model.forward_train([img], [t], np.random.default_rng(0))
+    _, losses, cache = model.forward_train([img], [t], np.random.default_rng(0))
     assert losses["loss_mask"] == 0.0 and losses["loss_box_reg"] == 0.0
     assert losses["loss_rpn_box_reg"] == 0.0 and losses["loss_objectness"] > 0
-    model.backward(cache)
-    assert not model.roi_heads.mask_head.mask_fcn_logits.weight.grad.any()
+    model.backward(None, cache)
+    assert not model.mask_head.mask_fcn_logits.weight.grad.any()
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -275,9 +279,9 @@ def test_softmax_mask_loss_and_other_roi_ops_run():
                    {"roi_op": "align", "roi_aligned": True}):
         cfg = dataclasses.replace(TINY, **change)
         model = build_model(cfg, np.random.default_rng(0))
-        losses, cache = model.forward_train(images, targets, np.random.default_rng(0))
+        _, losses, cache = model.forward_train(images, targets, np.random.default_rng(0))
         assert all(np.isfinite(v) for v in losses.values()), change
-        model.backward(cache)
+        model.backward(None, cache)
         out = model.predict(images[:1])
         assert out[0]["masks"].shape[1:] == (64, 64)
 
@@ -315,7 +319,7 @@ def test_sparse_rpn_head_backward_equals_the_dense_layers(density):
 
 def test_predict_with_no_detection_returns_empty_arrays():
     model = build_model(TINY, np.random.default_rng(0))
-    model.roi_heads.box_predictor.cls_score.bias.data[...] = [20.0, -20.0, -20.0]  # all background
+    model.box_head.cls_score.bias.data[...] = [20.0, -20.0, -20.0]  # all background
     images, _ = tiny_batch()
     out = model.predict(images)
     for det, im in zip(out, images, strict=True):
@@ -332,12 +336,12 @@ def test_two_forwards_then_two_backwards_nothing_kept_on_the_model():
     batches = [(images, targets), (images[:1], targets[:1])]
     model.zero_grad()
     for ims, tgs in batches:
-        _, cache = model.forward_train(ims, tgs, np.random.default_rng(3))
-        model.backward(cache)
+        _, _, cache = model.forward_train(ims, tgs, np.random.default_rng(3))
+        model.backward(None, cache)
     sequential = {n: p.grad.copy() for n, p in model.named_parameters()}
     model.zero_grad()
-    caches = [model.forward_train(ims, tgs, np.random.default_rng(3))[1] for ims, tgs in batches]
+    caches = [model.forward_train(ims, tgs, np.random.default_rng(3))[2] for ims, tgs in batches]
     for cache in caches:
-        model.backward(cache)
+        model.backward(None, cache)
     for n, p in model.named_parameters():
         np.testing.assert_allclose(p.grad, sequential[n], rtol=1e-5, atol=1e-7, err_msg=n)

@@ -7,20 +7,20 @@ import math
 import numpy as np
 import pytest
 
-from minimaskrcnn.model.roi_heads import (
+from minimaskrcnn.model.box_head import (
     fastrcnn_loss,
     postprocess_detections,
     select_training_samples,
 )
+from minimaskrcnn.model.matcher import Matcher
 from minimaskrcnn.model.rpn import (
     assign_anchor_targets,
     filter_proposals,
     flatten_head_outputs,
     unflatten_head_grads,
 )
-from minimaskrcnn.ops import BoxCoder
-from minimaskrcnn.model.matcher import Matcher
 from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
+from minimaskrcnn.ops import BoxCoder
 
 
 def f32(x):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from minimaskrcnn.ops import roi_align, roi_align_backward
 from minimaskrcnn.testing.gradcheck import gradcheck
-from minimaskrcnn.testing.roi_cases import random_rois
+from minimaskrcnn.testing.roi_cases import distinct_map, random_rois
 from minimaskrcnn.testing.tiers import tier_params
 
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -250,6 +250,123 @@ def test_gpu_backward_atomic_and_deterministic(gpu_tier, dtype):
     np.testing.assert_allclose(atomic, ref, **tol(dtype))
     np.testing.assert_allclose(det1, ref, **tol(dtype))
     np.testing.assert_array_equal(det1, det2)
+
+
+# ------------------------------------------------------------------------------------------
+# RoIAlign-max (mode="max"): the paper's Table 2c row
+# ------------------------------------------------------------------------------------------
+
+
+def test_max_golden_arange_and_backward(tier):
+    # Box [1, 1, 3, 3], 2x2 bins of one cell, sampling_ratio 2: samples at 1.25, 1.75 (bin 0)
+    # and 2.25, 2.75 (bin 1) on each axis; f(y, x) = 5y + x grows with y and x, so each bin's
+    # maximum is its last sample (iy = ix = 1, index 1 * 2 + 1 = 3).
+    x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    boxes = np.array([[0, 1, 1, 3, 3]], np.float32)
+    out, argmax = roi_align(x, boxes, 2, 1.0, 2, mode="max", tier=tier, return_argmax=True)
+    c = np.array([1.75, 2.75])
+    np.testing.assert_allclose(out[0, 0], 5 * c[:, None] + c[None, :], rtol=1e-6)
+    np.testing.assert_array_equal(argmax, 3)
+    # The average of the same samples is the bin centre's value (f is linear): max > avg.
+    avg = roi_align(x, boxes, 2, 1.0, 2, tier=tier)
+    np.testing.assert_allclose(out - avg, 5 * 0.25 + 0.25, rtol=1e-6)
+    # Backward of a one at bin (0, 0): only the sample (1.75, 1.75) scatters, bilinear weights
+    # 0.25 / 0.75 per axis onto cells (1, 1), (1, 2), (2, 1), (2, 2).
+    g = np.zeros((1, 1, 2, 2), np.float32)
+    g[0, 0, 0, 0] = 1
+    gi = roi_align_backward(g, boxes, x.shape, 2, 1.0, 2, mode="max", argmax=argmax, tier=tier)
+    want = np.zeros((5, 5))
+    want[1:3, 1:3] = np.outer([0.25, 0.75], [0.25, 0.75])
+    np.testing.assert_allclose(gi[0, 0], want, rtol=1e-6)
+
+
+@fixture_ok
+@given(seed=st.integers(0, 2**31 - 1), sampling_ratio=st.sampled_from([-1, 1, 2, 3]),
+       aligned=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_max_tiers_match_reference(fast_tier, seed, sampling_ratio, aligned, dtype):
+    rng = np.random.default_rng(seed)
+    x = distinct_map(rng, (2, 2, 7, 8), dtype)  # distinct samples: the arg-max is defined
+    boxes = random_rois(rng, 2, 7, 8, 4, 0.5, dtype)
+    g = rng.standard_normal((4, 2, 2, 3)).astype(dtype)
+    args = ((2, 3), 0.5, sampling_ratio, aligned)
+    ref, ref_arg = roi_align(x, boxes, *args, mode="max", tier="numpy", return_argmax=True)
+    out, arg = roi_align(x, boxes, *args, mode="max", tier=fast_tier, return_argmax=True)
+    np.testing.assert_allclose(out, ref, **tol(dtype))
+    np.testing.assert_array_equal(arg, ref_arg)
+    gref = roi_align_backward(g, boxes, x.shape, *args, mode="max", argmax=ref_arg, tier="numpy")
+    gout = roi_align_backward(g, boxes, x.shape, *args, mode="max", argmax=arg, tier=fast_tier)
+    np.testing.assert_allclose(gout, gref, **tol(dtype))
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_max_gradcheck_and_adjoint_float64(tier, aligned):
+    rng = np.random.default_rng(9)
+    x = distinct_map(rng, (2, 2, 7, 8))
+    boxes = random_rois(rng, 2, 7, 8, 4, 0.5, np.float64)
+    args = ((2, 3), 0.5, 2, aligned)
+
+    def f(x):
+        y, argmax = roi_align(x, boxes, *args, mode="max", tier=tier, return_argmax=True)
+        return y, lambda dy: roi_align_backward(dy, boxes, x.shape, *args, mode="max",
+                                                argmax=argmax, tier=tier)
+
+    gradcheck(f, [x], directions=3, seeds=(0, 1))
+    out, argmax = roi_align(x, boxes, *args, mode="max", tier=tier, return_argmax=True)
+    g = rng.standard_normal(out.shape)
+    rhs = np.sum(x * roi_align_backward(g, boxes, x.shape, *args, mode="max", argmax=argmax,
+                                        tier=tier))
+    np.testing.assert_allclose(np.sum(out * g), rhs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("gpu_tier", tier_params(("cuda", "cupy")))
+def test_max_gpu_backward_deterministic_flag(gpu_tier):
+    rng = np.random.default_rng(10)
+    x = distinct_map(rng, (1, 2, 8, 8), np.float32)
+    boxes = np.array([[0, 0, 0, 8, 8], [0, 0, 0, 8, 8], [0, 2, 1, 6, 7]], np.float32)
+    args = (3, 1.0, 2, False)
+    out, argmax = roi_align(x, boxes, *args, mode="max", tier="numpy", return_argmax=True)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    ref = roi_align_backward(g, boxes, x.shape, *args, mode="max", argmax=argmax, tier="numpy")
+    runs = [roi_align_backward(g, boxes, x.shape, *args, mode="max", argmax=argmax, tier=gpu_tier,
+                               deterministic=det) for det in (False, True, True)]
+    for got in runs:
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(runs[1], runs[2])
+
+
+def test_max_needs_its_argmax_and_a_known_mode():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    boxes = np.array([[0, 0, 0, 2, 2]], np.float32)
+    g = np.zeros((1, 1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="needs argmax"):
+        roi_align_backward(g, boxes, x.shape, 2, mode="max")
+    with pytest.raises(ValueError, match="argmax must be an integer array of shape"):
+        roi_align_backward(g, boxes, x.shape, 2, mode="max", argmax=np.zeros((1, 1, 3, 2), int))
+    with pytest.raises(ValueError, match="mode must be 'avg' or 'max'"):
+        roi_align(x, boxes, 2, mode="mean")
+
+
+# ------------------------------------------------------------------------------------------
+# What one call may ask for is bounded, with the same error in every tier
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("boxes", "kw", "match"), [
+    # a huge sampling_ratio: 7 * 7 * 10000**2 samples
+    ([[0, 0, 0, 4, 4]], {"sampling_ratio": 10_000}, "more than the limit"),
+    # adaptive sampling on a box of millions of pixels
+    ([[0, 0, 0, 3e6, 3e6]], {"sampling_ratio": -1}, "adaptive sampling"),
+    # coordinates that overflow float32 sample arithmetic (NaN in one tier before the bound)
+    ([[0, -3e38, -3e38, 3e38, 3e38]], {"sampling_ratio": 2}, "beyond"),
+])
+def test_extent_is_bounded_in_every_tier(tier, boxes, kw, match):
+    x = np.ones((1, 1, 8, 8), np.float32)
+    boxes = np.array(boxes, np.float32)
+    with pytest.raises(ValueError, match=match):
+        roi_align(x, boxes, 7, 1.0, tier=tier, **kw)
+    with pytest.raises(ValueError, match=match):
+        roi_align_backward(np.zeros((1, 1, 7, 7), np.float32), boxes, x.shape, 7, 1.0, tier=tier,
+                           **kw)
 
 
 # ------------------------------------------------------------------------------------------

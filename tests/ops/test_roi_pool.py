@@ -37,8 +37,8 @@ def test_arange_4x4_golden_and_shared_cells(tier):
     np.testing.assert_array_equal(out[0, 0], 5 * m[:, None] + m[None, :])
     # Backward of all-ones: cell (h, w) receives one per bin choosing it: 1, 1, 2 choices for
     # rows/columns 1, 2, 3 -> products, e.g. cell (3, 3) gets 2 * 2 = 4.
-    g = roi_pool_backward(np.ones((1, 1, 4, 4), np.float32), boxes, argmax, ARANGE.shape,
-                          tier=tier)
+    g = roi_pool_backward(np.ones((1, 1, 4, 4), np.float32), boxes, ARANGE.shape, 4,
+                          argmax=argmax, tier=tier)
     cnt = np.array([0, 1, 1, 2, 0])
     np.testing.assert_array_equal(g[0, 0], cnt[:, None] * cnt[None, :])
 
@@ -71,8 +71,8 @@ def test_zero_boxes_give_empty_output(tier):
     x = np.ones((2, 3, 8, 8), np.float32)
     out, argmax = roi_pool(x, np.zeros((0, 5), np.float32), (2, 4), tier=tier, return_argmax=True)
     assert out.shape == (0, 3, 2, 4) and argmax.shape == (0, 3, 2, 4)
-    g = roi_pool_backward(np.zeros((0, 3, 2, 4), np.float32), np.zeros((0, 5)), argmax, x.shape,
-                          tier=tier)
+    g = roi_pool_backward(np.zeros((0, 3, 2, 4), np.float32), np.zeros((0, 5)), x.shape, (2, 4),
+                          argmax=argmax, tier=tier)
     assert g.shape == x.shape and not g.any()
 
 
@@ -102,8 +102,8 @@ def test_tiers_match_reference(fast_tier, case):
     out, arg = roi_pool(x, boxes, size, scale, tier=fast_tier, return_argmax=True)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(arg, ref_arg)
-    gref = roi_pool_backward(g, boxes, ref_arg, x.shape, tier="numpy")
-    gout = roi_pool_backward(g, boxes, arg, x.shape, tier=fast_tier)
+    gref = roi_pool_backward(g, boxes, x.shape, size, scale, argmax=ref_arg, tier="numpy")
+    gout = roi_pool_backward(g, boxes, x.shape, size, scale, argmax=arg, tier=fast_tier)
     np.testing.assert_allclose(gout, gref, rtol=1e-6, atol=1e-6)
 
 
@@ -114,13 +114,15 @@ def test_gradcheck_and_adjoint_float64(tier):
 
     def f(x):
         y, argmax = roi_pool(x, boxes, (2, 3), 0.5, tier=tier, return_argmax=True)
-        return y, lambda dy: roi_pool_backward(dy, boxes, argmax, x.shape, tier=tier)
+        return y, lambda dy: roi_pool_backward(dy, boxes, x.shape, (2, 3), 0.5, argmax=argmax,
+                                                    tier=tier)
 
     gradcheck(f, [x], directions=3, seeds=(0, 1))
     # With the argmax fixed the op selects cells: <out, g> == <x, backward(g)>.
     out, argmax = roi_pool(x, boxes, (2, 3), 0.5, tier=tier, return_argmax=True)
     g = rng.standard_normal(out.shape)
-    rhs = np.sum(x * roi_pool_backward(g, boxes, argmax, x.shape, tier=tier))
+    rhs = np.sum(x * roi_pool_backward(g, boxes, x.shape, (2, 3), 0.5, argmax=argmax,
+                                             tier=tier))
     np.testing.assert_allclose(np.sum(out * g), rhs, rtol=1e-12)
 
 
@@ -131,9 +133,10 @@ def test_gpu_backward_deterministic_flag(gpu_tier):
     boxes = np.array([[0, 0, 0, 8, 8], [0, 0, 0, 8, 8], [0, 2, 1, 6, 7]], np.float32)
     out, argmax = roi_pool(x, boxes, 3, tier="numpy", return_argmax=True)
     g = rng.standard_normal(out.shape).astype(np.float32)
-    ref = roi_pool_backward(g, boxes, argmax, x.shape, tier="numpy")
+    ref = roi_pool_backward(g, boxes, x.shape, 3, argmax=argmax, tier="numpy")
     for det in (False, True):
-        got = roi_pool_backward(g, boxes, argmax, x.shape, tier=gpu_tier, deterministic=det)
+        got = roi_pool_backward(g, boxes, x.shape, 3, argmax=argmax, tier=gpu_tier,
+                                deterministic=det)
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -148,9 +151,13 @@ def test_bad_input():
     boxes = np.zeros((1, 5), np.float32)
     g = np.zeros((1, 1, 2, 2), np.float32)
     with pytest.raises(ValueError, match="argmax must be an integer array of shape"):
-        roi_pool_backward(g, boxes, np.zeros((1, 1, 2, 3), np.int64), x.shape)
+        roi_pool_backward(g, boxes, x.shape, 2, argmax=np.zeros((1, 1, 2, 3), np.int64))
     with pytest.raises(ValueError, match=r"argmax values must lie in \[-1, H\*W\)"):
-        roi_pool_backward(g, boxes, np.full((1, 1, 2, 2), 16, np.int64), x.shape)
+        roi_pool_backward(g, boxes, x.shape, 2, argmax=np.full((1, 1, 2, 2), 16, np.int64))
     with pytest.raises(ValueError, match="grad_output must have shape"):
-        roi_pool_backward(np.zeros((2, 1, 2, 2), np.float32), boxes,
-                          np.zeros((2, 1, 2, 2), np.int64), x.shape)
+        roi_pool_backward(np.zeros((2, 1, 2, 2), np.float32), boxes, x.shape, 2,
+                          argmax=np.zeros((2, 1, 2, 2), np.int64))
+    with pytest.raises(ValueError, match="needs argmax"):
+        roi_pool_backward(g, boxes, x.shape, 2)
+    with pytest.raises(ValueError, match="beyond"):  # +-3e38 overflows float32 sample arithmetic
+        roi_pool(x, np.array([[0, -3e38, 0, 3e38, 1]], np.float32), 2)

@@ -40,14 +40,15 @@ def test_max_golden_arange_and_backward(tier):
     # at +0.25 and +0.75: bin (0, 0) samples y, x in {1.25, 1.75}. 5y + x grows with y and x,
     # so the last sample (iy = ix = 1, index 3) wins: 5 * 1.75 + 1.75 = 10.5.
     boxes = np.array([[0, 0.6, 0.6, 2.4, 2.4]], np.float32)
-    out, argmax = roi_warp(ARANGE, boxes, 2, 1.0, 2, "max", tier=tier, return_argmax=True)
+    out, argmax = roi_warp(ARANGE, boxes, 2, 1.0, 2, mode="max", tier=tier, return_argmax=True)
     np.testing.assert_allclose(out[0, 0], [[10.5, 11.5], [15.5, 16.5]], rtol=1e-6)
     np.testing.assert_array_equal(argmax, 3)
     # Gradient 1 on bin (0, 0) only: goes to the sample (1.75, 1.75) with bilinear weights
     # (1 - 0.75) * (1 - 0.75) = 0.0625 on (1, 1), 0.25 * 0.75 on (1, 2) and (2, 1), 0.5625 on (2, 2).
     g = np.zeros((1, 1, 2, 2), np.float32)
     g[0, 0, 0, 0] = 1
-    gi = roi_warp_backward(g, boxes, ARANGE.shape, 2, 1.0, 2, "max", tier=tier, argmax=argmax)
+    gi = roi_warp_backward(g, boxes, ARANGE.shape, 2, 1.0, 2, mode="max", tier=tier,
+                           argmax=argmax)
     expected = np.zeros((5, 5))
     expected[1:3, 1:3] = [[0.0625, 0.1875], [0.1875, 0.5625]]
     np.testing.assert_allclose(gi[0, 0], expected, rtol=1e-6)
@@ -71,7 +72,7 @@ def cases(draw):
 @given(case=cases(), sampling_ratio=st.sampled_from([-1, 0, 1, 2, 4]))
 def test_avg_is_roi_align_on_the_quantised_box(case, sampling_ratio):
     x, boxes, size, scale, _ = case
-    out = roi_warp(x, boxes, size, scale, sampling_ratio, "avg", tier="numpy")
+    out = roi_warp(x, boxes, size, scale, sampling_ratio, mode="avg", tier="numpy")
     ref = roi_align(x, quantise(boxes, scale).astype(x.dtype), size, 1.0, sampling_ratio, False,
                     tier="numpy")
     np.testing.assert_allclose(out, ref, **tol(x.dtype))
@@ -82,16 +83,16 @@ def test_avg_is_roi_align_on_the_quantised_box(case, sampling_ratio):
        mode=st.sampled_from(["avg", "max"]))
 def test_tiers_match_reference(fast_tier, case, sampling_ratio, mode):
     x, boxes, size, scale, g = case
-    args = (size, scale, sampling_ratio, mode)
-    ref, ref_arg = roi_warp(x, boxes, *args, tier="numpy", return_argmax=True)
-    out, arg = roi_warp(x, boxes, *args, tier=fast_tier, return_argmax=True)
+    args, kw = (size, scale, sampling_ratio), {"mode": mode}
+    ref, ref_arg = roi_warp(x, boxes, *args, **kw, tier="numpy", return_argmax=True)
+    out, arg = roi_warp(x, boxes, *args, **kw, tier=fast_tier, return_argmax=True)
     np.testing.assert_allclose(out, ref, **tol(x.dtype))
     if mode == "max":
         np.testing.assert_array_equal(arg, ref_arg)
     else:
         assert arg is None and ref_arg is None
-    gref = roi_warp_backward(g, boxes, x.shape, *args, tier="numpy", argmax=ref_arg)
-    gout = roi_warp_backward(g, boxes, x.shape, *args, tier=fast_tier, argmax=arg)
+    gref = roi_warp_backward(g, boxes, x.shape, *args, **kw, tier="numpy", argmax=ref_arg)
+    gout = roi_warp_backward(g, boxes, x.shape, *args, **kw, tier=fast_tier, argmax=arg)
     np.testing.assert_allclose(gout, gref, **tol(x.dtype))
 
 
@@ -100,17 +101,17 @@ def test_gradcheck_and_adjoint_float64(tier, mode):
     rng = np.random.default_rng(8)
     x = distinct_map(rng, (2, 2, 7, 8))
     boxes = random_rois(rng, 2, 7, 8, 4, 0.5, np.float64)
-    args = ((2, 3), 0.5, 2, mode)
+    args, kw = ((2, 3), 0.5, 2), {"mode": mode}
 
     def f(x):
-        y, argmax = roi_warp(x, boxes, *args, tier=tier, return_argmax=True)
-        return y, lambda dy: roi_warp_backward(dy, boxes, x.shape, *args, tier=tier,
+        y, argmax = roi_warp(x, boxes, *args, **kw, tier=tier, return_argmax=True)
+        return y, lambda dy: roi_warp_backward(dy, boxes, x.shape, *args, **kw, tier=tier,
                                                argmax=argmax)
 
     gradcheck(f, [x], directions=3, seeds=(0, 1))
-    out, argmax = roi_warp(x, boxes, *args, tier=tier, return_argmax=True)
+    out, argmax = roi_warp(x, boxes, *args, **kw, tier=tier, return_argmax=True)
     g = rng.standard_normal(out.shape)
-    rhs = np.sum(x * roi_warp_backward(g, boxes, x.shape, *args, tier=tier, argmax=argmax))
+    rhs = np.sum(x * roi_warp_backward(g, boxes, x.shape, *args, **kw, tier=tier, argmax=argmax))
     np.testing.assert_allclose(np.sum(out * g), rhs, rtol=1e-12)
 
 
@@ -120,11 +121,11 @@ def test_gpu_backward_deterministic_flag(gpu_tier, mode):
     rng = np.random.default_rng(9)
     x = distinct_map(rng, (1, 2, 8, 8), np.float32)
     boxes = np.array([[0, 0, 0, 8, 8], [0, 0, 0, 8, 8], [0, 2.4, 1.2, 6.3, 7.7]], np.float32)
-    out, argmax = roi_warp(x, boxes, 3, 1.0, 2, mode, tier="numpy", return_argmax=True)
+    out, argmax = roi_warp(x, boxes, 3, 1.0, 2, mode=mode, tier="numpy", return_argmax=True)
     g = rng.standard_normal(out.shape).astype(np.float32)
-    ref = roi_warp_backward(g, boxes, x.shape, 3, 1.0, 2, mode, tier="numpy", argmax=argmax)
+    ref = roi_warp_backward(g, boxes, x.shape, 3, 1.0, 2, mode=mode, tier="numpy", argmax=argmax)
     for det in (False, True):
-        got = roi_warp_backward(g, boxes, x.shape, 3, 1.0, 2, mode, tier=gpu_tier,
+        got = roi_warp_backward(g, boxes, x.shape, 3, 1.0, 2, mode=mode, tier=gpu_tier,
                                 argmax=argmax, deterministic=det)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 

@@ -3,7 +3,13 @@
 - :func:`project_masks_on_boxes`: the ground-truth mask of each foreground RoI resampled into
   the RoI at ``M x M`` (the paper's "mask target is the intersection between an RoI and its
   associated ground-truth mask"), kept soft, by RoIAlign exactly as torchvision's
-  ``roi_heads.project_masks_on_boxes`` does it.
+  ``roi_heads.project_masks_on_boxes`` does it. The reference tier calls RoIAlign's reference
+  on the masks as floats. The Numba and CUDA tiers keep a kernel of their own that reads the
+  uint8 masks directly (with RoIAlign's shared scalar helpers), for a measured reason: RoIAlign
+  needs the masks as a float ``(G, 1, H, W)`` map (and the Numba tier then transposes it
+  channels-last), which on full-size images costs far more than the resampling -- 200 masks of
+  1024 x 1024, 128 RoIs: 268 ms through ``roi_align`` against 16 ms (equal on 256 x 256 crops,
+  8 ms each). Both tiers are tested equal to ``roi_align`` bit for bit.
 - :func:`mask_loss`: the class-specific per-pixel sigmoid binary cross-entropy on the
   ground-truth class's mask only (the paper's ``L_mask``), or the per-pixel softmax baseline of
   the paper's Table 2b; value and gradient with respect to the logits in one pass.

@@ -6,8 +6,8 @@ making every literal an ``np.float32`` (exact for 0.5 and 1), as torchvision's f
 
 The scalar helper :func:`linear_source` (one axis of ``F.interpolate(mode="bilinear",
 align_corners=False)``) is flat plain Python so the Numba CPU and CUDA tiers compile this very
-function (``njit`` / ``cuda.jit(device=True)``); the RoIAlign sampling arithmetic of
-:func:`project_masks_on_boxes` is the shared one of :mod:`minimaskrcnn.ops._roi_common`.
+function (``njit`` / ``cuda.jit(device=True)``). :func:`project_masks_on_boxes` *is* RoIAlign:
+it calls the RoIAlign reference on the masks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from minimaskrcnn.ops._roi_common import interp_axis, sample_point, sampling_axis
+from minimaskrcnn.ops.roi_align.reference import sample_forward
 
 # --------------------------------------------------------------------------------------------
 # Scalar helper (flat; shared with the kernels)
@@ -51,33 +51,17 @@ def linear_source(dst, scale, in_size):
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
     """``(G, H, W)`` masks (uint8 or boxes' dtype), ``(R, 4)`` boxes, ``(R,)`` indices -> ``(R, M, M)``.
 
-    RoIAlign with ``spatial_scale=1``, ``aligned=False`` and the adaptive sampling grid
-    ``ceil(roi_size / M)`` per bin on each axis, of mask ``matched_idxs[r]`` over box ``r``.
+    Exactly torchvision's definition, written as it: RoIAlign (the reference sampling kernel of
+    :mod:`minimaskrcnn.ops.roi_align.reference`) of the matched masks, as a float map with one
+    channel, over the boxes, with ``spatial_scale=1``, ``aligned=False`` and the adaptive
+    sampling grid ``ceil(roi_size / M)`` per bin on each axis.
     """
-    R = boxes.shape[0]
-    gt_masks = gt_masks.astype(boxes.dtype)  # torchvision's gt_masks[:, None].to(rois)
-    _, H, W = gt_masks.shape
-    out = np.zeros((R, M, M), dtype=boxes.dtype)
-    for r in range(R):
-        mask = gt_masks[matched_idxs[r]]
-        x1, y1, x2, y2 = boxes[r]
-        start_h, bin_h, grid_h = sampling_axis(y1, y2, M, 0, False)
-        start_w, bin_w, grid_w = sampling_axis(x1, x2, M, 0, False)
-        count = boxes.dtype.type(max(grid_h * grid_w, 1))
-        for ph in range(M):
-            for pw in range(M):
-                acc = boxes.dtype.type(0)
-                for iy in range(grid_h):
-                    y = sample_point(start_h, bin_h, ph, iy, grid_h)
-                    vy, y_lo, y_hi, hy, ly = interp_axis(y, H)
-                    for ix in range(grid_w):
-                        x = sample_point(start_w, bin_w, pw, ix, grid_w)
-                        vx, x_lo, x_hi, hx, lx = interp_axis(x, W)
-                        if vy and vx:  # a sample outside the map contributes 0
-                            acc += (hy * hx * mask[y_lo, x_lo] + hy * lx * mask[y_lo, x_hi]
-                                    + ly * hx * mask[y_hi, x_lo] + ly * lx * mask[y_hi, x_hi])
-                out[r, ph, pw] = acc / count
-    return out
+    used, inverse = np.unique(matched_idxs, return_inverse=True)  # masks actually referenced
+    masks = gt_masks[used].astype(boxes.dtype)[:, None]  # (U, 1, H, W), torchvision's .to(rois)
+    rois = np.concatenate([inverse.reshape(-1, 1).astype(boxes.dtype), boxes], axis=1)
+    out, _ = sample_forward(masks, rois, M, M, 1.0, 0, aligned=False, quantize=False,
+                            use_max=False)
+    return out[:, 0]  # (R, M, M)
 
 
 # --------------------------------------------------------------------------------------------
