@@ -58,7 +58,7 @@ def demo_config(iterations: int = DEMO_ITERATIONS, *, batch_size: int = 2, crop_
     train = dataclasses.replace(
         base.train, iterations=iterations, batch_size=batch_size, crop_size=crop_size,
         warmup_iters=max(1, iterations // 10), milestones=milestones,
-        checkpoint_every=iterations, val_every=iterations, log_every=1)
+        checkpoint_every=iterations, val_every=iterations, log_every=max(1, iterations // 15))
     return dataclasses.replace(base, name=f"{preset}-demo", train=train)
 
 
@@ -78,27 +78,49 @@ def _dataset(json_path: str, images: str):
 
 
 def _load_model(checkpoint: str):
-    """(config, model, category_ids, class_names) from a checkpoint written by ``train``."""
+    """(config, model, category_ids, class_names) from a checkpoint written by ``train``.
+
+    ``category_ids`` are the stored ``config["dataset"]["category_ids"]`` (``1..K`` for a
+    checkpoint without them); every field of the config and every parameter is checked
+    (:func:`~minimaskrcnn.training.checkpoint.config_from_checkpoint`, ``restore``).
+    """
     import numpy as np
 
     from minimaskrcnn import build_model
-    from minimaskrcnn.config import config_from_dict
-    from minimaskrcnn.training.checkpoint import load_checkpoint
+    from minimaskrcnn.training.checkpoint import (
+        CheckpointError,
+        config_from_checkpoint,
+        load_checkpoint,
+        restore,
+    )
 
     if not os.path.isfile(checkpoint):
         raise CLIError(f"{checkpoint}: checkpoint not found")
     ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt.config)
-    model = build_model(cfg, np.random.default_rng(0))
-    model.load_state_dict(ckpt.params)
+    cfg = config_from_checkpoint(ckpt)
     ds = ckpt.config.get("dataset") or {}
     k = cfg.model.num_classes
     category_ids = ds.get("category_ids") or list(range(1, k + 1))
     class_names = ds.get("class_names") or [str(c) for c in category_ids]
+    if len(category_ids) != k:
+        raise CheckpointError(f"{checkpoint}: config.dataset.category_ids has {len(category_ids)} "
+                              f"ids, config.model.num_classes is {k}")
+    model = build_model(cfg, np.random.default_rng(0))
+    restore(ckpt, model)
     return cfg, model, category_ids, class_names
 
 
+def _check_args(args, **lowest) -> None:
+    """Refuse an integer option below its lowest value (``name=lowest``), one line."""
+    for name, low in lowest.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
 def _with_overrides(cfg, args):
+    import math
+
     changes = {}
     for name in ("batch_size", "crop_size", "checkpoint_every", "val_every", "seed"):
         value = getattr(args, name, None)
@@ -106,7 +128,21 @@ def _with_overrides(cfg, args):
             changes[name] = value
     if getattr(args, "iters", None) is not None:
         changes["iterations"] = args.iters
+    lr = getattr(args, "lr", None)
+    if lr is not None:
+        if not (math.isfinite(lr) and lr > 0):
+            raise CLIError(f"--lr must be a finite number > 0, got {lr}")
+        changes["base_lr"] = lr
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+
+
+def _holds_demo_run(out: str) -> bool:
+    """True if ``out`` holds a run of ``minimaskrcnn demo`` (its config name ends in -demo)."""
+    try:
+        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+            return str(json.load(f).get("name", "")).endswith("-demo")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _figure(model, dataset, path: str, n: int, results=None) -> None:
@@ -155,17 +191,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from minimaskrcnn.training.loop import train
 
     _check_model_available()
-    iterations = args.iters or (DEMO_QUICK_ITERATIONS if args.quick else DEMO_ITERATIONS)
+    _check_args(args, iters=1, crop_size=1, val_images=1)
+    iterations = args.iters if args.iters is not None else (
+        DEMO_QUICK_ITERATIONS if args.quick else DEMO_ITERATIONS)
     cfg = demo_config(iterations, crop_size=args.crop_size or 256, preset=args.preset)
     out = args.out
     train_ds, val_ds = load_sample("train"), load_sample("val")
-    val_limit = args.val_images or (2 if args.quick else None)
+    val_limit = args.val_images if args.val_images is not None else (2 if args.quick else None)
     print(f"minimaskrcnn demo: {cfg.name}, {iterations} iterations of {cfg.train.batch_size} "
           f"crops {cfg.train.crop_size}x{cfg.train.crop_size} on the embedded DSB2018 sample "
           f"({len(train_ds)} train images), then evaluation on "
           f"{val_limit or len(val_ds)} val images; run folder {out}")
     t0 = time.perf_counter()
-    result = train(cfg, train_ds, out, progress=not args.no_progress)
+    # a previous demo's folder is the demo's to replace; any other run needs --overwrite
+    overwrite = args.overwrite or _holds_demo_run(out)
+    result = train(cfg, train_ds, out, progress=not args.no_progress, overwrite=overwrite)
     t_train = time.perf_counter() - t0
     metrics = evaluate_model(result["model"], val_ds, cfg.eval, out_dir=out, limit=val_limit,
                              progress=not args.no_progress)
@@ -185,9 +225,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from minimaskrcnn.training.loop import train
 
     _check_model_available()
-    cfg = _with_overrides(get_preset(args.preset), args)
+    _check_args(args, iters=1, batch_size=1, crop_size=1, checkpoint_every=1, val_every=1,
+                val_limit=1, seed=0, shapes=1)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out, --overwrite replaces it: give one")
+    preset = args.preset or "nuclei-mini"
+    base = None
+    if args.resume:  # the run's own settings, then only the options given here
+        from minimaskrcnn.training.loop import stored_config
+
+        base = stored_config(args.out)
+        if base is None:
+            raise CLIError(f"{args.out}: no checkpoint to resume from (last_checkpoint missing)")
+        if args.preset is not None and args.preset != base.name:
+            raise CLIError(f"{args.out}: --resume with --preset {args.preset}, but the run was "
+                           f"trained with {base.name}")
+        preset = base.name
+    cfg = _with_overrides(base if base is not None else get_preset(preset), args)
     val_ds = None
-    if args.train_json is None and args.preset == "shapes-mini":
+    if args.train_json is None and preset == "shapes-mini":
         from minimaskrcnn.data import shapes
 
         n = args.shapes
@@ -209,7 +265,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, num_classes=train_ds.num_classes))
     result = train(cfg, train_ds, args.out, val_dataset=val_ds, resume=args.resume,
-                   val_limit=args.val_limit, progress=not args.no_progress)
+                   overwrite=args.overwrite, val_limit=args.val_limit,
+                   progress=not args.no_progress)
     print(f"trained {result['iteration']} iterations; checkpoint {result['checkpoint']}")
     if result["val"]:
         print(format_metrics(result["val"][-1]))
@@ -219,13 +276,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from minimaskrcnn.evaluation import evaluate_model, format_metrics
 
+    _check_args(args, limit=1, figure=0)
     cfg, model, category_ids, _ = _load_model(args.checkpoint)
     ds = _dataset(args.coco_json, args.images)
-    if len(ds.category_ids) != cfg.model.num_classes:
-        raise CLIError(f"{args.coco_json} has {len(ds.category_ids)} categories, the checkpoint's "
-                       f"model {cfg.model.num_classes}")
+    if list(ds.category_ids) != list(category_ids):
+        raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
+                       f"checkpoint's model was trained on {list(category_ids)}")
     metrics = evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, category_ids=category_ids)
     if args.figure:
         _figure(model, ds, os.path.join(args.out, "predictions.png"), args.figure,
                 metrics["_results"])
@@ -235,6 +293,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import math
+
     from minimaskrcnn.data import read_image, standardize
     from minimaskrcnn.evaluation import coco_results, write_results_json
     from minimaskrcnn.viz_detections import save_overlay
@@ -242,6 +302,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for path in args.images:
         if not os.path.isfile(path):
             raise CLIError(f"{path}: image file not found")
+    if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
+        raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     cfg, model, category_ids, class_names = _load_model(args.checkpoint)
     os.makedirs(args.out, exist_ok=True)
     results, records = {}, []
@@ -298,11 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="nuclei-mini",
                    help="network preset (default %(default)s; shapes-mini is a smaller network "
                         "for a smoke test)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a training run in --out (a previous demo's is replaced anyway)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a preset on a COCO dataset")
-    p.add_argument("--preset", default="nuclei-mini", help="nuclei-mini or shapes-mini")
+    p.add_argument("--preset", help="nuclei-mini (default) or shapes-mini; with --resume, "
+                   "the run's")
     p.add_argument("--train-json", help="COCO instances file to train on (shapes-mini: "
                    "optional, generated shapes otherwise)")
     p.add_argument("--images", help="image folder of --train-json")
@@ -314,14 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--iters", type=int, help="total iterations (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last "
-                   "checkpoint (exactly)")
+                   "checkpoint (exactly: options not given are the run's; a changed model, seed, "
+                   "batch size, crop size or schedule is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train afresh into --out even if it holds a run (that run's checkpoints "
+                        "and logs are deleted); without it such a folder is refused")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--crop-size", type=int)
+    p.add_argument("--lr", type=float, help="base learning rate (default: the preset's)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--val-every", type=int)
     p.add_argument("--val-limit", type=int, help="validate on the first N images only")
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: print a line every log_every iterations instead")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO metrics and DSB score of a checkpoint")

@@ -43,7 +43,7 @@ def test_train_writes_run_folder(run_dir, capsys):
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)
     assert cfg["model"]["num_classes"] == 1  # taken from the dataset
-    assert cfg["dataset"] == {"category_ids": [1], "class_names": ["nucleus"]}
+    assert cfg["dataset"] == {"category_ids": [1], "class_names": ["nucleus"], "num_images": 24}
 
 
 def test_train_resume_continues(run_dir, capsys):

@@ -33,17 +33,25 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
     Args:
         model: has ``predict(list of (3, H, W) float32) -> list of prediction dicts``.
         dataset: a :class:`~minimaskrcnn.data.CocoDataset`.
-        limit: only the first ``limit`` images.
+        limit: only the first ``limit`` images (>= 1).
         progress: show a tqdm bar.
 
     Returns:
         ``(results_by_image, seconds)``: ``{image_id: prediction}`` and the ``(N,)`` wall-clock
         seconds of each ``predict`` call (standardisation included, image reading not).
+
+    Raises:
+        ValueError: ``limit`` < 1, or a dataset without images (nothing to evaluate: AP would
+            be -1 and the timings NaN).
     """
     from tqdm import tqdm
 
     from minimaskrcnn.data import standardize
 
+    if limit is not None and not (isinstance(limit, int) and limit >= 1):
+        raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+    if len(dataset) == 0:
+        raise ValueError(f"{getattr(dataset, 'source', 'the dataset')}: no images to evaluate")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     results, seconds = {}, []
     for i in tqdm(range(n), desc="predict", unit="img", disable=not progress, leave=False):
@@ -56,7 +64,8 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
 
 
 def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
-                   limit: int | None = None, progress: bool = False) -> dict:
+                   limit: int | None = None, progress: bool = False,
+                   category_ids=None) -> dict:
     """Predict every image of ``dataset`` and compute every metric.
 
     Args:
@@ -64,14 +73,27 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         dataset: the ground truth, a ``CocoDataset``.
         eval_cfg: an :class:`~minimaskrcnn.config.EvalConfig` (``max_dets``, ``dsb_score_thresh``).
         out_dir: if given, write ``metrics.json`` and the COCO results JSON ``results.json`` there.
-        limit: evaluate only the first ``limit`` images.
+        limit: evaluate only the first ``limit`` images (>= 1).
+        category_ids: the COCO category id of each of the model's labels (``category_ids[label
+            - 1]``): the ids the model was trained on (a checkpoint's
+            ``config["dataset"]["category_ids"]``); default ``dataset.category_ids``.
 
     Returns:
         ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}, "dsb_score", "seconds_per_image"
         (mean), "seconds_per_image_median", "num_images", "max_dets"}``.
+
+    Raises:
+        ValueError: ``limit`` < 1, an empty dataset, or ``category_ids`` that are not the
+            dataset's (the model's labels would be reported under other categories).
     """
+    if category_ids is None:
+        category_ids = dataset.category_ids
+    elif sorted(int(c) for c in category_ids) != sorted(int(c) for c in dataset.category_ids):
+        raise ValueError(f"{getattr(dataset, 'source', 'the dataset')} has category ids "
+                         f"{list(dataset.category_ids)}, the model's labels are "
+                         f"{list(category_ids)}")
     results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress)
-    metrics = evaluate_coco(dataset.coco, results, dataset.category_ids, eval_cfg.max_dets)
+    metrics = evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets)
     index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
     gt = {i: dataset.decode_masks(index_of[i], dataset.annotations(index_of[i])) for i in results}
     metrics["dsb_score"] = dsb_score(gt, results, eval_cfg.dsb_score_thresh)
@@ -82,8 +104,7 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         write_metrics(os.path.join(out_dir, METRICS_FILE), metrics)
-        write_results_json(os.path.join(out_dir, RESULTS_FILE),
-                           coco_results(results, dataset.category_ids))
+        write_results_json(os.path.join(out_dir, RESULTS_FILE), coco_results(results, category_ids))
     metrics["_results"] = results
     return metrics
 

@@ -2,8 +2,12 @@
 (brief-model.md): resume equals an uninterrupted run, the NaN guard, logs, checkpoints,
 validation and the loss curve."""
 
+import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +15,14 @@ import pytest
 from minimaskrcnn.config import Config, TrainConfig
 from minimaskrcnn.data import shapes
 from minimaskrcnn.nn.module import Module, Param
-from minimaskrcnn.training.loop import LOSS_KEYS, NonFiniteLossError, find_last_checkpoint, train
+from minimaskrcnn.training.checkpoint import load_checkpoint
+from minimaskrcnn.training.loop import (
+    LOSS_KEYS,
+    NonFiniteLossError,
+    RunFolderError,
+    find_last_checkpoint,
+    train,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
@@ -189,3 +200,236 @@ def test_real_model_resume_equals_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     first = load_checkpoint(str(tmp_path / "part" / "checkpoint_000001.npz")).params
     assert any(not np.array_equal(first[k], a[k]) for k in a)  # the second step changed something
+
+
+# ------------------------------------------------------------------------------- nothing lost, nothing hung
+
+
+@pytest.fixture(autouse=True)
+def _deadline():
+    """A hang fails the test (SIGALRM) instead of stalling CI."""
+    def on_alarm(signum, frame):
+        raise TimeoutError("test still running after 300 s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(300)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _run(tmp_path, data, name="run", cfg=None, **kw):
+    kw.setdefault("model_factory", FakeModel)
+    return train(cfg or _cfg(), data, str(tmp_path / name), progress=False, **kw)
+
+
+def test_fresh_train_into_a_run_folder_is_refused_unless_overwrite(tmp_path, data):
+    out = tmp_path / "run"
+    _run(tmp_path, data, iterations=6)
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    with pytest.raises(RunFolderError, match=r"run already holds a run \(config\.json, "
+                                             r"last_checkpoint, log\.jsonl, checkpoint_000003"
+                                             r".*--resume.*--overwrite"):
+        _run(tmp_path, data, cfg=_cfg(seed=99), iterations=2)
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before  # nothing touched
+    res = _run(tmp_path, data, cfg=_cfg(seed=99), iterations=2, overwrite=True)
+    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint_")) == [
+        "checkpoint_000002.npz"]  # the old run's checkpoints are gone with it
+    assert find_last_checkpoint(str(out)) == res["checkpoint"]
+    assert [json.loads(x)["iteration"] for x in open(out / "log.jsonl")] == [0, 1]
+    with pytest.raises(ValueError, match="exclude each other"):
+        _run(tmp_path, data, resume=True, overwrite=True)
+
+
+def test_a_second_training_at_once_is_refused_and_a_stale_lock_taken_over(tmp_path, data):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / "train.lock"
+    lock.write_text("999999999\n")  # left by a killed run: no process holds it
+    _run(tmp_path, data, iterations=2)
+    assert lock.read_text().strip() == str(os.getpid())
+    with open(lock, "r+") as held:  # another training holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunFolderError, match=rf"another training \(pid {os.getpid()}\) is "
+                                                 r"running in this folder"):
+            _run(tmp_path, data, iterations=3, resume=True)
+    assert find_last_checkpoint(str(out)).endswith("checkpoint_000002.npz")
+    _run(tmp_path, data, iterations=3, resume=True)  # released: fine again
+
+
+def test_a_second_process_training_into_the_folder_gets_one_line(tmp_path):
+    """A real process started while another holds the folder's lock: refused with one line."""
+    script = (
+        "import sys, time\n"
+        "from minimaskrcnn.cli import main\n"
+        "sys.exit(main(['train', '--preset', 'shapes-mini', '--shapes', '4', '--out', sys.argv[1],"
+        " '--iters', '2', '--batch-size', '1', '--crop-size', '64', '--val-every', '100',"
+        " '--val-limit', '1', '--no-progress', '--overwrite']))\n")
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    import fcntl
+
+    with open(os.path.join(out, "train.lock"), "w") as held:  # make sure they overlap
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        proc = subprocess.run([sys.executable, "-c", script, out], capture_output=True,
+                              text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"minimaskrcnn train: error: {out}: another training (pid 4242) is running in this "
+        f"folder (it holds {os.path.join(out, 'train.lock')})"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seed=8), r"train\.seed 8, but the run was trained with 7"),
+    (dict(batch_size=3), r"train\.batch_size 3, but the run was trained with 2"),
+    (dict(crop_size=40), r"train\.crop_size 40, but the run was trained with 32"),
+    (dict(base_lr=0.5), r"train\.base_lr 0\.5, but the run was trained with 0\.05"),
+])
+def test_resume_refuses_a_changed_data_stream_or_schedule(tmp_path, data, change, message):
+    _run(tmp_path, data, iterations=3)
+    with pytest.raises(RunFolderError, match=r"checkpoint_000003\.npz: --resume with " + message):
+        _run(tmp_path, data, cfg=_cfg(**change), resume=True)
+    # what may change: the length of the run and the periods
+    res = _run(tmp_path, data, cfg=_cfg(iterations=5, checkpoint_every=5, log_every=2,
+                                        val_every=5), resume=True)
+    assert res["iteration"] == 5
+
+
+def test_resume_refuses_a_changed_model(tmp_path, data):
+    from minimaskrcnn.config import ModelConfig
+
+    _run(tmp_path, data, iterations=3)
+    cfg = dataclasses.replace(_cfg(), model=ModelConfig(fpn_channels=16))
+    with pytest.raises(RunFolderError, match=r"--resume with model\.fpn_channels 16, but the run "
+                                             r"was trained with 64"):
+        _run(tmp_path, data, cfg=cfg, resume=True)
+
+
+class HugeGradModel(FakeModel):
+    """From the 5th forward, gradients of 3e38: finite, but the float32 momentum buffer and the
+    parameters overflow in the update."""
+
+    def backward(self, cache):
+        super().backward(cache)
+        if self.calls >= 5:
+            self.w.grad[...] = 3e38
+
+
+class RefusingModel(FakeModel):
+    """At the 5th forward an op refuses its input, as an op's check does when a diverging model
+    gives it inf boxes."""
+
+    def forward_train(self, images, targets, rng):
+        if self.calls + 1 == 5:
+            self.calls += 1
+            raise ValueError("roi_align: boxes must be finite")
+        return super().forward_train(images, targets, rng)
+
+
+def test_divergence_in_the_update_stops_before_any_bad_checkpoint(tmp_path, data):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"iteration 5: after the update \(lr 0\.005\) "
+                                                 r"(parameter w|the momentum buffer of w) is not "
+                                                 r"finite.*checkpoint_000003\.npz"):
+        _run(tmp_path, data, cfg=_cfg(checkpoint_every=3), model_factory=HugeGradModel)
+    # the 5th iteration (t=4) made a finite, huge buffer; t=5 overflowed: nothing saved after 3
+    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint_")) == ["checkpoint_000003.npz"]
+    last = [json.loads(x) for x in open(out / "log.jsonl")][-1]
+    assert last["iteration"] == 5 and "after the update" in last["error"]
+    ck = load_checkpoint(str(out / "checkpoint_000003.npz"))
+    assert all(np.isfinite(v).all() for v in ck.params.values())
+    assert all(np.isfinite(v).all() for v in ck.optimizer_state["buffers"].values())
+
+
+def test_an_op_refusing_a_diverged_input_is_reported_like_a_nan(tmp_path, data):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"iteration 4: model\.forward_train failed "
+                                                 r"\(ValueError: roi_align: boxes must be finite\)"
+                                                 r".*largest \|parameter\|.*checkpoint_000003\.npz"):
+        _run(tmp_path, data, model_factory=RefusingModel)
+    last = [json.loads(x) for x in open(out / "log.jsonl")][-1]
+    assert last["iteration"] == 4 and "boxes must be finite" in last["error"]
+
+
+class InterruptedValidation(FakeModel):
+    """A kill (here: KeyboardInterrupt) in the middle of the first validation."""
+
+    def predict(self, images):
+        raise KeyboardInterrupt
+
+
+def test_a_validation_killed_mid_way_is_rerun_on_resume(tmp_path, data):
+    kw = dict(val_dataset=data, val_limit=2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, data, cfg=_cfg(checkpoint_every=4), model_factory=InterruptedValidation, **kw)
+    out = tmp_path / "run"
+    assert find_last_checkpoint(str(out)).endswith("checkpoint_000004.npz")
+    assert not (out / "val.jsonl").exists()  # killed before its record
+    res = _run(tmp_path, data, cfg=_cfg(checkpoint_every=4), resume=True, **kw)
+    full = _run(tmp_path, data, "full", cfg=_cfg(checkpoint_every=4), **kw)
+    assert [v["iteration"] for v in res["val"]] == [4, 8] == [v["iteration"] for v in full["val"]]
+    assert [json.loads(x)["iteration"] for x in open(out / "val.jsonl")] == [4, 8]
+
+
+def test_log_truncation_on_resume_is_atomic(tmp_path, data, monkeypatch):
+    out = tmp_path / "run"
+    _run(tmp_path, data, iterations=6)
+    _run(tmp_path, data, iterations=3, overwrite=True)  # log 0..2, checkpoint 3
+    with open(out / "log.jsonl", "a") as f:  # iterations a killed run logged past its checkpoint
+        f.write(json.dumps({"iteration": 3, "lr": 0.1, "loss": 1.0}) + "\n")
+    before = (out / "log.jsonl").read_text()
+
+    def killed(*args):
+        raise KeyboardInterrupt  # a kill between writing the new log and putting it in place
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, data, resume=True)
+    monkeypatch.undo()
+    assert (out / "log.jsonl").read_text() == before  # the old log, whole
+    res = _run(tmp_path, data, resume=True)
+    assert [json.loads(x)["iteration"] for x in open(res["log"])] == list(range(8))
+
+
+def test_a_torn_last_log_line_is_dropped_with_a_warning(tmp_path, data):
+    out = tmp_path / "run"
+    _run(tmp_path, data, iterations=3)
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"iteration": 3, "lr": 0.0')  # killed in the middle of the write
+    with pytest.warns(RuntimeWarning, match=r"log\.jsonl:4: dropped a torn last line"):
+        res = _run(tmp_path, data, resume=True)
+    assert [json.loads(x)["iteration"] for x in open(res["log"])] == list(range(8))
+    # a broken line in the middle is not a torn write: one line naming file and line
+    lines = open(res["log"]).read().splitlines()
+    lines[2] = "{garbage"
+    (out / "log.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl:3: not a JSON record"):
+        _run(tmp_path, data, iterations=9, resume=True)
+
+
+def test_temporary_files_of_a_killed_run_are_removed_and_permissions_match(tmp_path, data):
+    out = tmp_path / "run"
+    _run(tmp_path, data, iterations=3)
+    for name in (".tmp-checkpoint_000006.npz-x1y2z3", "last_checkpoint.tmp", "log.jsonl.tmp"):
+        (out / name).write_bytes(b"half")
+    _run(tmp_path, data, iterations=4, resume=True)
+    assert not [f for f in os.listdir(out) if "tmp" in f]
+    modes = {f: os.stat(out / f).st_mode & 0o777 for f in os.listdir(out) if f != "train.lock"}
+    assert modes["checkpoint_000004.npz"] == modes["log.jsonl"] == modes["config.json"]
+
+
+def test_log_every_prints_a_line_when_the_bar_is_off(tmp_path, data, capsys):
+    _run(tmp_path, data, cfg=_cfg(log_every=3))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("iteration ")]
+    assert [x.split(":")[0] for x in lines] == ["iteration 3/8", "iteration 6/8", "iteration 8/8"]
+    assert "loss_mask" not in lines[0] and " mask " in lines[0] and "img/s" in lines[0]
+
+
+@pytest.mark.parametrize("name", ["checkpoint_every", "val_every", "log_every"])
+def test_zero_periods_are_refused(tmp_path, data, name):
+    with pytest.raises(ValueError, match=rf"train\.{name} must be an integer >= 1, got 0"):
+        _run(tmp_path, data, cfg=_cfg(**{name: 0}))
