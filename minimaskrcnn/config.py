@@ -15,11 +15,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-ROI_OPS = ("align", "warp_avg", "warp_max", "pool")
-"""RoI feature extractors the heads can use (paper Table 2c): RoIAlign, RoIWarp avg/max, RoIPool."""
-
-MASK_LOSSES = ("sigmoid", "softmax")
-"""Mask losses (paper Table 2b): class-specific per-pixel sigmoid, or softmax across classes."""
+from minimaskrcnn.ops.mask_ops import MASK_LOSS_MODES  # the mask losses (paper Table 2b)
+from minimaskrcnn.ops.poolers import ROI_OPS  # the heads' RoI ops (paper Table 2c)
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ class ModelConfig:
     roi_op: str = "align"
     """One of :data:`ROI_OPS`."""
     roi_aligned: bool = False
-    """RoIAlign's half-pixel offset (only for ``roi_op="align"``)."""
+    """RoIAlign's half-pixel offset (only for ``roi_op="align"`` and ``"align_max"``)."""
     box_roi_size: int = 7
     box_sampling_ratio: int = 2
     representation_size: int = 256
@@ -78,9 +75,11 @@ class ModelConfig:
     mask_size: int = 28
     """M: mask head output and mask target resolution."""
     mask_loss: str = "sigmoid"
-    """One of :data:`MASK_LOSSES`."""
+    """One of :data:`MASK_LOSS_MODES`."""
     canonical_scale: int = 224
+    """``s0`` of the FPN level mapper (FPN paper eq. 1): a RoI of this side (pixels) ..."""
     canonical_level: int = 4
+    """... is pooled from level ``k0`` = this (P4)."""
 
     # Inference
     box_score_thresh: float = 0.05
@@ -94,8 +93,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.roi_op not in ROI_OPS:
             raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
-        if self.mask_loss not in MASK_LOSSES:
-            raise ValueError(f"mask_loss must be one of {MASK_LOSSES}, got {self.mask_loss!r}")
+        if self.mask_loss not in MASK_LOSS_MODES:
+            raise ValueError(f"mask_loss must be one of {MASK_LOSS_MODES}, got {self.mask_loss!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if len(self.stage_channels) != len(self.blocks_per_stage):

@@ -42,3 +42,26 @@ def test_unknown_key_in_dict():
     d["model"]["depth"] = 50
     with pytest.raises(ValueError, match="depth"):
         config_from_dict(d)
+
+
+def test_every_config_field_is_read_somewhere():
+    """A field that nothing reads is a setting that silently does nothing: every field of
+    ModelConfig, TrainConfig and EvalConfig must be read from a config object (``cfg.<field>``,
+    ``cfg.train.<field>``, ``tc.<field>``, ``eval_cfg.<field>``, ...) by the package outside
+    config.py, so adding a field without using it fails here. (An attribute of the same name on
+    another object, like the pooler's ``self.canonical_scale``, does not count.)"""
+    import dataclasses
+    import pathlib
+    import re
+
+    import minimaskrcnn
+    from minimaskrcnn.config import EvalConfig, TrainConfig
+
+    root = pathlib.Path(minimaskrcnn.__file__).parent
+    source = "\n".join(p.read_text(encoding="utf-8") for p in root.rglob("*.py")
+                       if p.name != "config.py")
+    unread = [f"{cls.__name__}.{f.name}" for cls in (ModelConfig, TrainConfig, EvalConfig)
+              for f in dataclasses.fields(cls)
+              if not re.search(rf"\b(?:cfg|tc|eval_cfg|train_cfg|config)(?:\.model|\.train|\.eval)?"
+                               rf"\.{re.escape(f.name)}\b", source)]
+    assert not unread, f"config fields that nothing reads: {unread}"

@@ -224,7 +224,7 @@ class BoxHead(Stage):
 
     Args:
         cfg: the :class:`~minimaskrcnn.config.ModelConfig` (``box_*``, ``roi_op``,
-            ``roi_aligned``, ``representation_size``, ``num_classes``, ``detections_per_img``).
+            ``roi_aligned``, ``canonical_*``, ``representation_size``, ``num_classes``, ``detections_per_img``).
         rng: initial weights (linear layers: U(+-1/sqrt(fan_in)), torch's default).
     """
 
@@ -233,7 +233,9 @@ class BoxHead(Stage):
     def __init__(self, cfg, rng: np.random.Generator):
         c, p, k1 = cfg.fpn_channels, cfg.box_roi_size, cfg.num_classes + 1
         self.roi_pool = ops.MultiScaleRoIAlign(p, cfg.box_sampling_ratio, roi_op=cfg.roi_op,
-                                               aligned=cfg.roi_aligned)
+                                               aligned=cfg.roi_aligned,
+                                               canonical_scale=cfg.canonical_scale,
+                                               canonical_level=cfg.canonical_level)
         self.fc6 = nn.Linear(c * p * p, cfg.representation_size, rng=rng)
         self.relu6 = nn.ReLU()
         self.fc7 = nn.Linear(cfg.representation_size, cfg.representation_size, rng=rng)

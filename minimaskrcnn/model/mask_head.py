@@ -42,7 +42,7 @@ def mask_probabilities(mask_logits, labels, mode):
     softmax over the K class channels plus a background logit fixed at 0 (as
     :func:`minimaskrcnn.ops.mask_loss` defines it); channel 0 is unused in both modes.
     ``labels`` ``(D,)`` int64 in 1..K; the result has the logits' dtype. Any ``mode`` other than
-    ``"softmax"`` is treated as sigmoid (the config validates it: ``MASK_LOSSES``).
+    ``"softmax"`` is treated as sigmoid (the config validates it: ``MASK_LOSS_MODES``).
     """
     idx = np.arange(labels.shape[0])
     x = mask_logits[idx, labels]  # (D, M, M)
@@ -105,7 +105,7 @@ class MaskHead(Stage):
 
     Args:
         cfg: the :class:`~minimaskrcnn.config.ModelConfig` (``mask_*``, ``roi_op``,
-            ``roi_aligned``, ``fpn_channels``, ``num_classes``).
+            ``roi_aligned``, ``canonical_*``, ``fpn_channels``, ``num_classes``).
         rng: initial weights.
     """
 
@@ -114,7 +114,9 @@ class MaskHead(Stage):
     def __init__(self, cfg, rng: np.random.Generator):
         k1 = cfg.num_classes + 1
         self.roi_pool = ops.MultiScaleRoIAlign(cfg.mask_roi_size, cfg.mask_sampling_ratio,
-                                               roi_op=cfg.roi_op, aligned=cfg.roi_aligned)
+                                               roi_op=cfg.roi_op, aligned=cfg.roi_aligned,
+                                               canonical_scale=cfg.canonical_scale,
+                                               canonical_level=cfg.canonical_level)
         layers, c = [], cfg.fpn_channels
         for _ in range(cfg.mask_head_convs):
             layers += [nn.Conv2d(c, cfg.mask_head_channels, 3, padding=1, rng=rng), nn.ReLU()]

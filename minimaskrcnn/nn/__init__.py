@@ -58,6 +58,7 @@ the gradients where a tensor fed two branches. A ResNet basic block::
 from minimaskrcnn.nn import init, losses
 from minimaskrcnn.nn.activation import ReLU
 from minimaskrcnn.nn.conv import Conv2d, ConvTranspose2d
+from minimaskrcnn.nn.conv_reference import conv2d_reference, conv2d_reference_backward
 from minimaskrcnn.nn.linear import Flatten, Linear
 from minimaskrcnn.nn.module import Identity, Module, Param, Sequential, add
 from minimaskrcnn.nn.norm import GroupNorm
@@ -66,6 +67,6 @@ from minimaskrcnn.nn.upsample import Upsample, upsample_nearest, upsample_neares
 
 __all__ = [
     "Conv2d", "ConvTranspose2d", "Flatten", "GroupNorm", "Identity", "Linear", "MaxPool2d",
-    "Module", "Param", "ReLU", "Sequential", "Upsample", "add", "init", "losses",
-    "upsample_nearest", "upsample_nearest_backward",
+    "Module", "Param", "ReLU", "Sequential", "Upsample", "add", "conv2d_reference",
+    "conv2d_reference_backward", "init", "losses", "upsample_nearest", "upsample_nearest_backward",
 ]

@@ -1,5 +1,8 @@
 """2-D convolution and transposed convolution, NCHW, lowered to one BLAS matrix product.
 
+This is the tuned form. The plain definition, forward and backward in a few lines, is
+:mod:`minimaskrcnn.nn.conv_reference`; ``tests/nn/test_conv.py`` checks this module against it.
+
 Shapes: x ``(N, C, H, W)``, weight ``(O, C, kh, kw)`` (``ConvTranspose2d``: ``(C, O, kh, kw)``
 as in torch), y ``(N, O, Ho, Wo)`` with ``Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1``
 (torch.nn.Conv2d's formula, floor mode).

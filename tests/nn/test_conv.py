@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from minimaskrcnn.nn import Conv2d, ConvTranspose2d
+from minimaskrcnn.nn.conv_reference import conv2d_reference, conv2d_reference_backward
 from minimaskrcnn.testing.gradcheck import check_layer
 
 
@@ -73,6 +74,41 @@ def test_conv2d_forward_matches_loops(case):
     ref = conv2d_loops(x, layer.weight.data, None if not bias else layer.bias.data,
                        layer.stride, layer.padding, layer.dilation)
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_reference_matches_loops_and_the_tuned_layer(case):
+    """nn.conv_reference (the readable specification) equals the direct definition, and the
+    tuned Conv2d equals it forward and backward (dx, dW, db) in float64 and float32."""
+    C, O, k, s, p, d, H, W, bias = case
+    rng = np.random.default_rng(4)
+    layer = Conv2d(C, O, k, s, p, d, bias=bias, rng=rng).astype(np.float64)
+    if bias:
+        layer.bias.data[...] = rng.standard_normal(O)
+    x = rng.standard_normal((2, C, H, W))
+    b = layer.bias.data if bias else None
+    args = (layer.stride, layer.padding, layer.dilation)
+    ref = conv2d_reference(x, layer.weight.data, b, *args)
+    np.testing.assert_allclose(ref, conv2d_loops(x, layer.weight.data, b, *args), rtol=1e-12,
+                               atol=1e-12)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        lay = Conv2d(C, O, k, s, p, d, bias=bias, rng=rng).astype(dtype)
+        lay.weight.data[...] = layer.weight.data
+        if bias:
+            lay.bias.data[...] = layer.bias.data
+        xd = x.astype(dtype)
+        y, cache = lay.forward(xd)
+        np.testing.assert_allclose(y, conv2d_reference(xd, lay.weight.data,
+                                                       lay.bias.data if bias else None, *args),
+                                   rtol=tol, atol=tol)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        lay.zero_grad()
+        dx = lay.backward(dy, cache)
+        rdx, rdw, rdb = conv2d_reference_backward(dy, xd, lay.weight.data, *args)
+        np.testing.assert_allclose(dx, rdx, rtol=tol, atol=tol)
+        np.testing.assert_allclose(lay.weight.grad, rdw, rtol=tol, atol=tol * 10)
+        if bias:
+            np.testing.assert_allclose(lay.bias.grad, rdb, rtol=tol, atol=tol * 10)
 
 
 def test_conv2d_golden_by_hand():

@@ -42,6 +42,7 @@ __all__ = ["project_masks_on_boxes", "mask_loss", "mask_loss_backward", "paste_m
            "paste_binary_masks"]
 
 MASK_LOSS_MODES = ("sigmoid", "softmax")
+"""Mask losses (paper Table 2b): class-specific per-pixel sigmoid, or softmax across classes."""
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
