@@ -3,9 +3,12 @@ and the small ``shapes-mini`` network so that it stays quick in CI; and its one-
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from minimaskrcnn.cli import demo_config, main
@@ -110,6 +113,10 @@ def test_demo_smoke(tmp_path, capsys):
         assert os.path.isfile(os.path.join(out, name)), name
     text = capsys.readouterr().out
     assert "DSB 2018 score" in text and "s per iteration" in text
+    # a second demo into the same folder replaces the first (a demo folder is the demo's)
+    assert main(["demo", "--preset", "shapes-mini", "--iters", "2", "--crop-size", "64",
+                 "--val-images", "1", "--out", out, "--no-progress"]) == 0
+    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint_")) == ["checkpoint_000002.npz"]
 
 
 def test_demo_config_is_nuclei_mini_with_a_short_schedule():
@@ -155,3 +162,183 @@ def test_error_exit_from_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("minimaskrcnn evaluate: error:")
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------- nothing lost, nothing hung
+
+
+@pytest.fixture(autouse=True)
+def _deadline():
+    """A hang fails the test (SIGALRM) instead of stalling CI."""
+    def on_alarm(signum, frame):
+        raise TimeoutError("test still running after 300 s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(300)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _one_line_error(argv, capsys, *messages):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for m in messages:
+        assert m in err, err
+    return err
+
+
+TRAIN = ["train", "--train-json", TRAIN_JSON, "--images", IMAGES]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (TRAIN + ["--out", "x", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (TRAIN + ["--out", "x", "--val-every", "0"], "--val-every must be >= 1, got 0"),
+    (TRAIN + ["--out", "x", "--iters", "-1"], "--iters must be >= 1, got -1"),
+    (TRAIN + ["--out", "x", "--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (TRAIN + ["--out", "x", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (TRAIN + ["--out", "x", "--resume", "--overwrite"], "give one"),
+    (["demo", "--iters", "0", "--out", "x"], "--iters must be >= 1, got 0"),
+    (["evaluate", "--checkpoint", "none.npz", "--coco-json", VAL_JSON, "--images", IMAGES,
+      "--out", "x", "--limit", "0"], "--limit must be >= 1, got 0"),
+])
+def test_bad_numbers_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(argv, capsys, message)
+    assert not os.path.exists(tmp_path / "x")  # refused before anything was written
+
+
+def test_fresh_train_into_a_run_is_refused_and_overwrite_replaces_it(run_dir, tmp_path, capsys):
+    out = str(tmp_path / "copy")
+    shutil.copytree(run_dir, out)
+    before = sorted(os.listdir(out))
+    _one_line_error(TRAIN + ["--out", out, "--iters", "1", *SMALL], capsys,
+                    f"{out} already holds a run", "--resume", "--overwrite")
+    assert sorted(os.listdir(out)) == before
+    assert main(TRAIN + ["--out", out, "--iters", "1", "--lr", "0.003", "--overwrite", *SMALL]) == 0
+    assert not os.path.exists(os.path.join(out, "checkpoint_000002.npz"))
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == "checkpoint_000001.npz"
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["train"]["base_lr"] == 0.003
+    assert [r["iteration"] for r in _lines(os.path.join(out, "log.jsonl"))] == [0]
+
+
+def test_resume_refuses_changed_options_and_keeps_the_runs_own(run_dir, tmp_path, capsys):
+    out = str(tmp_path / "copy")
+    shutil.copytree(run_dir, out)
+    for option, value, field in (("--seed", "5", "train.seed 5"),
+                                 ("--batch-size", "2", "train.batch_size 2"),
+                                 ("--crop-size", "96", "train.crop_size 96"),
+                                 ("--lr", "0.5", "train.base_lr 0.5")):
+        _one_line_error(TRAIN + ["--out", out, "--resume", option, value], capsys,
+                        f"--resume with {field}, but the run was trained with")
+    _one_line_error(TRAIN + ["--out", out, "--resume", "--preset", "nuclei-mini"], capsys,
+                    "--resume with --preset nuclei-mini, but the run was trained with shapes-mini")
+    # no options: the run's own (shapes-mini, batch 1, crop 64), only --iters changes
+    assert main(TRAIN + ["--out", out, "--resume", "--iters", "3", "--no-progress"]) == 0
+    assert [r["iteration"] for r in _lines(os.path.join(out, "log.jsonl"))] == [0, 1, 2]
+
+
+def _edit_checkpoint(src, dst, edit):
+    with np.load(src) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    edit(meta, arrays)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(dst, "wb") as f:
+        np.savez(f, **arrays)
+    return str(dst)
+
+
+def _first_param(arrays):
+    return next(k for k in arrays if k.startswith("param/"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m, a: m["config"].update(model=None), "config.model must be an object, got None"),
+    (lambda m, a: m["config"]["model"].update(num_classes="2"),
+     "config.model.num_classes must be an integer, got '2'"),
+    (lambda m, a: m["config"]["model"].update(size_divisible=0),
+     "config.model.size_divisible must be >= 1, got 0"),
+    (lambda m, a: m["config"]["model"].update(detections_per_img=-1),
+     "config.model.detections_per_img must be >= 1, got -1"),
+    (lambda m, a: m["config"]["model"].update(mask_threshold=float("nan")),
+     "config.model.mask_threshold must be finite, got nan"),
+    (lambda m, a: m.pop("iteration"), "the iteration must be an integer >= 0, got None"),
+    (lambda m, a: m["config"]["dataset"].update(class_names=["a", "b"]),
+     "config.dataset.class_names must be 1 strings (one per category id)"),
+    (lambda m, a: a.update({_first_param(a): a[_first_param(a)].astype(np.int32)}),
+     "is stored as int32, not floating point"),
+    (lambda m, a: a.update({_first_param(a): a[_first_param(a)].astype(np.complex64)}),
+     "is stored as complex64, not floating point"),
+    (lambda m, a: a.update({_first_param(a): np.full_like(a[_first_param(a)], np.nan)}),
+     "non-finite values"),
+])
+def test_a_bad_checkpoint_is_one_line_naming_the_file(run_dir, tmp_path, capsys, edit, message):
+    bad = _edit_checkpoint(os.path.join(run_dir, "checkpoint_000002.npz"), tmp_path / "bad.npz", edit)
+    _one_line_error(["evaluate", "--checkpoint", bad, "--coco-json", VAL_JSON, "--images", IMAGES,
+                     "--out", str(tmp_path / "e"), "--limit", "1", "--no-progress"],
+                    capsys, f"minimaskrcnn evaluate: error: {bad}", message)
+    _one_line_error(["predict", os.path.join(IMAGES, os.listdir(IMAGES)[0]), "--checkpoint", bad,
+                     "--out", str(tmp_path / "p")], capsys, bad, message)
+
+
+def _with_category_id(tmp_path, category_id):
+    with open(VAL_JSON) as f:
+        d = json.load(f)
+    for c in d["categories"]:
+        c["id"] = category_id
+    for a in d["annotations"]:
+        a["category_id"] = category_id
+    path = tmp_path / f"val_{category_id}.json"
+    path.write_text(json.dumps(d))
+    return str(path)
+
+
+def test_evaluate_maps_labels_through_the_checkpoints_category_ids(run_dir, tmp_path, capsys):
+    ckpt = _edit_checkpoint(os.path.join(run_dir, "checkpoint_000002.npz"), tmp_path / "c17.npz",
+                            lambda m, a: m["config"]["dataset"].update(category_ids=[17]))
+    _one_line_error(["evaluate", "--checkpoint", ckpt, "--coco-json", VAL_JSON, "--images",
+                     IMAGES, "--out", str(tmp_path / "e"), "--no-progress"], capsys,
+                    "val.json has category ids [1], but the checkpoint's model was trained on [17]")
+    out = str(tmp_path / "e17")
+    assert main(["evaluate", "--checkpoint", ckpt, "--coco-json", _with_category_id(tmp_path, 17),
+                 "--images", IMAGES, "--out", out, "--limit", "1", "--no-progress"]) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert results and {r["category_id"] for r in results} == {17}
+
+
+def test_hostile_annotation_file_is_one_line_and_never_hangs(run_dir, tmp_path):
+    """A real process on an RLE whose counts sum past h * w (pycocotools would decode it for
+    minutes) and a NaN polygon (a pycocotools segfault): one line, exit 2, within the timeout."""
+    with open(VAL_JSON) as f:
+        d = json.load(f)
+    d["annotations"][0]["segmentation"] = {"size": [d["images"][0]["height"],
+                                                    d["images"][0]["width"]],
+                                           "counts": "0" + "ooooon" * 20}
+    d["annotations"][1]["segmentation"] = [[1.0, 1.0, float("nan"), 2.0, 3.0, 3.0]]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(d))
+    proc = subprocess.run([sys.executable, "-m", "minimaskrcnn", "evaluate", "--checkpoint",
+                           os.path.join(run_dir, "checkpoint_000002.npz"), "--coco-json", str(bad),
+                           "--images", IMAGES, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "bad.json: annotations[0] (id " in proc.stderr and "RLE" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "minimaskrcnn", "train", "--train-json", str(bad),
+                           "--images", IMAGES, "--out", str(tmp_path / "t"), *SMALL],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "bad.json: annotations[0] (id " in proc.stderr and "RLE" in proc.stderr
+
+
+def test_demo_replaces_its_own_folder_but_not_a_training_run(run_dir, tmp_path, capsys):
+    out = str(tmp_path / "copy")
+    shutil.copytree(run_dir, out)
+    _one_line_error(["demo", "--preset", "shapes-mini", "--iters", "1", "--out", out,
+                     "--no-progress"], capsys, f"{out} already holds a run")

@@ -201,3 +201,52 @@ def test_dsb_empty_cases_and_mean_over_images():
         dsb_score({3: GT1[None]}, res)
     with pytest.raises(ValueError, match="must share H, W"):
         dsb_image_score(GT1[None], np.zeros((1, 3, 3)), [1.0])
+
+
+# ------------------------------------------------------------------------------- evaluate_model
+
+
+class _Oracle:
+    """Predicts, with label ``label``, the masks given for each call."""
+
+    def __init__(self, masks, label):
+        self.masks, self.label = masks, label
+
+    def predict(self, images):
+        p = _pred(self.masks, [0.9] * len(self.masks))[1]
+        p["labels"][:] = self.label
+        return [p]
+
+
+def _two_category_gt():
+    d = {"images": [{"id": 1, "file_name": "x.png", "height": H, "width": W}],
+         "categories": [{"id": 17, "name": "b"}, {"id": 3, "name": "a"}],
+         "annotations": [{"id": 1, "image_id": 1, "category_id": 17, "segmentation": _rle(GT1)}]}
+    return CocoDataset(d, images={1: np.zeros((H, W, 3), np.uint8)})
+
+
+def test_evaluate_model_reports_labels_under_the_models_category_ids(tmp_path):
+    from minimaskrcnn.config import EvalConfig
+    from minimaskrcnn.evaluation import evaluate_model
+
+    ds = _two_category_gt()  # ids [3, 17]: label 2 is category 17
+    m = evaluate_model(_Oracle([GT1], 2), ds, EvalConfig(), category_ids=[3, 17],
+                       out_dir=str(tmp_path))
+    assert m["segm"]["AP"] == pytest.approx(1.0)
+    with open(tmp_path / "results.json") as f:
+        assert [r["category_id"] for r in json.load(f)] == [17]
+    # a model trained on other ids is refused, not reported under the dataset's ids
+    with pytest.raises(ValueError, match=r"has category ids \[3, 17\], the model's labels are \[1, 2\]"):
+        evaluate_model(_Oracle([GT1], 2), ds, EvalConfig(), category_ids=[1, 2])
+
+
+def test_evaluate_model_refuses_nothing_to_evaluate():
+    from minimaskrcnn.config import EvalConfig
+    from minimaskrcnn.evaluation import evaluate_model
+
+    ds = _two_category_gt()
+    with pytest.raises(ValueError, match="limit must be an integer >= 1, got 0"):
+        evaluate_model(_Oracle([GT1], 1), ds, EvalConfig(), limit=0)
+    empty = CocoDataset({"images": [], "categories": [{"id": 1}], "annotations": []}, images={})
+    with pytest.raises(ValueError, match="in-memory COCO dict>: no images to evaluate"):
+        evaluate_model(_Oracle([GT1], 1), empty, EvalConfig())
