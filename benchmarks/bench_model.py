@@ -5,7 +5,8 @@ sample (``minimaskrcnn.data.load_sample("train")``), fixed batches, a warm-up of
 (Numba compiles), then the median of ``--iters`` iterations of forward_train + backward (+ an SGD
 step is not included: it is the training loop's). Stages (``StageTimer``): backbone+FPN, RPN
 (head, anchor targets, losses, proposals), RoI heads (sampling, box RoIAlign, box head and its
-losses), mask head (mask targets, mask RoIAlign, mask head, mask loss), backward (everything).
+losses), mask head (mask targets, mask RoIAlign, mask head, mask loss), backward (every stage's
+backward, timed around ``model.backward``).
 
 Inference: ``model.predict`` on each image of the embedded val sample at native size, one image
 at a time, median seconds per image. The model is untrained (init weights), so its
@@ -69,27 +70,28 @@ def training_batch(cfg, rng):
 
 def bench_training(model, images, targets, iters, rng):
     for _ in range(2):  # warm-up: Numba compilation, caches
-        losses, cache = model.forward_train(images, targets, rng)
-        model.backward(cache)
+        _, losses, cache = model.forward_train(images, targets, rng)
+        model.backward(None, cache)
     totals, stages = [], {s: [] for s in STAGES}
     for _ in range(iters):
         model.zero_grad()
         timer = StageTimer()
         t0 = time.perf_counter()
-        losses, cache = model.forward_train(images, targets, rng, timer=timer)
-        model.backward(cache)
+        _, losses, cache = model.forward_train(images, targets, rng, timer=timer)
+        with timer("backward"):
+            model.backward(None, cache)
         totals.append(time.perf_counter() - t0)
         for s in STAGES:
             stages[s].append(timer.seconds.get(s, 0.0))
     n_gt = [t["boxes"].shape[0] for t in targets]
-    mask_cache = cache["roi_heads"][5]
-    n_fg = 0 if mask_cache is None else mask_cache[2].shape[0]  # foreground RoIs (mask head batch)
+    labels = cache.mask_head.labels  # foreground RoIs (the mask head's batch); None: none
+    n_fg = 0 if labels is None else labels.shape[0]
     return statistics.median(totals), {s: statistics.median(v) for s, v in stages.items()}, n_gt, n_fg
 
 
 def bench_inference(model, n_images):
     ds = load_sample("val")
-    times, stages, dets, sizes = [], {s: [] for s in STAGES[:3]}, [], []
+    times, stages, dets, sizes = [], {s: [] for s in STAGES[:4]}, [], []
     model.predict([standardize(ds[0][0])])  # warm-up
     for i in range(min(n_images, len(ds))):
         image = standardize(ds[i][0])
@@ -157,14 +159,15 @@ def main():
         import dataclasses  # noqa: PLC0415
 
         model.config = dataclasses.replace(model.config, detections_per_img=args.max_dets)
-        model.roi_heads.cfg = model.config
+        model.box_head.detections_per_img = args.max_dets
     t_img, stages, dets, sizes = bench_inference(model, args.images)
     print(f"\ninference, untrained nuclei-mini, val images at native size {sizes}, "
           f"detections {dets}, median seconds per image")
     print("| stage | s/image |\n|---|---|")
     print(f"| backbone_fpn | {stages['backbone_fpn']:.3f} |")
     print(f"| rpn | {stages['rpn']:.3f} |")
-    print(f"| roi_heads + mask head + paste | {stages['roi_heads']:.3f} |")
+    print(f"| box head + postprocess | {stages['roi_heads']:.3f} |")
+    print(f"| mask head + paste | {stages['mask_head']:.3f} |")
     print(f"| **total** | **{t_img:.3f}** |  (peer: 0.24-0.29, trained model)")
 
     if args.torch:

@@ -345,3 +345,102 @@ def test_two_forwards_then_two_backwards_nothing_kept_on_the_model():
         model.backward(None, cache)
     for n, p in model.named_parameters():
         np.testing.assert_allclose(p.grad, sequential[n], rtol=1e-5, atol=1e-7, err_msg=n)
+
+
+# --------------------------------------------------------------------------------------------
+# loss weights, per-image sampling streams, loss normalisers over a split batch
+
+
+def test_loss_weights_scale_each_loss_gradient():
+    """backward with weights w equals the sum over losses of w_k times the gradient of loss k
+    alone (weight 1 on k, 0 elsewhere)."""
+    model = build_model(TINY, np.random.default_rng(0))
+    images, targets = tiny_batch()
+    _, _, cache = model.forward_train(images, targets, np.random.default_rng(4))
+    weights = {"loss_objectness": 0.5, "loss_rpn_box_reg": 2.0, "loss_classifier": 1.5,
+               "loss_box_reg": 0.7, "loss_mask": 3.0}
+    model.zero_grad()
+    model.backward(None, cache, weights)
+    weighted = {n: p.grad.copy() for n, p in model.named_parameters()}
+    expected = {n: np.zeros_like(g) for n, g in weighted.items()}
+    for k, w in weights.items():
+        model.zero_grad()
+        model.backward(None, cache, {j: float(j == k) for j in LOSS_KEYS})
+        for n, p in model.named_parameters():
+            expected[n] += w * p.grad
+    for n in weighted:
+        np.testing.assert_allclose(weighted[n], expected[n], rtol=1e-4, atol=1e-7, err_msg=n)
+    with pytest.raises(ValueError, match="unknown loss names"):
+        model.backward(None, cache, {"loss_masks": 1.0})
+    with pytest.raises(ValueError, match="no gradient"):
+        model.backward({"loss_mask": 1.0}, cache)
+
+
+def _same_size_batch(dtype=np.float64):
+    rng = np.random.default_rng(11)
+    images = [rng.standard_normal((3, 64, 64)).astype(dtype) for _ in range(2)]
+    targets = [target_from_masks([disc(64, 64, 20, 22, 9), disc(64, 64, 44, 40, 12)], [1, 2]),
+               target_from_masks([disc(64, 64, 30, 24, 10)], [2])]
+    return images, targets
+
+
+def test_split_batch_with_summed_normalisers_equals_the_whole_batch():
+    """What data-parallel training relies on: with one sampling stream per image and the loss
+    normalisers summed over the parts (``sum_counts``), the two halves of a batch give losses
+    and gradients that add up to the whole batch's (up to float summation order)."""
+    model = build_model(TINY, np.random.default_rng(0)).astype(np.float64)
+    images, targets = _same_size_batch()
+
+    def rngs(idx):
+        return [np.random.default_rng([7, i]) for i in idx]
+
+    def run(idx, sum_counts=None):
+        counts = []
+
+        def record(c):
+            counts.append(c)
+            return c if sum_counts is None else sum_counts(len(counts) - 1, c)
+
+        model.zero_grad()
+        _, losses, cache = model.forward_train([images[i] for i in idx],
+                                               [targets[i] for i in idx], rngs(idx),
+                                               sum_counts=record)
+        model.backward(None, cache)
+        return losses, {n: p.grad.copy() for n, p in model.named_parameters()}, counts
+
+    whole, g_whole, _ = run([0, 1])
+    _, _, counts0 = run([0])  # local normalisers of each half: S, R, Rf
+    _, _, counts1 = run([1])
+    part0, g0, _ = run([0], lambda k, c: c + counts1[k])
+    part1, g1, _ = run([1], lambda k, c: c + counts0[k])
+    assert len(counts0) == 3 and all(c > 0 for c in counts0 + counts1)
+    for k in LOSS_KEYS:
+        assert part0[k] + part1[k] == pytest.approx(whole[k], rel=1e-10, abs=1e-12), k
+    for n in g_whole:
+        np.testing.assert_allclose(g0[n] + g1[n], g_whole[n], rtol=1e-8, atol=1e-12, err_msg=n)
+
+
+def test_per_image_generators_need_one_per_image():
+    model = build_model(TINY, np.random.default_rng(0))
+    images, targets = tiny_batch()
+    with pytest.raises(ValueError, match="2 images"):
+        model.forward_train(images, targets, [np.random.default_rng(0)])
+
+
+def test_older_checkpoint_names_load():
+    """Checkpoints written before the five-stage layout (rpn_head.*, roi_heads.*) load into the
+    same parameters."""
+    a = build_model(TINY, np.random.default_rng(1))
+    old = {}
+    for name, value in a.state_dict().items():
+        name = (name.replace("rpn.head.", "rpn_head.", 1)
+                .replace("box_head.cls_score.", "roi_heads.box_predictor.cls_score.", 1)
+                .replace("box_head.bbox_pred.", "roi_heads.box_predictor.bbox_pred.", 1)
+                .replace("box_head.fc", "roi_heads.box_head.fc", 1)
+                .replace("mask_head.", "roi_heads.mask_head.", 1))
+        old[name] = value
+    assert "rpn_head.conv.weight" in old and "roi_heads.box_predictor.cls_score.bias" in old
+    b = build_model(TINY, np.random.default_rng(2))
+    b.load_state_dict(old)
+    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        np.testing.assert_array_equal(pa.data, pb.data, err_msg=n)

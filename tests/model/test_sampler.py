@@ -89,3 +89,24 @@ def test_bad_input(rng):
         s([np.zeros((2, 2), np.int64)], rng)
     with pytest.raises(TypeError, match=r"labels\[0\]"):
         s([np.zeros(4, np.float32)], rng)
+
+
+def test_per_image_generators_make_each_image_independent_of_the_others():
+    """With one Generator per image, an image's sample depends on its own stream only: sampling
+    a batch equals sampling each image alone with the same stream (a split batch samples as
+    the whole one)."""
+    rng = np.random.default_rng(0)
+    labs = [_labels(10, 100, 20, rng), _labels(3, 40, 5, rng), _labels(50, 60, 0, rng)]
+    sampler = BalancedPositiveNegativeSampler(16, 0.25)
+    pos, neg = sampler(labs, [np.random.default_rng([1, i]) for i in range(3)])
+    for i, lab in enumerate(labs):
+        (p,), (n,) = sampler([lab], [np.random.default_rng([1, i])])
+        np.testing.assert_array_equal(p, pos[i])
+        np.testing.assert_array_equal(n, neg[i])
+    # one shared stream is consumed image after image: the second image's sample changes
+    shared = sampler(labs, np.random.default_rng([1, 0]))
+    assert not np.array_equal(shared[1][1], neg[1])
+    with pytest.raises(ValueError, match="3 images"):
+        sampler(labs, [np.random.default_rng(0)])
+    with pytest.raises(TypeError, match="Generator"):
+        sampler(labs, 0)
