@@ -3,6 +3,7 @@ and the small ``shapes-mini`` network so that it stays quick in CI; and its one-
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -342,3 +343,23 @@ def test_demo_replaces_its_own_folder_but_not_a_training_run(run_dir, tmp_path, 
     shutil.copytree(run_dir, out)
     _one_line_error(["demo", "--preset", "shapes-mini", "--iters", "1", "--out", out,
                      "--no-progress"], capsys, f"{out} already holds a run")
+
+
+def test_divergence_at_a_huge_lr_stops_with_one_line_and_a_log_record(tmp_path, capsys):
+    out = str(tmp_path / "lr")
+    err = _one_line_error(["train", "--preset", "shapes-mini", "--shapes", "4", "--out", out,
+                           "--iters", "12", "--batch-size", "1", "--crop-size", "64",
+                           "--checkpoint-every", "2", "--val-every", "100", "--no-progress",
+                           "--lr", "1e6"], capsys, "training stopped")
+    m = re.search(r"error: iteration (\d+): .*the last good checkpoint is (\S+)$", err.strip())
+    assert m, err
+    last = _lines(os.path.join(out, "log.jsonl"))[-1]
+    assert last["iteration"] == int(m.group(1)) and last["error"] in err
+    # the checkpoint named holds finite values only, and it is the newest one
+    from minimaskrcnn.training.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(m.group(2))
+    assert all(np.isfinite(v).all() for v in ck.params.values())
+    assert all(np.isfinite(v).all() for v in ck.optimizer_state["buffers"].values())
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert os.path.join(out, f.read().strip()) == m.group(2)

@@ -530,16 +530,18 @@ def _train_locked(cfg, train_dataset, out_dir, total, *, val_dataset, resume, ov
             targets = [b[1] for b in batch]
             losses = None
             try:
-                losses, cache, backward = _forward_train(model, images, targets,
-                                                         sample_rng(tc.seed, 2, t))
-                loss = _finite_or_raise(losses, t, last_ckpt)
-                model.zero_grad()
-                backward(cache)
-                del cache
-                _check_grads(model, t, last_ckpt)
-                with np.errstate(over="ignore", invalid="ignore"):  # checked right after
+                # NumPy's overflow / invalid warnings are left out: the guard checks every
+                # loss, gradient, parameter and buffer itself and stops with one message
+                with np.errstate(over="ignore", invalid="ignore"):
+                    losses, cache, backward = _forward_train(model, images, targets,
+                                                             sample_rng(tc.seed, 2, t))
+                    loss = _finite_or_raise(losses, t, last_ckpt)
+                    model.zero_grad()
+                    backward(cache)
+                    del cache
+                    _check_grads(model, t, last_ckpt)
                     optimizer.step()
-                _check_update(model, optimizer, t, lr, last_ckpt)
+                    _check_update(model, optimizer, t, lr, last_ckpt)
             except NonFiniteLossError as e:  # leave the bad values in the log, then stop
                 stop(t, lr, losses, e)
             except (ValueError, FloatingPointError, OverflowError) as e:
