@@ -2,7 +2,12 @@
 
 A :class:`CocoDataset` checks the whole annotation file when it is built (so a bad record is
 reported at once, naming the file and the record, instead of crashing mid-training) and reads
-images and masks lazily, one image at a time.
+images and masks lazily, one image at a time. Nothing reaches pycocotools unchecked: ids are
+integers (image, category and annotation ids unique), sizes positive with at most
+:data:`MAX_PIXELS` pixels, polygon coordinates finite numbers inside the image, bbox and area
+finite, and every RLE decodes to exactly ``h * w`` pixels in non-negative runs (a compressed
+``counts`` string is decoded here first, :func:`rle_string_counts`), because pycocotools
+segfaults on a NaN polygon and runs for minutes on runs that sum past ``h * w``.
 
 Image kinds read (Pillow): grey, grey+alpha, palette, RGB, RGBA, 8 or 16 bit. The result is
 always ``(H, W, 3) uint8`` RGB: grey is replicated to three channels, alpha is dropped, and a
@@ -33,7 +38,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-__all__ = ["CocoDataset", "DatasetError", "read_image", "to_rgb_uint8"]
+__all__ = ["MAX_PIXELS", "CocoDataset", "DatasetError", "read_image", "rle_string_counts", "to_rgb_uint8"]
 
 _OUTSIDE_TOLERANCE = 1.0
 """Pixels a bbox or polygon may reach past the image border before it counts as outside."""
