@@ -270,7 +270,7 @@ def config_from_checkpoint(ckpt: Checkpoint):
     (integers, finite numbers, lists, strings) and a range (sizes and counts >= 1, thresholds
     and fractions in [0, 1], rates > 0), then builds the Config with
     :func:`~minimaskrcnn.config.config_from_dict`; and, when present, ``dataset``:
-    ``category_ids`` (distinct integers, one per class) and ``class_names`` (strings, as many).
+    ``category_ids`` (distinct integers) and ``class_names`` (strings, as many).
 
     Raises:
         CheckpointError: one line naming the file and the field.
@@ -299,15 +299,15 @@ def config_from_checkpoint(ckpt: Checkpoint):
         raise CheckpointError(f"{path}: config is not a Config")
     ds = d.get("dataset")
     if ds is not None:
-        k = cfg.model.num_classes
         ids, names = (ds.get("category_ids"), ds.get("class_names")) if isinstance(ds, dict) else (None, None)
-        if not (isinstance(ids, list) and len(ids) == k and len(set(map(repr, ids))) == k
+        if not (isinstance(ids, list) and ids and len(set(map(repr, ids))) == len(ids)
                 and all(isinstance(c, int) and not isinstance(c, bool) for c in ids)):
-            raise CheckpointError(f"{path}: config.dataset.category_ids must be {k} distinct "
-                                  f"integers (model.num_classes), got {ids!r:.60}")
-        if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)):
-            raise CheckpointError(f"{path}: config.dataset.class_names must be {k} strings "
-                                  f"(model.num_classes), got {names!r:.60}")
+            raise CheckpointError(f"{path}: config.dataset.category_ids must be distinct "
+                                  f"integers, got {ids!r:.60}")
+        if not (isinstance(names, list) and len(names) == len(ids)
+                and all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"{path}: config.dataset.class_names must be {len(ids)} strings "
+                                  f"(one per category id), got {names!r:.60}")
     return cfg
 
 

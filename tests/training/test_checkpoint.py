@@ -192,8 +192,8 @@ def _model_checkpoint(tmp_path, *, edit_config=None, params=None, optimizer=None
     (lambda c: c["model"].update(colour="red"), r"config: unknown ModelConfig keys: \['colour'\]"),
     (lambda c: c["train"].update(base_lr=0), r"config\.train\.base_lr must be > 0, got 0"),
     (lambda c: c["eval"].update(max_dets=[10, 0]), r"config\.eval\.max_dets must be >= 1, got 0"),
-    (lambda c: c["dataset"].update(class_names=["a", "b"]), r"class_names must be 3 strings"),
-    (lambda c: c["dataset"].update(category_ids=[1, 1, 2]), r"category_ids must be 3 distinct integers"),
+    (lambda c: c["dataset"].update(class_names=["a", "b"]), r"class_names must be 3 strings \(one per category id\)"),
+    (lambda c: c["dataset"].update(category_ids=[1, 1, 2]), r"category_ids must be distinct integers"),
 ])
 def test_bad_config_in_a_checkpoint_is_one_clear_error(tmp_path, edit, message):
     path, _ = _model_checkpoint(tmp_path, edit_config=edit)
