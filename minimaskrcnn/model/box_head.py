@@ -253,16 +253,22 @@ class BoxHead(Stage):
         self.min_size = cfg.box_min_size
         self.detections_per_img = cfg.detections_per_img
 
-    def _predictions(self, features, rois, image_size):
-        """RoIs -> pooled features -> MLP -> (class logits, box deltas), and the layer caches."""
-        pooled, c_pool = self.roi_pool.forward(features, rois, image_size)  # (R, C, P, P)
+    def predictions(self, pooled):
+        """Pooled RoI features ``(R, C, P, P)`` -> MLP -> ``(class_logits (R, K+1),
+        box_regression (R, 4(K+1)), layer caches)``."""
         h, c6 = self.fc6.forward(pooled.reshape(pooled.shape[0], -1))  # (R, C*P*P) -> (R, rep)
         h, r6 = self.relu6.forward(h)
         h, c7 = self.fc7.forward(h)
         h, r7 = self.relu7.forward(h)
         class_logits, cs = self.cls_score.forward(h)  # (R, K+1)
         box_regression, cb = self.bbox_pred.forward(h)  # (R, 4(K+1))
-        return class_logits, box_regression, (c_pool, c6, r6, c7, r7, cs, cb, pooled.shape)
+        return class_logits, box_regression, (c6, r6, c7, r7, cs, cb)
+
+    def _predictions(self, features, rois, image_size):
+        """RoIs -> pooled features (pooler) -> :meth:`predictions`, and all the caches."""
+        pooled, c_pool = self.roi_pool.forward(features, rois, image_size)  # (R, C, P, P)
+        class_logits, box_regression, caches = self.predictions(pooled)
+        return class_logits, box_regression, (c_pool, *caches, pooled.shape)
 
     def forward_train(self, features, proposals, image_size, targets, rng, *,
                       sum_counts=identity_count):
