@@ -10,6 +10,12 @@ Subcommands:
 
 Errors are printed as one line on stderr with a non-zero exit status, never a traceback.
 
+Data parallelism: ``mpiexec -n W minimaskrcnn train|evaluate|predict ...`` runs W processes (on
+one machine or several) that share the work (:mod:`minimaskrcnn.training.distributed`); rank 0
+alone prints and writes files, and an error on any rank stops all of them with its line on
+stderr (prefixed ``[rank r]``). ``minimaskrcnn demo`` starts itself under ``mpiexec`` with one
+process per core (``--workers``).
+
 The demo schedule (``nuclei-mini-demo``) is ``nuclei-mini`` with the same model, data
 transforms, optimiser and evaluation, and a schedule cut to fit a 2-core CPU: see
 :func:`demo_config`.
@@ -18,9 +24,12 @@ transforms, optimiser and evaluation, and a schedule cut to fit a 2-core CPU: se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -185,9 +194,52 @@ def _cmd_tiers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _mpiexec() -> str | None:
+    """The ``mpiexec`` of this Python's environment (mpich's wheel puts it beside the
+    interpreter), else the one on ``PATH``; ``None`` without one or without mpi4py."""
+    import importlib.util
+
+    if importlib.util.find_spec("mpi4py") is None:
+        return None
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return local if os.access(local, os.X_OK) else shutil.which("mpiexec")
+
+
+def demo_workers(requested: int | None, batch_size: int, cores: int) -> int:
+    """Processes for the demo: ``requested``, or (``None``) the most that the cores allow and
+    that divide the batch (each rank takes an equal share of every batch).
+
+    Raises:
+        CLIError: a requested number that does not divide the batch size.
+    """
+    if requested is not None:
+        if requested < 1 or batch_size % requested:
+            raise CLIError(f"--workers must divide the demo's batch size {batch_size}, got "
+                           f"{requested}")
+        return requested
+    return max(w for w in range(1, batch_size + 1) if batch_size % w == 0 and w <= max(cores, 1))
+
+
+def _relaunch_under_mpi(args, workers: int, cores: int) -> int:
+    """Run this very command under ``mpiexec -n workers`` (Numba threads split among them)."""
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(max(1, cores // workers)))
+    cmd = [_mpiexec(), "-n", str(workers), sys.executable, "-m", "minimaskrcnn", *args.argv]
+    print(f"minimaskrcnn demo: {workers} processes on {cores} cores (mpiexec -n {workers}: "
+          f"data-parallel, {max(1, cores // workers)} Numba thread(s) each)", flush=True)
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from minimaskrcnn.data import load_sample
     from minimaskrcnn.evaluation import evaluate_model, format_metrics
+    from minimaskrcnn.training.distributed import get_comm, launched_by_mpi
     from minimaskrcnn.training.loop import train
 
     _check_model_available()
@@ -195,7 +247,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     iterations = args.iters if args.iters is not None else (
         DEMO_QUICK_ITERATIONS if args.quick else DEMO_ITERATIONS)
     cfg = demo_config(iterations, crop_size=args.crop_size or 256, preset=args.preset)
+    cores = _usable_cores()
     out = args.out
+    # a previous demo's folder is the demo's to replace; any other run needs --overwrite
+    overwrite = args.overwrite or _holds_demo_run(out)
+    from minimaskrcnn.training.loop import RunFolderError, _holds_run
+
+    if not overwrite and os.path.isdir(out) and _holds_run(out):  # before starting any rank
+        raise RunFolderError(f"{out} already holds a run; replace it with --overwrite, or "
+                             "choose another --out")
+    if not launched_by_mpi():
+        workers = demo_workers(args.workers, cfg.train.batch_size, cores)
+        if workers > 1 and _mpiexec() is not None:
+            return _relaunch_under_mpi(args, workers, cores)
+        if workers > 1:
+            print("minimaskrcnn demo: 1 process (no mpiexec: pip install mpi4py mpich to use "
+                  f"all {cores} cores)")
+    comm = get_comm()
+    if comm.size == 1:
+        print(f"minimaskrcnn demo: 1 process on {cores} core(s)")
     train_ds, val_ds = load_sample("train"), load_sample("val")
     val_limit = args.val_images if args.val_images is not None else (2 if args.quick else None)
     print(f"minimaskrcnn demo: {cfg.name}, {iterations} iterations of {cfg.train.batch_size} "
@@ -203,17 +273,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"({len(train_ds)} train images), then evaluation on "
           f"{val_limit or len(val_ds)} val images; run folder {out}")
     t0 = time.perf_counter()
-    # a previous demo's folder is the demo's to replace; any other run needs --overwrite
-    overwrite = args.overwrite or _holds_demo_run(out)
     result = train(cfg, train_ds, out, progress=not args.no_progress, overwrite=overwrite)
     t_train = time.perf_counter() - t0
     metrics = evaluate_model(result["model"], val_ds, cfg.eval, out_dir=out, limit=val_limit,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, comm=comm)
+    if not comm.is_main:
+        return 0
     figure = os.path.join(out, "predictions.png")
     _figure(result["model"], val_ds, figure, min(3, val_limit or 3), metrics["_results"])
     print(format_metrics(metrics))
     print(f"training: {t_train:.0f} s ({result['seconds_per_iteration']:.2f} s per iteration, "
-          f"median); total {time.perf_counter() - t0:.0f} s")
+          f"median, {comm.size} process(es)); total {time.perf_counter() - t0:.0f} s")
     print(f"wrote {os.path.join(out, 'metrics.json')}, {figure}, "
           f"{os.path.join(out, 'loss_curve.png')}, checkpoint {result['checkpoint']}")
     return 0
@@ -282,8 +352,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
                        f"checkpoint's model was trained on {list(category_ids)}")
+    from minimaskrcnn.training.distributed import get_comm
+
+    comm = get_comm()  # under mpiexec: the images are shared among the ranks
     metrics = evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
-                             progress=not args.no_progress, category_ids=category_ids)
+                             progress=not args.no_progress, category_ids=category_ids, comm=comm)
+    if not comm.is_main:
+        return 0
     if args.figure:
         _figure(model, ds, os.path.join(args.out, "predictions.png"), args.figure,
                 metrics["_results"])
@@ -295,6 +370,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import math
 
+    import numpy as np
+
     from minimaskrcnn.data import read_image, standardize
     from minimaskrcnn.evaluation import coco_results, write_results_json
     from minimaskrcnn.viz_detections import save_overlay
@@ -305,22 +382,39 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     cfg, model, category_ids, class_names = _load_model(args.checkpoint)
+    from pycocotools import mask as mask_utils
+
+    from minimaskrcnn.training.distributed import gather_to_main, get_comm, shard
+
+    comm = get_comm()  # under mpiexec: the images are shared among the ranks
+    mine = []
+    for k in shard(len(args.images), comm):
+        image = read_image(args.images[k])
+        t0 = time.perf_counter()
+        # masks as run-length encodings, pasted a few at a time: memory bounded by the image
+        pred = model.predict([standardize(image)], mask_format="rle")[0]
+        mine.append((k, pred, time.perf_counter() - t0, image.shape[:2]))
+    done = gather_to_main(mine, comm)
+    if not comm.is_main:
+        return 0
     os.makedirs(args.out, exist_ok=True)
     results, records = {}, []
-    for k, path in enumerate(args.images):
-        image = read_image(path)
-        t0 = time.perf_counter()
-        pred = model.predict([standardize(image)])[0]
-        dt = time.perf_counter() - t0
+    for k, pred, dt, (h, w) in done:
+        path = args.images[k]
         image_id = k + 1
         results[image_id] = pred
         records.append({"id": image_id, "file_name": os.path.abspath(path),
-                        "height": int(image.shape[0]), "width": int(image.shape[1])})
+                        "height": int(h), "width": int(w)})
         stem = os.path.splitext(os.path.basename(path))[0]
         out_png = os.path.join(args.out, f"{image_id:04d}_{stem}.png")
-        save_overlay(out_png, image, pred, score_thresh=args.score_thresh)
-        n = int((pred["scores"] >= args.score_thresh).sum())
-        print(f"{path}: {n} detections with score >= {args.score_thresh} "
+        shown = [d for d in range(len(pred["scores"])) if pred["scores"][d] >= args.score_thresh]
+        masks = (mask_utils.decode([pred["masks"][d] for d in shown]).transpose(2, 0, 1)
+                 .astype(bool) if shown else np.zeros((0, h, w), bool))
+        save_overlay(out_png, read_image(path), {**pred, "masks": masks, "boxes": pred["boxes"][shown],
+                                                 "scores": pred["scores"][shown],
+                                                 "labels": pred["labels"][shown]},
+                     score_thresh=args.score_thresh)
+        print(f"{path}: {len(shown)} detections with score >= {args.score_thresh} "
               f"({len(pred['scores'])} in all), {dt:.2f} s -> {out_png}")
     write_results_json(os.path.join(args.out, "results.json"), coco_results(results, category_ids))
     with open(os.path.join(args.out, "images.json"), "w", encoding="utf-8") as f:
@@ -362,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a smoke test)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a training run in --out (a previous demo's is replaced anyway)")
+    p.add_argument("--workers", type=int,
+                   help="processes to train on (default: one per core, as many as divide the "
+                        "batch, through mpiexec; 1: this process only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -419,22 +516,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the demo starts itself again under mpiexec with the same arguments
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
     from minimaskrcnn.backend import blas_threads
+    from minimaskrcnn.training.distributed import abort_on_error, get_comm
 
-    try:
-        with blas_threads(1):  # many small matrix products: BLAS threads only add overhead
-            return int(args.func(args) or 0)
-    except (CLIError, OSError, ValueError, RuntimeError, KeyError) as e:
-        msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
-        print(f"minimaskrcnn {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    comm = get_comm()  # one process unless started by mpiexec (then mpi4py is imported)
+    prefix = f"[rank {comm.rank}] " if comm.size > 1 else ""
+    quiet = (contextlib.redirect_stdout(open(os.devnull, "w"))  # noqa: SIM115 - closed at exit
+             if not comm.is_main else contextlib.nullcontext())
+    with abort_on_error(comm), quiet:  # an unexpected error on one rank stops every rank
+        try:
+            with blas_threads(1):  # many small matrix products: BLAS threads only add overhead
+                return int(args.func(args) or 0)
+        except (CLIError, OSError, ValueError, RuntimeError, KeyError) as e:
+            msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
+            print(f"{prefix}minimaskrcnn {args.command}: error: {msg}", file=sys.stderr,
+                  flush=True)
+            if comm.size > 1:
+                comm.abort(2)  # the other ranks may be waiting in a collective
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            if comm.size > 1:
+                comm.abort(130)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -108,7 +108,7 @@ def test_train_shapes_mini_on_generated_shapes(tmp_path, capsys):
 def test_demo_smoke(tmp_path, capsys):
     out = str(tmp_path / "demo")
     code = main(["demo", "--preset", "shapes-mini", "--iters", "1", "--crop-size", "64",
-                 "--val-images", "1", "--out", out, "--no-progress"])
+                 "--val-images", "1", "--out", out, "--no-progress", "--workers", "1"])
     assert code == 0
     for name in ("metrics.json", "predictions.png", "loss_curve.png", "checkpoint_000001.npz"):
         assert os.path.isfile(os.path.join(out, name)), name
@@ -116,8 +116,36 @@ def test_demo_smoke(tmp_path, capsys):
     assert "DSB 2018 score" in text and "s per iteration" in text
     # a second demo into the same folder replaces the first (a demo folder is the demo's)
     assert main(["demo", "--preset", "shapes-mini", "--iters", "2", "--crop-size", "64",
-                 "--val-images", "1", "--out", out, "--no-progress"]) == 0
+                 "--val-images", "1", "--out", out, "--no-progress", "--workers", "1"]) == 0
     assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint_")) == ["checkpoint_000002.npz"]
+
+
+def test_demo_workers_divide_the_batch_and_fit_the_cores():
+    from minimaskrcnn.cli import CLIError, demo_workers
+
+    assert demo_workers(None, 2, 2) == 2  # README's demo on a 2-core machine: both cores
+    assert demo_workers(None, 2, 16) == 2  # no more ranks than images in a batch
+    assert demo_workers(None, 4, 3) == 2  # the most that divide the batch and fit the cores
+    assert demo_workers(None, 2, 1) == 1
+    assert demo_workers(1, 2, 8) == 1
+    with pytest.raises(CLIError, match="must divide"):
+        demo_workers(3, 2, 8)
+
+
+@pytest.mark.skipif(shutil.which("mpiexec", path=os.path.dirname(sys.executable)) is None,
+                    reason="needs mpich's mpiexec beside the interpreter")
+def test_demo_runs_on_every_core_through_mpiexec(tmp_path, capfd):
+    """Without --workers the demo starts itself under mpiexec, one rank per core (two here),
+    and says so; rank 0 alone prints the results and writes the run folder."""
+    out = str(tmp_path / "demo")
+    code = main(["demo", "--preset", "shapes-mini", "--iters", "2", "--crop-size", "64",
+                 "--val-images", "2", "--out", out, "--no-progress", "--workers", "2"])
+    text = capfd.readouterr().out
+    assert code == 0, text
+    assert "minimaskrcnn demo: 2 processes on" in text
+    assert "median, 2 process(es)" in text
+    assert text.count("DSB 2018 score") == 1
+    assert os.path.isfile(os.path.join(out, "checkpoint_000002.npz"))
 
 
 def test_demo_config_is_nuclei_mini_with_a_short_schedule():

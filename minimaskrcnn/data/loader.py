@@ -4,9 +4,12 @@ the data an uninterrupted one would.
 Data order: the training images are visited in epochs, each a permutation drawn from
 ``np.random.default_rng([seed, 0, epoch])``; sample number ``p = iteration * batch_size + k``
 (k-th image of the batch) is image ``perm(p // n)[p % n]``. Its crop and flips are drawn from
-``np.random.default_rng([seed, 1, p])``. Nothing else is consumed, so the batch of iteration t
-needs no state from iterations 0..t-1 (the checkpoint stores ``seed`` and ``iteration``, which
-is the whole data RNG state).
+``np.random.default_rng([seed, 1, p])``, and the model samples its anchors and RoIs for that
+image from ``np.random.default_rng([seed, 2, p])``. Nothing else is consumed, so the batch of
+iteration t needs no state from iterations 0..t-1 (the checkpoint stores ``seed`` and
+``iteration``, which is the whole data RNG state), and every image's draws depend on its sample
+number alone: a data-parallel rank that takes images ``ks`` of each batch sees exactly what one
+process sees of them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ __all__ = ["TrainBatches", "sample_rng"]
 
 
 def sample_rng(seed: int, stream: int, counter: int) -> np.random.Generator:
-    """The generator of one counter of one stream (0 data order, 1 crops, 2 model sampling)."""
+    """The generator of one counter of one stream: 0 data order (counter: epoch), 1 crops and
+    flips (counter: sample number), 2 the model's anchor and RoI sampling of one image (counter:
+    sample number), 3 the initial weights (counter 0)."""
     return np.random.default_rng([int(seed), int(stream), int(counter)])
 
 
@@ -75,10 +80,24 @@ class TrainBatches:
             self._perm_epoch = epoch
         return int(self._perm[offset])
 
-    def batch(self, iteration: int) -> list[tuple[np.ndarray, dict]]:
+    def positions(self, iteration: int, ks=None) -> list[int]:
+        """Sample numbers ``p = iteration * batch_size + k`` of the batch's images ``k`` in
+        ``ks`` (default: all): the key of each image's crop and sampling streams."""
+        ks = range(self.batch_size) if ks is None else ks
+        return [iteration * self.batch_size + int(k) for k in ks]
+
+    def batch(self, iteration: int, ks=None) -> list[tuple[np.ndarray, dict]]:
+        """The batch of ``iteration``, or only its images ``ks`` (a data-parallel rank's share,
+        :func:`minimaskrcnn.training.distributed.split_batch`): each image is a function of its
+        sample number alone, so a share is exactly those images of the whole batch.
+
+        Raises:
+            ValueError: an index in ``ks`` outside ``[0, batch_size)``.
+        """
+        if ks is not None and any(not 0 <= int(k) < self.batch_size for k in ks):
+            raise ValueError(f"batch indices must lie in [0, {self.batch_size}), got {list(ks)}")
         out = []
-        for k in range(self.batch_size):
-            p = iteration * self.batch_size + k
+        for p in self.positions(iteration, ks):
             image, target = sample_crop(self.dataset, self.image_index(p), self.crop_size,
                                         self.hflip_prob, self.vflip_prob,
                                         sample_rng(self.seed, 1, p))

@@ -27,18 +27,26 @@ METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.json"
 
 
-def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool = False):
+def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool = False,
+                    comm=None):
     """Run ``model.predict`` on each image of a dataset at native size, one image at a time.
+
+    With a data-parallel communicator of W ranks (:mod:`minimaskrcnn.training.distributed`),
+    rank r predicts its contiguous share of the images (``shard``) and rank 0 gathers them all
+    in image order; the masks travel as COCO run-length encodings and are decoded on rank 0, so
+    the results equal one process's exactly.
 
     Args:
         model: has ``predict(list of (3, H, W) float32) -> list of prediction dicts``.
         dataset: a :class:`~minimaskrcnn.data.CocoDataset`.
         limit: only the first ``limit`` images (>= 1).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (rank 0).
+        comm: a ``Comm``; default the process's (one process without ``mpiexec``).
 
     Returns:
         ``(results_by_image, seconds)``: ``{image_id: prediction}`` and the ``(N,)`` wall-clock
-        seconds of each ``predict`` call (standardisation included, image reading not).
+        seconds of each ``predict`` call (standardisation included, image reading not), on
+        rank 0; ``(None, None)`` on the other ranks.
 
     Raises:
         ValueError: ``limit`` < 1, or a dataset without images (nothing to evaluate: AP would
@@ -52,21 +60,50 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
     if len(dataset) == 0:
         raise ValueError(f"{getattr(dataset, 'source', 'the dataset')}: no images to evaluate")
+    from minimaskrcnn.training.distributed import gather_to_main, get_comm, shard
+
+    comm = get_comm() if comm is None else comm
     n = len(dataset) if limit is None else min(limit, len(dataset))
     results, seconds = {}, []
-    for i in tqdm(range(n), desc="predict", unit="img", disable=not progress, leave=False):
+    for i in tqdm(shard(n, comm), desc="predict", unit="img", leave=False,
+                  disable=not progress or not comm.is_main):
         image = dataset.load_image(i)
         t0 = time.perf_counter()
         pred = model.predict([standardize(image)])[0]
         seconds.append(time.perf_counter() - t0)
         results[int(dataset.image_ids[i])] = pred
+    if comm.size == 1:
+        return results, np.asarray(seconds)
+    from pycocotools import mask as mask_utils
+
+    def encoded(pred):  # dense masks -> RLEs for the trip to rank 0 (lossless)
+        m = np.asarray(pred["masks"], dtype=np.uint8)
+        return {**pred, "masks": mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0))),
+                "mask_shape": m.shape}
+
+    parts = gather_to_main([([(i, encoded(p)) for i, p in results.items()], seconds)], comm)
+    if not comm.is_main:
+        return None, None
+    results, seconds = {}, []
+    for items, secs in parts:
+        seconds += secs
+        for image_id, pred in items:
+            shape = pred.pop("mask_shape")
+            rles = pred["masks"]
+            masks = (mask_utils.decode(rles).transpose(2, 0, 1).astype(bool) if shape[0]
+                     else np.zeros(shape, bool))
+            results[image_id] = {**pred, "masks": masks}
     return results, np.asarray(seconds)
 
 
 def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
                    limit: int | None = None, progress: bool = False,
-                   category_ids=None) -> dict:
+                   category_ids=None, comm=None) -> dict:
     """Predict every image of ``dataset`` and compute every metric.
+
+    Data-parallel (``comm`` of W ranks, or run under ``mpiexec``): the images are shared among
+    the ranks (:func:`predict_dataset`), rank 0 computes the metrics (pycocotools) and writes the
+    files, and every rank returns the same metrics (equal to one process's).
 
     Args:
         model: see :func:`predict_dataset`.
@@ -77,6 +114,7 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         category_ids: the COCO category id of each of the model's labels (``category_ids[label
             - 1]``): the ids the model was trained on (a checkpoint's
             ``config["dataset"]["category_ids"]``); default ``dataset.category_ids``.
+        comm: a ``Comm`` (default: the process's).
 
     Returns:
         ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}, "dsb_score", "seconds_per_image"
@@ -92,7 +130,12 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         raise ValueError(f"{getattr(dataset, 'source', 'the dataset')} has category ids "
                          f"{list(dataset.category_ids)}, the model's labels are "
                          f"{list(category_ids)}")
-    results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress)
+    from minimaskrcnn.training.distributed import get_comm
+
+    comm = get_comm() if comm is None else comm
+    results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress, comm=comm)
+    if not comm.is_main:
+        return comm.bcast(None)  # rank 0's metrics (without its predictions)
     metrics = evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets)
     index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
     gt = {i: dataset.decode_masks(index_of[i], dataset.annotations(index_of[i])) for i in results}
@@ -105,6 +148,8 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         os.makedirs(out_dir, exist_ok=True)
         write_metrics(os.path.join(out_dir, METRICS_FILE), metrics)
         write_results_json(os.path.join(out_dir, RESULTS_FILE), coco_results(results, category_ids))
+    if comm.size > 1:
+        comm.bcast(metrics)
     metrics["_results"] = results
     return metrics
 

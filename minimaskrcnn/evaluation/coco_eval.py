@@ -42,7 +42,8 @@ def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None =
     Args:
         results_by_image: ``{image_id: prediction}`` with prediction a dict ``boxes (D, 4)
             [x1, y1, x2, y2]`` pixels, ``scores (D,)``, ``labels (D,) int64`` in 1..K and
-            (for segm) ``masks (D, H, W) bool``.
+            (for segm) ``masks``: ``(D, H, W) bool``, or a list of D pycocotools RLEs
+            (``model.predict(..., mask_format="rle")``, for images too large for dense masks).
         category_ids: ``category_ids[label - 1]`` is the COCO category id of a label.
         iou_type: ``"bbox"`` (entries carry ``bbox`` only), ``"segm"`` (``segmentation`` only)
             or ``None`` (both: the form written to disk).
@@ -63,7 +64,11 @@ def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None =
             raise ValueError(f"image {image_id}: segm evaluation needs the predictions' masks")
         rles = None
         if iou_type != "bbox" and masks is not None and len(masks):
-            rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
+            if isinstance(masks, list) and all(isinstance(m, dict) for m in masks):
+                rles = masks  # already run-length encoded
+            else:
+                rles = mask_utils.encode(np.asfortranarray(
+                    np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
         for d in range(len(scores)):
             entry = {"image_id": int(image_id), "category_id": int(category_ids[labels[d] - 1]),
                      "score": float(scores[d])}
@@ -71,8 +76,10 @@ def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None =
                 x1, y1, x2, y2 = (float(v) for v in boxes[d])
                 entry["bbox"] = [x1, y1, x2 - x1, y2 - y1]
             if rles is not None:
+                counts = rles[d]["counts"]
                 entry["segmentation"] = {"size": [int(v) for v in rles[d]["size"]],
-                                         "counts": rles[d]["counts"].decode("ascii")}
+                                         "counts": counts.decode("ascii")
+                                         if isinstance(counts, bytes) else counts}
             out.append(entry)
     return out
 

@@ -216,7 +216,9 @@ _UNIT_INTERVAL_SUFFIXES = ("_thresh", "_threshold", "_fraction", "_prob")
 _UNIT_INTERVAL = {"warmup_factor", "momentum"}
 _ANY_INT = {"box_sampling_ratio", "mask_sampling_ratio", "canonical_level"}
 """Integer fields with no range (a sampling ratio <= 0 means adaptive)."""
-_NON_NEGATIVE_INT = {"mask_head_convs", "seed", "warmup_iters", "milestones"}
+_NON_NEGATIVE_INT = {"mask_head_convs", "seed", "warmup_iters", "milestones", "num_keypoints",
+                     "keypoint_head_convs"}
+"""Integer fields that may be 0 (``num_keypoints = 0``: no keypoint head)."""
 _POSITIVE_FLOAT = {"base_lr", "gamma", "bbox_xform_clip", "box_coder_weights", "aspect_ratios"}
 
 
@@ -341,7 +343,9 @@ def _check_optimizer_state(path: str, state) -> None:
 
 def restore(ckpt: Checkpoint, model=None, optimizer=None) -> None:
     """Set a model's parameters and an optimiser's state from a checkpoint, after checking that
-    every parameter and momentum buffer is a finite real floating-point array.
+    every parameter and momentum buffer is a finite real floating-point array. Parameter and
+    buffer names of checkpoints written before the model's five-stage layout (``rpn_head.*``,
+    ``roi_heads.*``) are converted (:func:`minimaskrcnn.model.upgrade_state_names`).
 
     Raises:
         CheckpointError: a bad array, or a checkpoint that does not fit the model/optimiser
@@ -358,8 +362,12 @@ def restore(ckpt: Checkpoint, model=None, optimizer=None) -> None:
             raise CheckpointError(f"{path} does not fit the model: {msg}") from None
     if optimizer is not None and ckpt.optimizer_state is not None:
         _check_optimizer_state(path, ckpt.optimizer_state)
+        from minimaskrcnn.model import upgrade_state_names  # older checkpoints' names
+
+        state = dict(ckpt.optimizer_state)
+        state["buffers"] = upgrade_state_names(state.get("buffers", {}))
         try:
-            optimizer.load_state_dict(ckpt.optimizer_state)
+            optimizer.load_state_dict(state)
         except (KeyError, ValueError, TypeError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             raise CheckpointError(f"{path} does not fit the optimiser: {msg}") from None

@@ -1,15 +1,30 @@
 """The training loop: seeded batches, SGD with warm-up and steps, logs, checkpoints, resume,
 a divergence guard, periodic validation and a loss curve.
 
-One iteration ``t`` (0-based)::
+One iteration ``t`` (0-based), on each of W data-parallel ranks (W = 1 without ``mpiexec``)::
 
-    batch  = TrainBatches.batch(t)                      # crops of rng([seed, 1, sample])
-    losses, cache = model.forward_train(images, targets, rng([seed, 2, t]))
+    ks     = split_batch(batch_size, comm)              # this rank's images of every batch
+    batch  = TrainBatches.batch(t, ks)                  # crops of rng([seed, 1, sample p])
+    _, losses, cache = model.forward_train(images, targets, [rng([seed, 2, p]) for each p],
+                                           sum_counts=allreduce_sum)   # normalisers: global
+    losses = allreduce_sum(losses)                      # W > 1: the batch's loss terms
     guard: every loss term finite
-    model.zero_grad(); model.backward(cache)            # grads of the plain sum of the 5 terms
+    model.zero_grad(); model.backward(None, cache)      # this rank's share of the gradient
+    allreduce_gradients(model)                          # W > 1: one fused allreduce (sum)
     guard: every gradient finite
     optimizer.step() at lr(t) (linear warm-up, x gamma at each milestone); scheduler.step()
     guard: every parameter and momentum buffer finite
+
+Data parallelism (MPI, :mod:`minimaskrcnn.training.distributed`; launch with
+``mpiexec -n W minimaskrcnn train ...``): every rank holds the whole model (broadcast from rank
+0 at the start and checked equal by checksum), runs its contiguous share of every global batch,
+and applies the same SGD step to the summed gradient. Each image's crops and samples are drawn
+from streams keyed by its sample number, and the loss normalisers (sampled anchors, sampled
+RoIs, foreground RoIs) are summed over the ranks before dividing, so W ranks compute the
+gradient of one process up to float summation order, and a run may resume with another W.
+Rank 0 alone writes the run folder and shows the progress bar; validation shares the images
+among the ranks. An exception on any rank stops the whole job (``abort_on_error``), leaving the
+last good checkpoint as it is.
 
 The guard stops the run with :class:`NonFiniteLossError` naming the iteration, the term (loss,
 gradient, parameter or momentum buffer) and the last good checkpoint, and logs the iteration
@@ -17,7 +32,7 @@ with an ``error`` field; an op that refuses the values a diverging model gives i
 from an input check, as a huge learning rate causes) is reported the same way. Nothing is
 written over the last checkpoint, and no checkpoint is written with non-finite values.
 
-Every random draw is a function of ``(seed, t)`` (see :mod:`minimaskrcnn.data.loader`), so the
+Every random draw is a function of ``(seed, sample number)`` (:mod:`minimaskrcnn.data.loader`), so the
 data RNG state a checkpoint needs is just ``seed`` and the iteration: ``resume=True`` reloads
 the parameters, the optimiser's momentum buffers and the iteration, and continues with exactly
 the batches, crops and samples of the uninterrupted run. Resuming refuses a config whose
@@ -62,12 +77,21 @@ import numpy as np
 
 from minimaskrcnn.config import Config, config_to_dict
 from minimaskrcnn.data.loader import TrainBatches, sample_rng
+from minimaskrcnn.model import LOSS_KEYS
+from minimaskrcnn.training.distributed import (
+    abort_on_error,
+    allreduce_gradients,
+    allreduce_sum,
+    bind_gradient_buffer,
+    broadcast_parameters,
+    check_parameters_equal,
+    get_comm,
+    split_batch,
+)
 
 __all__ = ["LOSS_KEYS", "RESUME_FIXED_FIELDS", "NonFiniteLossError", "RunFolderError",
            "checkpoint_config", "find_last_checkpoint", "stored_config", "train"]
 
-LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
-"""torchvision's names of the five Mask R-CNN losses (total = their plain sum)."""
 
 LOG_FILE = "log.jsonl"
 VAL_FILE = "val.jsonl"
@@ -329,13 +353,12 @@ def _finite_or_raise(losses: dict, iteration: int, last_ckpt: str | None) -> flo
     missing = [k for k in LOSS_KEYS if k not in losses]
     if missing:
         raise ValueError(f"model.forward_train returned no {missing}")
-    for k in LOSS_KEYS:
-        v = float(losses[k])
-        if not math.isfinite(v):
+    for k, v in losses.items():
+        if not math.isfinite(float(v)):
             raise NonFiniteLossError(
-                f"iteration {iteration}: loss term {k} is {v}; training stopped before the "
+                f"iteration {iteration}: loss term {k} is {float(v)}; training stopped before the "
                 f"update, {_keep(last_ckpt)}")
-    return float(sum(float(losses[k]) for k in LOSS_KEYS))
+    return float(sum(float(v) for v in losses.values()))
 
 
 def _check_grads(model, iteration: int, last_ckpt: str | None) -> None:
@@ -354,22 +377,6 @@ def _check_update(model, optimizer, iteration: int, lr: float, last_ckpt: str | 
             f"training stopped, nothing saved, {_keep(last_ckpt)}")
 
 
-def _forward_train(model, images, targets, rng):
-    """``(losses, cache, backward)`` of one training forward pass.
-
-    The contract is ``losses, cache = model.forward_train(images, targets, rng)`` then
-    ``model.backward(cache)``; a model whose ``forward_train`` returns ``(proposals, losses,
-    cache)`` and whose ``backward`` takes ``(dy, cache)`` (``MaskRCNN``, whose proposals carry no
-    gradient: ``dy=None``) is driven the same way.
-    """
-    out = model.forward_train(images, targets, rng)
-    if isinstance(out, tuple) and len(out) == 3:
-        _, losses, cache = out
-        return losses, cache, lambda c: model.backward(None, c)
-    losses, cache = out
-    return losses, cache, model.backward
-
-
 def _largest_parameter(model) -> str:
     name, value = max(((n, float(np.abs(p.data).max()) if p.data.size else 0.0)
                        for n, p in model.named_parameters()), key=lambda x: x[1], default=("-", 0.0))
@@ -384,8 +391,8 @@ def _largest_parameter(model) -> str:
 def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
           iterations: int | None = None, resume: bool = False, overwrite: bool = False,
           model_factory: Callable | None = None, val_limit: int | None = None,
-          progress: bool = True, on_validation: Callable | None = None) -> dict:
-    """Train a Mask R-CNN on a COCO dataset.
+          progress: bool = True, on_validation: Callable | None = None, comm=None) -> dict:
+    """Train a Mask R-CNN on a COCO dataset, in one process or data-parallel over MPI ranks.
 
     Args:
         cfg: the :class:`~minimaskrcnn.config.Config` (``cfg.train``: batch, crop, schedule,
@@ -405,7 +412,9 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
         progress: show the tqdm bar (loss, lr, images/s, ETA; its numbers refreshed every
             ``cfg.train.log_every`` iterations); without it, print one line every
             ``log_every`` iterations.
-        on_validation: called with ``(iteration, metrics)`` after each validation.
+        on_validation: called with ``(iteration, metrics)`` after each validation (rank 0).
+        comm: the data-parallel communicator (:mod:`minimaskrcnn.training.distributed`);
+            default the process's: every rank of ``mpiexec -n W``, or one process.
 
     Returns:
         ``{"model", "iteration", "checkpoint", "log", "val" (list of metrics), "seconds_per_iteration"
@@ -420,8 +429,21 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
         FileNotFoundError: ``resume`` without a checkpoint in ``out_dir``.
         CheckpointError: the checkpoint to resume from is bad.
         ValueError: nothing to train on, a bad iteration count or period, ``resume`` with
-            ``overwrite``.
+            ``overwrite``, a batch size that the W ranks cannot share equally.
+
+    Under MPI any of these on one rank stops every rank (the message on stderr, prefixed
+    ``[rank r]``; ``abort_on_error``) instead of leaving the others waiting.
     """
+    comm = get_comm() if comm is None else comm
+    with abort_on_error(comm):
+        return _train(cfg, train_dataset, out_dir, val_dataset=val_dataset,
+                      iterations=iterations, resume=resume, overwrite=overwrite,
+                      model_factory=model_factory, val_limit=val_limit, progress=progress,
+                      on_validation=on_validation, comm=comm)
+
+
+def _train(cfg, train_dataset, out_dir, *, val_dataset, iterations, resume, overwrite,
+           model_factory, val_limit, progress, on_validation, comm) -> dict:
     tc = cfg.train
     total = int(tc.iterations if iterations is None else iterations)
     if total < 1:
@@ -434,29 +456,35 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
         raise ValueError(f"val_limit must be >= 1, got {val_limit}")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    os.makedirs(out_dir, exist_ok=True)
-    with _run_lock(out_dir):
-        return _train_locked(cfg, train_dataset, out_dir, total, val_dataset=val_dataset,
+    ks = split_batch(tc.batch_size, comm)  # this rank's images of every batch
+    if comm.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+    comm.barrier()
+    with _run_lock(out_dir) if comm.is_main else contextlib.nullcontext():  # rank 0 owns the folder
+        return _train_locked(cfg, train_dataset, out_dir, total, ks, val_dataset=val_dataset,
                              resume=resume, overwrite=overwrite, model_factory=model_factory,
-                             val_limit=val_limit, progress=progress, on_validation=on_validation)
+                             val_limit=val_limit, progress=progress, on_validation=on_validation,
+                             comm=comm)
 
 
-def _train_locked(cfg, train_dataset, out_dir, total, *, val_dataset, resume, overwrite,
-                  model_factory, val_limit, progress, on_validation) -> dict:
-    """:func:`train` once the run folder's lock is held."""
+def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume, overwrite,
+                  model_factory, val_limit, progress, on_validation, comm) -> dict:
+    """:func:`train` once the run folder's lock is held (by rank 0)."""
     from tqdm import tqdm
 
     from minimaskrcnn.training.optim import SGD, WarmupMultiStepLR
 
     tc = cfg.train
-    _remove_temporary_files(out_dir)
+    main, distributed = comm.is_main, comm.size > 1
     log_path = os.path.join(out_dir, LOG_FILE)
+    if main:
+        _remove_temporary_files(out_dir)
     last_ckpt = find_last_checkpoint(out_dir) if resume else None
     if resume:
         if last_ckpt is None:
             raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from ({LAST_FILE} missing)")
         _check_resume_config(cfg, train_dataset, last_ckpt)
-    else:
+    elif main:
         existing = _holds_run(out_dir)
         if existing and not overwrite:
             raise RunFolderError(
@@ -464,6 +492,7 @@ def _train_locked(cfg, train_dataset, out_dir, total, *, val_dataset, resume, ov
                 f"{', ...' if len(existing) > 4 else ''}); continue it with --resume, replace "
                 f"it with --overwrite, or choose another folder")
         _remove_run(out_dir)
+    comm.barrier()
 
     if model_factory is None:
         from minimaskrcnn import build_model as model_factory
@@ -477,24 +506,33 @@ def _train_locked(cfg, train_dataset, out_dir, total, *, val_dataset, resume, ov
     start = 0
     vals: list[dict] = []
     if resume:
-        start = _load(last_ckpt, model, optimizer)
+        start = _load(last_ckpt, model, optimizer)  # every rank reads the same checkpoint
         scheduler.last_iter = start  # also sets optimizer.lr to the lr of iteration `start`
-        _truncate_log(log_path, start)
-        vals = _truncate_log(os.path.join(out_dir, VAL_FILE), start + 1)  # validations <= start
+        if main:
+            _truncate_log(log_path, start)
+            vals = _truncate_log(os.path.join(out_dir, VAL_FILE), start + 1)  # validations <= start
+        vals = comm.bcast(vals)
+    if distributed:  # one model: rank 0's parameters everywhere, checked by checksum
+        broadcast_parameters(model, comm)
+        check_parameters_equal(model, comm)
+        bind_gradient_buffer(model, comm)  # gradients live in the allreduce's flat buffer
     ckpt_config = checkpoint_config(cfg, train_dataset)
-    _write_atomic(os.path.join(out_dir, CONFIG_FILE), json.dumps(ckpt_config, indent=2))
+    if main:
+        _write_atomic(os.path.join(out_dir, CONFIG_FILE), json.dumps(ckpt_config, indent=2))
+    counts = (lambda c: allreduce_sum(c, comm)) if distributed else None  # loss normalisers
 
     def validate(iteration):
         from minimaskrcnn.evaluation import evaluate_model
 
-        metrics = evaluate_model(model, val_dataset, cfg.eval, limit=val_limit)
+        metrics = evaluate_model(model, val_dataset, cfg.eval, limit=val_limit, comm=comm)
         metrics.pop("_results", None)
         record = {"iteration": iteration, **metrics}
         vals.append(record)
-        with open(os.path.join(out_dir, VAL_FILE), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if on_validation is not None:
-            on_validation(iteration, metrics)
+        if main:
+            with open(os.path.join(out_dir, VAL_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if on_validation is not None:
+                on_validation(iteration, metrics)
         return metrics
 
     def report(done, m):
@@ -506,12 +544,14 @@ def _train_locked(cfg, train_dataset, out_dir, total, *, val_dataset, resume, ov
     if (resume and val_dataset is not None and start > 0
             and all(v.get("iteration") != start for v in vals)
             and (start % tc.val_every == 0 or start % tc.checkpoint_every != 0 or start == total)):
-        print(report(start, validate(start)) + " (the validation a killed run did not finish)")
+        m = validate(start)
+        if main:
+            print(report(start, m) + " (the validation a killed run did not finish)")
 
     seconds = []
     bar = tqdm(range(start, total), initial=start, total=total, desc="train", unit="it",
-               disable=not progress, dynamic_ncols=True)
-    with open(log_path, "a", encoding="utf-8") as log:
+               disable=not (progress and main), dynamic_ncols=True)
+    with open(log_path if main else os.devnull, "a", encoding="utf-8") as log:
 
         def stop(t, lr, losses, error, cause=None):  # log the failed iteration, then raise
             log.write(json.dumps({"iteration": t, "lr": lr,
@@ -525,20 +565,27 @@ def _train_locked(cfg, train_dataset, out_dir, total, *, val_dataset, resume, ov
         for t in bar:
             t0, c0 = time.perf_counter(), time.process_time()
             lr = scheduler.get_lr()
-            batch = batches.batch(t)
+            batch = batches.batch(t, ks)
             images = [b[0] for b in batch]
             targets = [b[1] for b in batch]
+            rngs = [sample_rng(tc.seed, 2, p) for p in batches.positions(t, ks)]  # per image
             losses = None
             try:
                 # NumPy's overflow / invalid warnings are left out: the guard checks every
                 # loss, gradient, parameter and buffer itself and stops with one message
                 with np.errstate(over="ignore", invalid="ignore"):
-                    losses, cache, backward = _forward_train(model, images, targets,
-                                                             sample_rng(tc.seed, 2, t))
+                    if counts is None:
+                        _, losses, cache = model.forward_train(images, targets, rngs)
+                    else:
+                        _, losses, cache = model.forward_train(images, targets, rngs,
+                                                               sum_counts=counts)
+                        losses = allreduce_sum(losses, comm)  # each rank held its share
                     loss = _finite_or_raise(losses, t, last_ckpt)
                     model.zero_grad()
-                    backward(cache)
+                    model.backward(None, cache)
                     del cache
+                    if distributed:
+                        allreduce_gradients(model, comm)  # one fused allreduce: the sum
                     _check_grads(model, t, last_ckpt)
                     optimizer.step()
                     _check_update(model, optimizer, t, lr, last_ckpt)
@@ -555,28 +602,37 @@ def _train_locked(cfg, train_dataset, out_dir, total, *, val_dataset, resume, ov
             scheduler.step()
             dt = time.perf_counter() - t0
             seconds.append(dt)
-            record = {"iteration": t, "lr": lr, **{k: float(losses[k]) for k in LOSS_KEYS},
+            record = {"iteration": t, "lr": lr, **{k: float(v) for k, v in losses.items()},
                       "loss": loss, "seconds": dt, "cpu_seconds": time.process_time() - c0,
-                      "images_per_s": len(images) / dt}
+                      "images_per_s": tc.batch_size / dt}
             log.write(json.dumps(record) + "\n")
             log.flush()
             done = t + 1
             if done % tc.log_every == 0 or done == total:
                 if progress:
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
-                                    img_s=f"{len(images) / dt:.2f}", refresh=False)
-                else:
-                    terms = ", ".join(f"{k[5:]} {float(losses[k]):.3f}" for k in LOSS_KEYS)
+                                    img_s=f"{tc.batch_size / dt:.2f}", refresh=False)
+                elif main:
+                    terms = ", ".join(f"{k[5:]} {float(v):.3f}" for k, v in losses.items())
                     print(f"iteration {done}/{total}: loss {loss:.3f} ({terms}), lr {lr:.2e}, "
-                          f"{len(images) / dt:.2f} img/s", flush=True)
+                          f"{tc.batch_size / dt:.2f} img/s", flush=True)
             if done % tc.checkpoint_every == 0 or done == total:
-                last_ckpt = _save(out_dir, model, optimizer, done, cfg, ckpt_config)
+                if main:
+                    last_ckpt = _save(out_dir, model, optimizer, done, cfg, ckpt_config)
+                else:
+                    last_ckpt = os.path.join(out_dir, checkpoint_name(done))
             if val_dataset is not None and (done % tc.val_every == 0 or done == total):
-                bar.write(report(done, validate(done)))
+                m = validate(done)
+                if main:
+                    bar.write(report(done, m))
     bar.close()
+    if distributed:
+        check_parameters_equal(model, comm)  # the ranks still hold one model
 
-    from minimaskrcnn.viz_detections import plot_loss_curve
+    if main:
+        from minimaskrcnn.viz_detections import plot_loss_curve
 
-    plot_loss_curve(_read_jsonl(log_path), os.path.join(out_dir, CURVE_FILE), val_records=vals)
+        plot_loss_curve(_read_jsonl(log_path), os.path.join(out_dir, CURVE_FILE),
+                        val_records=vals)
     return {"model": model, "iteration": max(start, total), "checkpoint": last_ckpt, "log": log_path,
             "val": vals, "seconds_per_iteration": float(np.median(seconds)) if seconds else None}

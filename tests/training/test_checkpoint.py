@@ -245,3 +245,40 @@ def test_non_finite_momentum_and_bad_optimiser_state_are_refused(tmp_path):
     path, _ = _model_checkpoint(tmp_path, params=model, optimizer=state)
     with pytest.raises(CheckpointError, match="optimiser lr must be a finite number >= 0, got 'a'"):
         load_checkpoint(path, make_run()[0], make_run()[1])
+
+
+def test_a_checkpoint_of_the_older_layout_resumes(tmp_path):
+    """Checkpoints written before the five-stage model (parameters and momentum buffers named
+    rpn_head.*, roi_heads.*) load into today's model and optimiser."""
+    import numpy as np
+
+    from minimaskrcnn import build_model
+    from minimaskrcnn.training.checkpoint import load_checkpoint, save_checkpoint
+    from minimaskrcnn.training.optim import SGD
+
+    def old_name(n):
+        return (n.replace("rpn.head.", "rpn_head.", 1)
+                .replace("box_head.cls_score.", "roi_heads.box_predictor.cls_score.", 1)
+                .replace("box_head.bbox_pred.", "roi_heads.box_predictor.bbox_pred.", 1)
+                .replace("box_head.fc", "roi_heads.box_head.fc", 1)
+                .replace("mask_head.", "roi_heads.mask_head.", 1))
+
+    model = build_model("shapes-mini", np.random.default_rng(0))
+    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    opt.step()
+    state = opt.state_dict()
+    state["buffers"] = {old_name(n): b for n, b in state["buffers"].items()}
+    params = {old_name(n): v for n, v in model.state_dict().items()}
+    assert "rpn_head.conv.weight" in params and "roi_heads.mask_head.conv5_mask.weight" in state["buffers"]
+    path = str(tmp_path / "old.npz")
+    save_checkpoint(path, params, optimizer=state, iteration=1)
+    fresh = build_model("shapes-mini", np.random.default_rng(1))
+    fresh_opt = SGD(fresh.named_parameters(), lr=0.1, momentum=0.9)
+    load_checkpoint(path, fresh, fresh_opt)
+    for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=n)
+    for a, b in zip(opt.state_dict()["buffers"].values(), fresh_opt.state_dict()["buffers"].values(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -38,12 +38,13 @@ class FakeModel(Module):
         self.nan_at = nan_at  # a test switch: forward_train number that returns NaN
         self.calls = 0
 
-    def forward_train(self, images, targets, rng):
+    def forward_train(self, images, targets, rng, sum_counts=None):
+        """The stage protocol: ``(outputs, losses, cache)``; ``rng`` one Generator per image."""
         self.calls += 1
         f = np.array([[im[c].mean() for c in range(3)] for im in images], np.float64)  # (N, 3)
         g = np.array([len(t["labels"]) for t in targets], np.float64)                  # (N,)
         box = np.array([t["boxes"][:, 2:].mean() if len(t["boxes"]) else 0.0 for t in targets])
-        noise = rng.normal(size=len(images))
+        noise = np.array([r.normal() for r in rng])
         w, b = self.w.data.astype(np.float64), self.b.data.astype(np.float64)
         r1 = f @ w + b[0] - g / 10.0
         r2 = b[1] * noise - box / 100.0
@@ -55,9 +56,9 @@ class FakeModel(Module):
         }
         if self.nan_at is not None and self.calls == self.nan_at:
             losses["loss_box_reg"] = float("nan")
-        return losses, (f, r1, r2, noise)
+        return None, losses, (f, r1, r2, noise)
 
-    def backward(self, cache):
+    def backward(self, dy, cache, loss_weights=None):
         f, r1, r2, noise = cache
         n = len(r1)
         self.w.grad += (f.T @ r1 / n + 0.02 * self.w.data).astype(np.float32)
@@ -313,8 +314,8 @@ class HugeGradModel(FakeModel):
     """From the 5th forward, gradients of 3e38: finite, but the float32 momentum buffer and the
     parameters overflow in the update."""
 
-    def backward(self, cache):
-        super().backward(cache)
+    def backward(self, dy, cache, loss_weights=None):
+        super().backward(dy, cache)
         if self.calls >= 5:
             self.w.grad[...] = 3e38
 
@@ -323,7 +324,7 @@ class RefusingModel(FakeModel):
     """At the 5th forward an op refuses its input, as an op's check does when a diverging model
     gives it inf boxes."""
 
-    def forward_train(self, images, targets, rng):
+    def forward_train(self, images, targets, rng, sum_counts=None):
         if self.calls + 1 == 5:
             self.calls += 1
             raise ValueError("roi_align: boxes must be finite")
