@@ -250,3 +250,19 @@ def test_evaluate_model_refuses_nothing_to_evaluate():
     empty = CocoDataset({"images": [], "categories": [{"id": 1}], "annotations": []}, images={})
     with pytest.raises(ValueError, match="in-memory COCO dict>: no images to evaluate"):
         evaluate_model(_Oracle([GT1], 1), empty, EvalConfig())
+
+
+def test_coco_results_take_run_length_encoded_masks():
+    """predict(..., mask_format="rle") masks give the same results JSON as dense masks."""
+    from pycocotools import mask as mask_utils
+
+    from minimaskrcnn.evaluation import coco_results
+
+    m = np.zeros((2, 6, 7), bool)
+    m[0, 1:3, 2:5] = True
+    m[1, 4:, :2] = True
+    pred = {"boxes": np.array([[2, 1, 5, 3], [0, 4, 2, 6]], np.float32),
+            "scores": np.array([0.9, 0.4], np.float32), "labels": np.array([1, 1])}
+    dense = coco_results({3: {**pred, "masks": m}}, [5])
+    rles = mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
+    assert coco_results({3: {**pred, "masks": rles}}, [5]) == dense

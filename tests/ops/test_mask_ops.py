@@ -383,3 +383,41 @@ def test_paste_bad_input():
         paste_masks_in_image(masks, boxes, (5, 5), padding=-1)
     with pytest.raises(TypeError, match="masks"):
         paste_masks_in_image(masks.astype(np.uint8), boxes, (5, 5))
+
+
+def test_paste_binary_masks_in_chunks_equals_pasting_at_once(monkeypatch):
+    """A 3000 x 3000 image with 500 detections would need a (500, 3000, 3000) float32 array if
+    pasted at once (16.8 GiB): paste_binary_masks pastes a few masks at a time, so the float
+    scratch stays under chunk_bytes, and gives exactly the thresholded one-shot paste (dense
+    bool, or COCO RLEs that decode to it)."""
+    from pycocotools import mask as mask_utils
+
+    import minimaskrcnn.ops.mask_ops as mo
+    from minimaskrcnn.ops import paste_binary_masks
+
+    rng = np.random.default_rng(0)
+    D, H, W = 7, 40, 50
+    masks = rng.random((D, 28, 28)).astype(np.float32)
+    xy = rng.uniform(0, 30, (D, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(3, 20, (D, 2))], axis=1).astype(np.float32)
+    want = paste_masks_in_image(masks, boxes, (H, W)) >= 0.5
+    sizes = []
+    real = mo.paste_masks_in_image
+
+    def spy(m, *args, **kwargs):
+        sizes.append(m.shape[0])
+        return real(m, *args, **kwargs)
+
+    monkeypatch.setattr(mo, "paste_masks_in_image", spy)
+    chunk = 2 * 4 * H * W  # room for two float32 masks of the image
+    dense = paste_binary_masks(masks, boxes, (H, W), 0.5, chunk_bytes=chunk)
+    assert sizes == [2, 2, 2, 1]  # never more than two masks of float scratch at once
+    np.testing.assert_array_equal(dense, want)
+    assert dense.dtype == bool and dense.shape == (D, H, W)
+    rles = paste_binary_masks(masks, boxes, (H, W), 0.5, chunk_bytes=chunk, rle=True)
+    assert len(rles) == D
+    np.testing.assert_array_equal(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool), want)
+    empty = paste_binary_masks(masks[:0], boxes[:0], (H, W), 0.5, rle=True)
+    assert empty == []
+    with pytest.raises(ValueError, match="threshold must"):
+        paste_binary_masks(masks, boxes, (H, W), float("nan"))
