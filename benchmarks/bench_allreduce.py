@@ -57,7 +57,7 @@ def parse_args(argv=None):
                     help="seconds of forward+backward per iteration on one rank")
     ap.add_argument("--images-per-rank", type=int, default=4,
                     help="images one rank runs in --compute-s")
-    ap.add_argument("--base-lr", type=float, default=0.02, help="learning rate of nuclei-mini (0.02) ...")
+    ap.add_argument("--base-lr", type=float, default=0.01, help="learning rate of nuclei-mini (0.01) ...")
     ap.add_argument("--base-batch", type=int, default=4, help="... at this global batch (4)")
     ap.add_argument("--latency-us", type=float, default=25.0, help="per ring step")
     return ap.parse_args(argv)
