@@ -20,6 +20,7 @@ from minimaskrcnn.ops.boxes import (
     clip_boxes_to_image,
     remove_small_boxes,
 )
+from minimaskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoint_loss, keypoints_to_heatmap
 from minimaskrcnn.ops.mask_ops import (
     mask_loss,
     mask_loss_backward,
@@ -41,6 +42,9 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
+    "heatmaps_to_keypoints",
+    "keypoint_loss",
+    "keypoints_to_heatmap",
     "mask_loss",
     "mask_loss_backward",
     "nms",
