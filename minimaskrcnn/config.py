@@ -81,6 +81,20 @@ class ModelConfig:
     canonical_level: int = 4
     """... is pooled from level ``k0`` = this (P4)."""
 
+    # Keypoint head (paper section 5; torchvision's Keypoint R-CNN). Off when num_keypoints = 0.
+    num_keypoints: int = 0
+    """K keypoint types per instance (COCO people: 17); 0 builds no keypoint head."""
+    keypoint_roi_size: int = 14
+    keypoint_sampling_ratio: int = 2
+    keypoint_head_convs: int = 8
+    """3x3 convs of the keypoint head (the paper and torchvision: eight of 512 channels)."""
+    keypoint_head_channels: int = 512
+    keypoint_heatmap_size: int = 56
+    """m: keypoint heatmap side, 4 x keypoint_roi_size (deconv stride 2, then bilinear 2x)."""
+    keypoint_sigmas: tuple[float, ...] = ()
+    """Per-keypoint OKS sigmas for evaluation (K positive numbers); empty: the dataset's (its
+    category's ``sigmas``), else COCO's 17 for K = 17."""
+
     # Inference
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
@@ -99,6 +113,19 @@ class ModelConfig:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if len(self.stage_channels) != len(self.blocks_per_stage):
             raise ValueError("stage_channels and blocks_per_stage must have the same length")
+        if self.num_keypoints < 0:
+            raise ValueError(f"num_keypoints must be >= 0, got {self.num_keypoints}")
+        if self.num_keypoints:
+            if self.keypoint_heatmap_size != 4 * self.keypoint_roi_size:
+                raise ValueError(
+                    "keypoint_heatmap_size must be 4 * keypoint_roi_size (deconv stride 2, then "
+                    f"bilinear 2x): {4 * self.keypoint_roi_size}, got {self.keypoint_heatmap_size}")
+            if self.keypoint_head_convs < 1 or self.keypoint_head_channels < 1:
+                raise ValueError("keypoint_head_convs and keypoint_head_channels must be >= 1")
+            if self.keypoint_sigmas and (len(self.keypoint_sigmas) != self.num_keypoints
+                                         or min(self.keypoint_sigmas) <= 0):
+                raise ValueError(f"keypoint_sigmas must be {self.num_keypoints} positive numbers "
+                                 f"(one per keypoint) or empty, got {self.keypoint_sigmas}")
         if len(self.anchor_sizes) != len(self.stage_channels) + 1:
             raise ValueError(
                 "anchor_sizes needs one size per RPN level (P2..P5 plus P6): "
@@ -189,7 +216,24 @@ def shapes_mini() -> Config:
     )
 
 
-PRESETS = {"nuclei-mini": nuclei_mini, "shapes-mini": shapes_mini}
+def keypoints_mini() -> Config:
+    """Keypoint R-CNN (paper section 5) on the synthetic keypoint shapes
+    (:mod:`minimaskrcnn.data.keypoint_shapes`: one class, triangles with 3 keypoints, masks too):
+    shapes-mini's network with a keypoint head of four 3x3 64-channel convs (the paper's has
+    eight of 512) and 56 x 56 heatmaps; masks and keypoints train together. OKS sigmas come from
+    the dataset (0.1 per keypoint for the synthetic triangles)."""
+    base = shapes_mini()
+    return Config(
+        name="keypoints-mini",
+        model=dataclasses.replace(base.model, num_classes=1, num_keypoints=3,
+                                  keypoint_head_convs=4, keypoint_head_channels=64,
+                                  detections_per_img=20),
+        train=dataclasses.replace(base.train, crop_size=96),
+        eval=base.eval,
+    )
+
+
+PRESETS = {"nuclei-mini": nuclei_mini, "shapes-mini": shapes_mini, "keypoints-mini": keypoints_mini}
 
 
 def get_preset(name: str) -> Config:

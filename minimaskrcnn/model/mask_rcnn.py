@@ -14,6 +14,7 @@ Each stage is one file, read in this order (``docs/model.md``); every one has th
       -> rpn.py       RegionProposalNetwork -> proposals           + loss_objectness, loss_rpn_box_reg
       -> box_head.py  BoxHead              -> sampled RoIs         + loss_classifier, loss_box_reg
       -> mask_head.py MaskHead                                     + loss_mask
+      -> keypoint_head.py KeypointHead (when num_keypoints > 0)    + loss_keypoint
 
 :meth:`MaskRCNN.backward` is the mirror image: mask head, box head and RPN each turn their
 weighted losses into gradients of the pyramid levels, which add up; the FPN turns them into
@@ -31,13 +32,16 @@ from minimaskrcnn.config import Config, ModelConfig, get_preset
 from minimaskrcnn.model.backbone import ResNetGN
 from minimaskrcnn.model.box_head import BoxHead
 from minimaskrcnn.model.fpn import FPN
+from minimaskrcnn.model.keypoint_head import KeypointHead
 from minimaskrcnn.model.mask_head import MaskHead
 from minimaskrcnn.model.rpn import RegionProposalNetwork
 from minimaskrcnn.model.stage import Stage, identity_count
 from minimaskrcnn.model.timing import NullTimer
 
 LOSS_KEYS = RegionProposalNetwork.LOSSES + BoxHead.LOSSES + MaskHead.LOSSES
-"""torchvision's names of the five Mask R-CNN losses (the total is their weighted sum)."""
+"""torchvision's names of the five Mask R-CNN losses (the total is their weighted sum). A model
+with a keypoint head has a sixth, ``loss_keypoint``: a model's own are
+:attr:`MaskRCNN.loss_keys`."""
 
 LEGACY_NAMES = (("rpn_head.", "rpn.head."), ("roi_heads.box_head.", "box_head."),
                 ("roi_heads.box_predictor.", "box_head."), ("roi_heads.mask_head.", "mask_head."))
@@ -67,6 +71,7 @@ class MaskRCNNCache(NamedTuple):
     rpn: object
     box_head: object
     mask_head: object
+    keypoint_head: object = None
 
 
 class MaskRCNN(Stage):
@@ -88,6 +93,28 @@ class MaskRCNN(Stage):
         self.rpn = RegionProposalNetwork(cfg, rng)
         self.box_head = BoxHead(cfg, rng)
         self.mask_head = MaskHead(cfg, rng)
+        self.keypoint_head = KeypointHead(cfg, rng) if cfg.num_keypoints else None
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        """This model's loss names: :data:`LOSS_KEYS`, plus ``loss_keypoint`` with a keypoint
+        head (``num_keypoints > 0``)."""
+        return LOSS_KEYS + (KeypointHead.LOSSES if self.keypoint_head is not None else ())
+
+    def keypoint_targets(self, targets, n: int):
+        """The ground-truth keypoints of each image, ``(G_i, K, 3) float32`` ``[x, y, v]``
+        (``None`` without a keypoint head). Raises ``ValueError`` naming the image when one has no
+        ``keypoints`` or a wrong shape (a wrong number of keypoint types K included)."""
+        if self.keypoint_head is None:
+            return None
+        if not isinstance(targets, (list, tuple)) or len(targets) != n:
+            raise ValueError(f"targets must be a list of {n} dicts (one per image)")
+        for i, t in enumerate(targets):
+            if not isinstance(t, dict) or "keypoints" not in t or "boxes" not in t:
+                raise ValueError(f"targets[{i}] needs 'boxes' and 'keypoints' (G, K, 3): the "
+                                 "model has a keypoint head (num_keypoints > 0)")
+        return self.keypoint_head.check_keypoints([t["keypoints"] for t in targets],
+                                                  [len(t["boxes"]) for t in targets])
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -205,6 +232,7 @@ class MaskRCNN(Stage):
         """
         timer = timer or NullTimer()
         batch, image_sizes = self.transform(images)  # (N, 3, H, W)
+        gt_keypoints = self.keypoint_targets(targets, len(image_sizes))
         targets = self.check_targets(targets, image_sizes)
         image_size = batch.shape[-2:]
         with timer("backbone_fpn"):
@@ -222,7 +250,13 @@ class MaskRCNN(Stage):
                 pyramid[:-1], sampled, image_size, [t["masks"] for t in targets],
                 sum_counts=sum_counts)
         losses = {**rpn_losses, **box_losses, **mask_losses}
-        return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_box, c_mask)
+        c_kp = None
+        if self.keypoint_head is not None:
+            with timer("keypoint_head"):
+                _, kp_losses, c_kp = self.keypoint_head.forward_train(
+                    pyramid[:-1], sampled, image_size, gt_keypoints, sum_counts=sum_counts)
+            losses.update(kp_losses)
+        return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_box, c_mask, c_kp)
 
     def backward(self, dy, cache: MaskRCNNCache, loss_weights=None):
         """Backward through every stage in reverse; returns d images ``(N, 3, H, W)`` (padded).
@@ -246,13 +280,18 @@ class MaskRCNN(Stage):
         if not isinstance(cache, MaskRCNNCache):
             raise TypeError("MaskRCNN.backward needs the MaskRCNNCache of forward_train, got "
                             f"{type(cache).__name__}")
-        unknown = sorted(set(loss_weights or {}) - set(LOSS_KEYS))
+        unknown = sorted(set(loss_weights or {}) - set(self.loss_keys))
         if unknown:
-            raise ValueError(f"loss_weights: unknown loss names {unknown}; losses: {LOSS_KEYS}")
+            raise ValueError(f"loss_weights: unknown loss names {unknown}; "
+                             f"losses: {self.loss_keys}")
         d_mask = self.mask_head.backward(None, cache.mask_head, loss_weights)  # dP2..dP5 or None
         d_box = self.box_head.backward(None, cache.box_head, loss_weights)  # dP2..dP5
         if d_mask is not None:
             d_box = [b + m for b, m in zip(d_box, d_mask, strict=True)]
+        if self.keypoint_head is not None:
+            d_kp = self.keypoint_head.backward(None, cache.keypoint_head, loss_weights)
+            if d_kp is not None:
+                d_box = [b + k for b, k in zip(d_box, d_kp, strict=True)]
         d_rpn = self.rpn.backward(None, cache.rpn, loss_weights)  # dP2..dP6
         d_pyramid = [b + r for b, r in zip(d_box, d_rpn[:-1], strict=True)] + [d_rpn[-1]]
         d_feats = self.fpn.backward(d_pyramid, cache.fpn)  # dC2..dC5
@@ -290,8 +329,12 @@ class MaskRCNN(Stage):
         with timer("roi_heads"):
             detections = self.box_head.predict(pyramid[:-1], proposals, image_size, image_sizes)
         with timer("mask_head"):
-            return self.mask_head.predict(pyramid[:-1], detections, image_size, image_sizes,
-                                          mask_format=mask_format)
+            detections = self.mask_head.predict(pyramid[:-1], detections, image_size,
+                                                image_sizes, mask_format=mask_format)
+        if self.keypoint_head is not None:
+            with timer("keypoint_head"):
+                detections = self.keypoint_head.predict(pyramid[:-1], detections, image_size)
+        return detections
 
 
 def build_model(preset_or_config, rng: np.random.Generator) -> MaskRCNN:
