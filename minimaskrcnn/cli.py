@@ -7,6 +7,8 @@ Subcommands:
                 shapes-mini without a dataset trains on generated shapes
     evaluate    COCO AP (masks, boxes), DSB score and seconds per image of a checkpoint
     predict     detections of a checkpoint on image files: overlay PNGs and a COCO results JSON
+    ablate      the paper's Table 2 ablations over seeds, resumable; --report writes the
+                markdown tables (minimaskrcnn.ablations, docs/ablations.md)
 
 Errors are printed as one line on stderr with a non-zero exit status, never a traceback.
 
@@ -426,6 +428,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    """``minimaskrcnn ablate``: the paper's Table 2 arms over seeds (minimaskrcnn.ablations)."""
+    from minimaskrcnn import ablations
+
+    _check_args(args, seeds=1, first_seed=0, iters=1, val_limit=1)
+    tables = [args.table] if args.table else list(ablations.TABLES)
+    if args.list:
+        print(ablations.describe(tables, args.seeds, args.schedule))
+        return 0
+    if args.report:
+        ablations.write_report(args.out, args.report, tables)
+        print(f"wrote {args.report} from the results in {args.out}")
+        return 0
+    _check_model_available()
+    if args.sample:
+        from minimaskrcnn.data import load_sample
+
+        train_ds, val_ds = load_sample("train"), load_sample("val")
+    elif args.train_json and args.images and args.val_json:
+        train_ds = _dataset(args.train_json, args.images)
+        val_ds = _dataset(args.val_json, args.val_images or args.images)
+    else:
+        raise CLIError("give --train-json, --images and --val-json (the DSB2018 nuclei in COCO "
+                       "format), or --sample (the embedded sample, for a smoke run)")
+    schedule = ablations.SCHEDULES[args.schedule]
+    if args.iters is not None:
+        schedule = schedule.with_iterations(args.iters)
+    arms = [a for a in args.arms.split(",") if a] if args.arms else None
+    ablations.run_sweep(args.table or "2c", args.out, train_ds, val_ds,
+                        seeds=range(args.first_seed, args.first_seed + args.seeds),
+                        schedule=schedule, arms=arms, val_limit=args.val_limit,
+                        progress=not args.no_progress, keep_checkpoints=args.keep_checkpoints)
+    print(f"sweep done; write the tables with: minimaskrcnn ablate --out {args.out} --report")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
@@ -511,6 +549,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw detections with at least this score (default %(default)s); the "
                         "JSON has them all")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("ablate", help="the paper's Table 2 ablations over seeds (resumable)",
+                       description="Train and evaluate every arm of an ablation table (the "
+                                   "paper's Table 2; 2c: the RoI ops) for several seeds, one "
+                                   "run folder and result.json each; a finished run is skipped, "
+                                   "an interrupted one resumes. Under mpiexec -n W every run is "
+                                   "data-parallel. --report writes the markdown tables.")
+    p.add_argument("--table", choices=("2b", "2c", "2d", "2e"),
+                   help="the table (default 2c; --list and --report: every table)")
+    p.add_argument("--out", default="runs/ablations", help="sweep folder (default %(default)s)")
+    p.add_argument("--train-json", help="COCO instances file to train on (DSB2018 nuclei)")
+    p.add_argument("--images", help="image folder of --train-json")
+    p.add_argument("--val-json", help="COCO instances file to evaluate on")
+    p.add_argument("--val-images", help="image folder of --val-json (default --images)")
+    p.add_argument("--sample", action="store_true",
+                   help="the embedded DSB2018 sample (24 train, 8 val images): a smoke run")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default %(default)s)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 "
+                   "(default %(default)s)")
+    p.add_argument("--arms", help="comma-separated arm names (default: every available arm)")
+    p.add_argument("--schedule", choices=("short", "smoke"), default="short",
+                   help="short: 600 iterations of batch 4 (default); smoke: 2 of batch 2")
+    p.add_argument("--iters", type=int, help="cut the schedule to N iterations")
+    p.add_argument("--val-limit", type=int, help="evaluate on the first N val images only")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every checkpoint of a finished run (default: the last)")
+    p.add_argument("--list", action="store_true", help="list the arms and the sweep's cost")
+    p.add_argument("--report", nargs="?", const="docs/ablations.md", metavar="PAGE",
+                   help="write the tables from the results in --out into PAGE (default "
+                        "%(const)s) and stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_ablate)
     return parser
 
 

@@ -1,0 +1,735 @@
+"""The paper's ablations (Mask R-CNN, Table 2) in miniature: arms, seeded sweeps, a report.
+
+A *table* (``"2b"``, ``"2c"``, ``"2d"``, ``"2e"``: :data:`TABLES`) is a list of *arms*; an arm
+(:class:`Arm`) is nothing but a named set of config overrides (``{"model.roi_op": "pool", ...}``)
+plus a data set choice and the paper's row. A *sweep* trains every arm of a table for several
+seeds and evaluates each run on the val set::
+
+    <sweep dir>/<table>/<arm>/seed<k>/      the run folder of training.loop.train (config.json,
+                                            log.jsonl, checkpoints, loss_curve.png), and
+    <sweep dir>/<table>/<arm>/seed<k>/result.json   written when the run is finished and evaluated
+
+``result.json`` (:data:`RESULT_FILE`): ``{"table", "arm", "label", "seed", "schedule" (its
+name), "overrides" (the arm's), "config" (config_to_dict),
+"data" (the train / val sets: source, images), "iterations", "metrics" ({"segm": {"AP", "AP50",
+"AP75"}, "bbox": {...}, "dsb_score", "num_images", "seconds_per_image", ...}),
+"train_seconds" (sum of the logged iteration times, over every call that trained the run),
+"seconds_per_iteration" (median), "eval_seconds", "wall_seconds" (the call that finished it),
+"world_size" (W), "resumed_from" (the iteration it started from, 0 if fresh), "finished" (local
+time, ISO 8601)}``. Metrics are fractions (0..1), times seconds.
+
+Resumable: a run with a ``result.json`` is skipped; a run with a checkpoint continues from it
+(``train(..., resume=True)``: the same batches as an uninterrupted run); a run folder without
+one is trained afresh (``overwrite``). Killing the command and starting it again therefore
+continues where it stopped. A finished run whose stored config is not the one the sweep would
+train now (another schedule or preset) is refused rather than mixed into the table.
+
+Data-parallel: started under ``mpiexec -n W``, every run uses the W ranks (``train`` and
+``evaluate_model`` share the work); rank 0 decides each run's state (:func:`run_state`) and
+broadcasts it, so every rank skips, resumes or starts the same runs, and rank 0 alone writes
+``result.json`` and prints.
+
+The report (:func:`write_report`) reads the ``result.json`` files and writes one markdown table
+per table -- per arm the mean and spread over seeds of mask / box AP, AP50, AP75 and the DSB
+score, next to the paper's row -- between markers in ``docs/ablations.md``, leaving the rest of
+the page as written.
+
+The paper's numbers (:data:`TABLES`, ``Arm.paper``) are COCO AP in points, copied from the
+paper's Table 2 (He et al., "Mask R-CNN", ICCV 2017 / arXiv:1703.06870) and checked against its
+text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from minimaskrcnn.config import Config, config_to_dict, get_preset
+
+__all__ = [
+    "METRIC_KEYS", "RESULT_FILE", "SCHEDULES", "TABLES", "Arm", "Schedule", "Table",
+    "apply_overrides", "arm_config", "format_table", "get_table", "load_results",
+    "run_dir", "run_state", "run_sweep", "summarize", "write_report",
+]
+
+RESULT_FILE = "result.json"
+
+METRIC_KEYS = (("segm", "AP"), ("segm", "AP50"), ("segm", "AP75"),
+               ("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("dsb_score", None))
+"""The metrics the report shows, as ``(key, subkey)`` into ``evaluate_model``'s metrics."""
+
+
+# --------------------------------------------------------------------------------------------
+# Arms and tables
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of an ablation table.
+
+    Attributes:
+        name: folder name and identifier (``"warp_max"``).
+        label: the row's label in the report (``"RoIWarp, max"``).
+        overrides: ``{"model.<field>" | "train.<field>" | "eval.<field>": value}`` applied to
+            the sweep's base config (:func:`apply_overrides`).
+        dataset: ``"coco"`` (the COCO files the sweep is given: the DSB2018 nuclei) or
+            ``"shapes"`` (the generated multi-class shapes, for 2b: not wired into the command
+            yet). The caller passes the data sets to :func:`run_sweep`.
+        paper: the paper's row in AP points: ``{"segm": (AP, AP50, AP75)}`` and, where the paper
+            gives it, ``"bbox"``; ``None`` for a row the paper does not have.
+        unavailable: why the arm cannot run yet (a model variant not built); ``None`` if it can.
+    """
+
+    name: str
+    label: str
+    overrides: Mapping[str, object]
+    dataset: str = "coco"
+    paper: Mapping[str, tuple[float, float, float]] | None = None
+    unavailable: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One of the paper's Table 2 sub-tables, as arms.
+
+    Attributes:
+        name: ``"2c"`` ...; title: what it compares; paper_setting: the paper's backbone and data;
+        ours: what our rows train (preset, data); reference: the arm the deltas are taken
+        against; arms: the rows, in the paper's order.
+    """
+
+    name: str
+    title: str
+    paper_setting: str
+    ours: str
+    reference: str
+    arms: tuple[Arm, ...] = field(default_factory=tuple)
+
+    def arm(self, name: str) -> Arm:
+        """The arm called ``name``. Raises ValueError (listing the arms) for another name."""
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise ValueError(f"table {self.name} has no arm {name!r}; arms: "
+                         f"{', '.join(a.name for a in self.arms)}")
+
+
+def _roi(op: str, aligned: bool = False) -> dict:
+    return {"model.roi_op": op, "model.roi_aligned": aligned}
+
+
+_NEEDS_C5 = ("needs a single-level stride-32 (C5) model without FPN: a model variant not built "
+             "yet")
+_NEEDS_MLP = "needs an MLP mask head (fc layers) as a model variant: not built yet"
+_NEEDS_AGNOSTIC = ("needs class-agnostic masks (one mask channel) as a model variant, and the "
+                   "table runs on a multi-class set (shapes) whose schedule is not chosen yet")
+_NEEDS_2B = ("the mask_loss switch exists, but 2b runs on a multi-class set (shapes) with a "
+             "class-agnostic row that needs a model variant: not built yet")
+
+TABLES: dict[str, Table] = {
+    "2b": Table(
+        "2b", "Multinomial vs. independent masks (and class-agnostic masks)",
+        "ResNet-50-C4, COCO", "shapes-mini on the generated shapes (3 classes)", "sigmoid",
+        (Arm("softmax", "softmax across classes", {"model.mask_loss": "softmax"}, "shapes",
+             {"segm": (24.8, 44.1, 25.1)}, _NEEDS_2B),
+         Arm("sigmoid", "per-class sigmoid", {"model.mask_loss": "sigmoid"}, "shapes",
+             {"segm": (30.3, 51.2, 31.5)}, _NEEDS_2B),
+         # the paper gives class-agnostic masks in its text only: 29.7 mask AP
+         Arm("agnostic", "class-agnostic sigmoid", {}, "shapes", {"segm": (29.7, math.nan,
+                                                                          math.nan)},
+             _NEEDS_AGNOSTIC))),
+    "2c": Table(
+        "2c", "RoI op: RoIPool, RoIWarp, RoIAlign",
+        "ResNet-50-C4 (stride 16), COCO", "nuclei-mini (ResNet-GN + FPN, strides 4-32) on the "
+        "DSB2018 nuclei (one class)", "align",
+        (Arm("pool", "RoIPool (max)", _roi("pool"), paper={"segm": (26.9, 48.8, 26.4)}),
+         Arm("warp_max", "RoIWarp, max", _roi("warp_max"), paper={"segm": (27.2, 49.2, 27.1)}),
+         Arm("warp_avg", "RoIWarp, avg", _roi("warp_avg"), paper={"segm": (27.1, 48.9, 27.1)}),
+         Arm("align_max", "RoIAlign, max", _roi("align_max"),
+             paper={"segm": (30.2, 51.0, 31.8)}),
+         Arm("align", "RoIAlign, avg", _roi("align"), paper={"segm": (30.3, 51.2, 31.5)}),
+         Arm("align_aligned", "RoIAlign, avg, aligned=True (extra row)", _roi("align", True)))),
+    "2d": Table(
+        "2d", "RoI op with large-stride features: RoIPool vs. RoIAlign",
+        "ResNet-50-C5 (stride 32), COCO", "a single-level stride-32 head on the DSB2018 nuclei",
+        "align",
+        (Arm("pool", "RoIPool", _roi("pool"),
+             paper={"segm": (23.6, 46.5, 21.6), "bbox": (28.2, 52.7, 26.9)},
+             unavailable=_NEEDS_C5),
+         Arm("align", "RoIAlign", _roi("align"),
+             paper={"segm": (30.9, 51.8, 32.1), "bbox": (34.0, 55.3, 36.4)},
+             unavailable=_NEEDS_C5))),
+    "2e": Table(
+        "2e", "Mask branch: MLP vs. FCN", "ResNet-50-FPN, COCO",
+        "nuclei-mini on the DSB2018 nuclei", "fcn",
+        (Arm("mlp", "MLP fc 1024-1024-K*28^2", {}, paper={"segm": (31.5, 53.7, 32.8)},
+             unavailable=_NEEDS_MLP),
+         Arm("mlp3", "MLP fc 1024-1024-1024-K*28^2", {}, paper={"segm": (31.5, 54.0, 32.6)},
+             unavailable=_NEEDS_MLP),
+         Arm("fcn", "FCN (4 x conv 3x3, deconv; the default)", {},
+             paper={"segm": (33.6, 55.2, 35.3)},
+             unavailable="the default head; waits for the MLP rows it is compared with"))),
+}
+"""The paper's Table 2 sub-tables. Only 2c runs today; the others list why not."""
+
+
+def get_table(name: str) -> Table:
+    """The table called ``name`` (``"2c"``). Raises ValueError listing the tables."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ValueError(f"unknown table {name!r}; tables: {', '.join(TABLES)}") from None
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, object]) -> Config:
+    """``cfg`` with ``{"model.roi_op": "pool", "train.seed": 3, ...}`` set.
+
+    Raises:
+        ValueError: a key that is not ``<model|train|eval>.<field of that section>``, or a value
+            the section refuses (its ``__post_init__`` check).
+    """
+    sections: dict[str, dict] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        part = getattr(cfg, section, None) if section in ("model", "train", "eval") else None
+        if part is None or name not in {f.name for f in dataclasses.fields(part)}:
+            raise ValueError(f"override {key!r}: not a field of Config.model, .train or .eval")
+        sections.setdefault(section, {})[name] = value
+    changes = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
+    return dataclasses.replace(cfg, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A sweep's training schedule, cut from the preset's like ``minimaskrcnn demo``'s.
+
+    The preset's optimiser (SGD momentum 0.9, weight decay 1e-4, its base lr) and transforms;
+    ``batch_size`` crops of ``crop_size`` pixels per iteration; a linear warm-up over
+    ``iterations // 10`` iterations (at least 1); lr x0.1 at 2/3 and 8/9 of the run (the preset's
+    2000 and 2666 of 3000); a checkpoint every ``checkpoint_every`` iterations (what an
+    interrupted run resumes from) and at the end; no validation during training.
+    """
+
+    name: str
+    iterations: int
+    batch_size: int = 4
+    crop_size: int = 256
+    checkpoint_every: int = 100
+    preset: str = "nuclei-mini"
+    seconds_per_iteration: float | None = None
+    """Measured s/iteration with 2 MPI ranks on the 2-core machine (for the cost estimate)."""
+    eval_seconds: float | None = None
+    """Measured seconds of one evaluation on the full DSB2018 val set (82 images), 2 ranks."""
+
+    def apply(self, cfg: Config, seed: int) -> Config:
+        """``cfg`` with this schedule and ``seed`` (model init, crops and samples)."""
+        it = self.iterations
+        milestones = tuple(sorted({max(1, round(it * 2 / 3)), max(2, round(it * 8 / 9))}))
+        train = dataclasses.replace(
+            cfg.train, iterations=it, batch_size=self.batch_size, crop_size=self.crop_size,
+            warmup_iters=max(1, it // 10), milestones=milestones,
+            checkpoint_every=min(self.checkpoint_every, it), val_every=it,
+            log_every=max(1, min(20, it // 10)), seed=int(seed))
+        return dataclasses.replace(cfg, name=f"{cfg.name}-ablate-{self.name}", train=train)
+
+    def with_iterations(self, iterations: int) -> Schedule:
+        """The same schedule cut to ``iterations`` (warm-up and lr steps scaled)."""
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        if iterations == self.iterations:
+            return self
+        return dataclasses.replace(self, name=f"{self.name}-{iterations}", iterations=iterations)
+
+    def run_seconds(self) -> float | None:
+        """Estimated seconds of one run (train + evaluate), or None if not measured."""
+        if self.seconds_per_iteration is None:
+            return None
+        return self.iterations * self.seconds_per_iteration + (self.eval_seconds or 0.0)
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "short": Schedule("short", iterations=600, batch_size=4, crop_size=256, checkpoint_every=100,
+                      seconds_per_iteration=0.93, eval_seconds=60.0),
+    "smoke": Schedule("smoke", iterations=2, batch_size=2, crop_size=256, checkpoint_every=1),
+}
+"""``short``: the sweep's schedule, 600 iterations of batch 4 (2,400 crops: a fifth of the
+preset's 3000 x 4) -- 0.93 s/iteration measured with 2 MPI ranks while other jobs shared the
+two cores (0.6 s expected on a quiet machine), about 10 minutes a run with the evaluation.
+``smoke``: 2 iterations of batch 2, to check the machinery end to end."""
+
+
+def arm_config(arm: Arm, seed: int, *, schedule: Schedule, num_classes: int | None = None,
+               preset: str | None = None, base: Config | None = None) -> Config:
+    """The Config one run of ``arm`` trains: the preset (or ``base``), cut to ``schedule``,
+    ``seed``, the arm's overrides (last: they win), and ``num_classes`` (the data set's) if given.
+
+    Raises:
+        ValueError: the arm is unavailable (the message says why), or a bad override.
+    """
+    if arm.unavailable:
+        raise ValueError(f"arm {arm.name!r} is not available yet: {arm.unavailable}")
+    base = base if base is not None else get_preset(preset or schedule.preset)
+    if num_classes is not None:
+        base = dataclasses.replace(base, model=dataclasses.replace(base.model,
+                                                                   num_classes=num_classes))
+    return apply_overrides(schedule.apply(base, seed), arm.overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------
+
+
+def run_dir(sweep_dir: str, table: str, arm: str, seed: int) -> str:
+    """``<sweep_dir>/<table>/<arm>/seed<seed>``."""
+    return os.path.join(sweep_dir, table, arm, f"seed{seed}")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a result file ({e}); delete it to run that run again") \
+            from None
+
+
+def run_state(path: str) -> tuple[str, int]:
+    """What a run folder needs: ``("done", iterations)`` (it has a ``result.json``),
+    ``("resume", iteration)`` (a checkpoint at ``iteration``), or ``("fresh", 0)`` (nothing
+    to continue: no folder, an empty one, or one killed before its first checkpoint).
+
+    Raises:
+        ValueError: an unreadable ``result.json``.
+        FileNotFoundError: ``last_checkpoint`` names a missing checkpoint.
+    """
+    from minimaskrcnn.training.loop import find_last_checkpoint
+
+    result = os.path.join(path, RESULT_FILE)
+    if os.path.isfile(result):
+        return "done", int(_read_json(result).get("iterations", 0))
+    if not os.path.isdir(path):
+        return "fresh", 0
+    last = find_last_checkpoint(path)
+    if last is None:
+        return "fresh", 0
+    m = re.search(r"checkpoint_(\d+)\.npz$", last)
+    return "resume", int(m.group(1)) if m else 0
+
+
+def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_differences(va, vb, f"{prefix}{k}.")
+        elif (list(va) if isinstance(va, (list, tuple)) else va) != (
+                list(vb) if isinstance(vb, (list, tuple)) else vb):
+            out.append(f"{prefix}{k} ({va!r} stored, {vb!r} now)")
+    return out
+
+
+def _data_info(dataset) -> dict:
+    source = getattr(dataset, "source", None)
+    return {"source": source if isinstance(source, str) else None, "images": len(dataset)}
+
+
+def _log_times(path: str) -> tuple[float, float | None]:
+    """(sum, median) of the ``seconds`` of a run folder's ``log.jsonl`` (0, None without)."""
+    seconds = []
+    try:
+        with open(os.path.join(path, "log.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if "seconds" in rec and "error" not in rec:
+                    seconds.append(float(rec["seconds"]))
+    except OSError:
+        return 0.0, None
+    return float(sum(seconds)), (float(statistics.median(seconds)) if seconds else None)
+
+
+def _write_atomic_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, allow_nan=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _prune_checkpoints(path: str) -> None:
+    """Remove a finished run's checkpoints but the last (what ``evaluate`` would read)."""
+    from minimaskrcnn.training.loop import find_last_checkpoint
+
+    last = find_last_checkpoint(path)
+    for p in glob.glob(os.path.join(path, "checkpoint_*.npz")):
+        if last is None or os.path.basename(p) != os.path.basename(last):
+            os.remove(p)
+
+
+def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
+              seeds: Sequence[int] = (0, 1, 2), schedule: Schedule | str = "short",
+              arms: Sequence[str] | None = None, preset: str | None = None,
+              base: Config | None = None, val_limit: int | None = None, progress: bool = True,
+              keep_checkpoints: bool = False, train_fn: Callable | None = None,
+              evaluate_fn: Callable | None = None, comm=None,
+              log: Callable[[str], None] | None = print) -> list[dict]:
+    """Train and evaluate every available arm of ``table`` for every seed, resumably.
+
+    Runs go arm by arm, seed by seed (all arms of seed 0 first, so that an early look at the
+    table has every row): for each, rank 0 decides :func:`run_state` and broadcasts it; a done
+    run is skipped, a run with a checkpoint resumes, another trains afresh; then
+    ``evaluate_fn`` on ``val_dataset`` and rank 0 writes ``result.json`` (module docstring).
+
+    Args:
+        table: a table name (``"2c"``) or :class:`Table`.
+        sweep_dir: the sweep's folder (created).
+        train_dataset, val_dataset: ``CocoDataset`` s (the DSB2018 nuclei for 2c; the
+            arms' ``num_classes`` is the train set's).
+        seeds: the seeds of every arm (>= 0, distinct).
+        schedule: a :class:`Schedule` or the name of one of :data:`SCHEDULES`.
+        arms: run only these arms (names); default every available arm.
+        preset: the base preset (default the schedule's, ``nuclei-mini``).
+        base: a base Config instead of a preset (a test's tiny network).
+        val_limit: evaluate on the first ``val_limit`` val images only.
+        progress: tqdm bars in training and evaluation.
+        keep_checkpoints: keep every checkpoint of a finished run (default: the last only).
+        train_fn: ``training.loop.train`` (a test passes a fake with its signature).
+        evaluate_fn: ``evaluation.evaluate_model`` (likewise).
+        comm: the data-parallel communicator (default the process's).
+        log: where rank 0 prints one line per run (``None``: silent).
+
+    Returns:
+        The results (``result.json`` contents) of the selected runs, done before or now, in
+        run order (on every rank).
+
+    Raises:
+        ValueError: an unknown table, arm or schedule, an unavailable arm asked for by name, a
+            table without an available arm, bad seeds, a train set without instances, a finished
+            run whose stored config differs from the one it would train now (the message names
+            the fields), an unreadable ``result.json``.
+        RunFolderError: a run folder locked by another training, or a resume that changes the
+            model or the schedule (from ``train``).
+    """
+    from minimaskrcnn.training.distributed import get_comm
+
+    if train_fn is None:
+        from minimaskrcnn.training.loop import train as train_fn
+    if evaluate_fn is None:
+        from minimaskrcnn.evaluation import evaluate_model as evaluate_fn
+    comm = get_comm() if comm is None else comm
+    tab = get_table(table) if isinstance(table, str) else table
+    sched = _schedule(schedule)
+    seeds = [int(s) for s in seeds]
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
+    chosen = _select_arms(tab, arms)
+    say = log if (log is not None and comm.is_main) else (lambda s: None)
+    num_classes = train_dataset.num_classes
+    results = []
+    plan = [(arm, seed) for seed in seeds for arm in chosen]
+    for n, (arm, seed) in enumerate(plan, 1):
+        cfg = arm_config(arm, seed, schedule=sched, num_classes=num_classes, preset=preset,
+                         base=base)
+        path = run_dir(sweep_dir, tab.name, arm.name, seed)
+        decision = None
+        if comm.is_main:
+            state, at = run_state(path)
+            stored = _read_json(os.path.join(path, RESULT_FILE)) if state == "done" else None
+            decision = (state, at, stored)
+        state, at, stored = comm.bcast(decision)
+        head = f"[{n}/{len(plan)}] {tab.name}/{arm.name}/seed{seed}"
+        if state == "done":
+            now = config_to_dict(cfg)  # the name aside: model, train and eval must agree
+            diffs = _config_differences({k: stored.get("config", {}).get(k) for k in
+                                         ("model", "train", "eval")},
+                                        {k: now[k] for k in ("model", "train", "eval")})
+            if diffs:
+                raise ValueError(f"{path}: finished with another config ({', '.join(diffs[:4])}"
+                                 f"{', ...' if len(diffs) > 4 else ''}); use another sweep "
+                                 "folder, or delete the run")
+            say(f"{head}: done, skipped (mask AP {stored['metrics']['segm']['AP']:.3f})")
+            results.append(stored)
+            continue
+        say(f"{head}: {'resuming from iteration ' + str(at) if state == 'resume' else 'training'}"
+            f" ({sched.iterations} iterations, roi_op {cfg.model.roi_op}"
+            f"{', aligned' if cfg.model.roi_aligned else ''}, {comm.size} rank(s))")
+        t0 = time.perf_counter()
+        out = train_fn(cfg, train_dataset, path, resume=state == "resume",
+                       overwrite=state == "fresh", progress=progress, comm=comm)
+        t1 = time.perf_counter()
+        metrics = evaluate_fn(out["model"], val_dataset, cfg.eval, limit=val_limit,
+                              progress=progress, comm=comm)
+        t2 = time.perf_counter()
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("_")}
+        train_seconds, median = _log_times(path)
+        record = {
+            "table": tab.name, "arm": arm.name, "label": arm.label, "seed": seed,
+            "schedule": sched.name, "overrides": dict(arm.overrides),
+            "config": config_to_dict(cfg),
+            "data": {"train": _data_info(train_dataset), "val": _data_info(val_dataset),
+                     "val_limit": val_limit},
+            "iterations": int(out["iteration"]), "metrics": metrics,
+            "train_seconds": train_seconds, "seconds_per_iteration": median,
+            "eval_seconds": t2 - t1, "wall_seconds": t2 - t0, "world_size": comm.size,
+            "resumed_from": at if state == "resume" else 0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        record = json.loads(json.dumps(record))  # as stored (lists), as a skipped run returns it
+        if comm.is_main:
+            _write_atomic_json(os.path.join(path, RESULT_FILE), record)
+            if not keep_checkpoints:
+                _prune_checkpoints(path)
+        comm.barrier()
+        say(f"{head}: mask AP {metrics['segm']['AP']:.3f}, box AP {metrics['bbox']['AP']:.3f}, "
+            f"DSB {metrics['dsb_score']:.3f}; train {t1 - t0:.0f} s, eval {t2 - t1:.0f} s")
+        results.append(record)
+    return results
+
+
+def _schedule(schedule: Schedule | str) -> Schedule:
+    if isinstance(schedule, Schedule):
+        return schedule
+    try:
+        return SCHEDULES[schedule]
+    except KeyError:
+        raise ValueError(f"unknown schedule {schedule!r}; schedules: "
+                         f"{', '.join(SCHEDULES)}") from None
+
+
+def _select_arms(tab: Table, arms: Sequence[str] | None) -> list[Arm]:
+    if arms:
+        chosen = [tab.arm(a) for a in arms]
+        for a in chosen:
+            if a.unavailable:
+                raise ValueError(f"arm {tab.name}/{a.name} is not available yet: "
+                                 f"{a.unavailable}")
+        return chosen
+    chosen = [a for a in tab.arms if not a.unavailable]
+    if not chosen:
+        reasons = sorted({a.unavailable for a in tab.arms})
+        raise ValueError(f"table {tab.name} has no arm that can run yet: {'; '.join(reasons)}")
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def load_results(sweep_dir: str, table: str | None = None) -> list[dict]:
+    """Every ``<sweep_dir>/<table>/<arm>/seed<k>/result.json`` (of ``table`` only if given),
+    sorted by table, arm and seed.
+
+    Raises:
+        ValueError: an unreadable result file (named).
+    """
+    pattern = os.path.join(sweep_dir, table or "*", "*", "seed*", RESULT_FILE)
+    results = [_read_json(p) for p in glob.glob(pattern)]
+    return sorted(results, key=lambda r: (str(r.get("table")), str(r.get("arm")),
+                                          int(r.get("seed", 0))))
+
+
+def _metric(result: dict, key: str, sub: str | None) -> float:
+    m = result["metrics"][key]
+    return float(m if sub is None else m[sub])
+
+
+def summarize(results: Sequence[dict]) -> dict[str, dict]:
+    """Per arm: ``{"n", "seeds", "iterations", "train_seconds" (mean), "wall_seconds" (mean),
+    "<key>[.<sub>]": {"mean", "std" (sample, ddof 1; 0 for one seed), "min", "max",
+    "values"}}`` over the seeds, for each of :data:`METRIC_KEYS` (``"segm.AP"``, ...,
+    ``"dsb_score"``). Values are fractions as stored.
+
+    Raises:
+        ValueError: results of one arm from several tables mixed in.
+    """
+    by_arm: dict[str, list[dict]] = {}
+    tables = {r.get("table") for r in results}
+    if len(tables) > 1:
+        raise ValueError(f"results of several tables mixed: {sorted(map(str, tables))}")
+    for r in results:
+        by_arm.setdefault(r["arm"], []).append(r)
+    out = {}
+    for arm, rs in by_arm.items():
+        rs = sorted(rs, key=lambda r: int(r["seed"]))
+        s = {"n": len(rs), "seeds": [int(r["seed"]) for r in rs],
+             "iterations": sorted({int(r.get("iterations", 0)) for r in rs}),
+             "train_seconds": statistics.fmean(float(r.get("train_seconds") or 0) for r in rs),
+             "wall_seconds": statistics.fmean(float(r.get("wall_seconds") or 0) for r in rs),
+             "schedules": sorted({str(r.get("schedule")) for r in rs})}
+        for key, sub in METRIC_KEYS:
+            values = [_metric(r, key, sub) for r in rs]
+            s[key if sub is None else f"{key}.{sub}"] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "max": max(values), "values": values}
+        out[arm] = s
+    return out
+
+
+def _pts(x: float) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{round(100 * x, 1) + 0.0:.1f}"
+
+
+def _paper_cell(triple) -> str:
+    if triple is None:
+        return "-"
+    return " / ".join("-" if not math.isfinite(v) else f"{v:.1f}" for v in triple)
+
+
+def format_table(table: str | Table, results: Sequence[dict]) -> str:
+    """The markdown of one table: a row per arm (in the paper's order) with, over the seeds,
+    mask AP / AP50 / AP75, box AP / AP50 / AP75 and the DSB score as ``mean ± std`` in AP points
+    (x100), the mask AP's min-max, the number of seeds, the mask AP's difference to the
+    reference arm (ours, and the paper's), and the paper's mask (and box, where given) row;
+    arms without results say "not run", unavailable arms say why. Ends with the ranking by
+    mask AP, ours and the paper's, and the schedule and cost of the runs.
+    """
+    tab = get_table(table) if isinstance(table, str) else table
+    summary = summarize([r for r in results if r.get("table") == tab.name])
+    ref = summary.get(tab.reference)
+    ref_paper = next((a.paper for a in tab.arms if a.name == tab.reference), None)
+    head = ("| arm | seeds | mask AP | mask AP50 | mask AP75 | box AP | box AP50 | box AP75 | "
+            "DSB score | mask AP min-max | Δ mask AP (ours / paper) | paper mask AP / AP50 / AP75 "
+            "| paper box AP / AP50 / AP75 |")
+    lines = [head, "| " + " | ".join(["---"] * 13) + " |"]
+    notes = []
+    for arm in tab.arms:
+        s = summary.get(arm.name)
+        paper_mask = _paper_cell(arm.paper.get("segm") if arm.paper else None)
+        paper_box = _paper_cell(arm.paper.get("bbox") if arm.paper else None)
+        if arm.paper and ref_paper and arm.name != tab.reference:
+            paper_delta = arm.paper["segm"][0] - ref_paper["segm"][0]
+            paper_delta = f"{paper_delta:+.1f}" if math.isfinite(paper_delta) else "-"
+        else:
+            paper_delta = "-" if arm.name != tab.reference else "(reference)"
+        if s is None:
+            why = f"not available yet: {arm.unavailable}" if arm.unavailable else "not run yet"
+            delta = paper_delta if arm.name == tab.reference else f"- / {paper_delta}"
+            row = [arm.label, "0", why, *[""] * 6, "-", delta, paper_mask, paper_box]
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        cells = []
+        for key, sub in METRIC_KEYS:
+            m = s[key if sub is None else f"{key}.{sub}"]
+            cells.append(f"{_pts(m['mean'])} ± {_pts(m['std'])}")
+        ap = s["segm.AP"]
+        if ref is not None and arm.name != tab.reference:
+            ours_delta = f"{round(100 * (ap['mean'] - ref['segm.AP']['mean']), 1) + 0.0:+.1f}"
+        else:
+            ours_delta = "(reference)" if arm.name == tab.reference else "-"
+        delta = (f"{ours_delta} / {paper_delta}" if arm.name != tab.reference
+                 else "(reference)")
+        lines.append(f"| {arm.label} | {s['n']} | " + " | ".join(cells)
+                     + f" | {_pts(ap['min'])}-{_pts(ap['max'])} | {delta} | {paper_mask} | "
+                       f"{paper_box} |")
+        if len(s["iterations"]) > 1 or len(s["schedules"]) > 1:
+            notes.append(f"{arm.label}: runs of different lengths {s['iterations']} / schedules "
+                         f"{s['schedules']} mixed")
+    ran = [a for a in tab.arms if a.name in summary]
+    if ran:
+        ours_rank = sorted(ran, key=lambda a: -summary[a.name]["segm.AP"]["mean"])
+        lines.append("")
+        lines.append("Ranking by mask AP, ours: " + " > ".join(a.name for a in ours_rank) + ".")
+        with_paper = [a for a in ran if a.paper and math.isfinite(a.paper["segm"][0])]
+        if with_paper:
+            paper_rank = sorted(with_paper, key=lambda a: -a.paper["segm"][0])
+            lines.append("The paper's (same arms): " + " > ".join(a.name for a in paper_rank)
+                         + ".")
+        rs = [r for r in results if r.get("table") == tab.name]
+        iters = sorted({int(r.get("iterations", 0)) for r in rs})
+        per_it = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]
+        walls = [float(r.get("train_seconds") or 0) + float(r.get("eval_seconds") or 0)
+                 for r in rs]
+        ws = sorted({int(r.get("world_size", 1)) for r in rs})
+        lines.append(
+            f"{len(rs)} runs of {'/'.join(map(str, iters))} iterations on {'/'.join(map(str, ws))}"
+            f" MPI rank(s): median {statistics.median(per_it) if per_it else float('nan'):.2f} "
+            f"s/iteration, {statistics.fmean(walls) / 60:.1f} minutes a run (training + "
+            f"evaluation), {sum(walls) / 3600:.1f} hours in all.")
+    for n in notes:
+        lines.append(f"Warning: {n}.")
+    return "\n".join(lines)
+
+
+_BEGIN = "<!-- ablations:{} begin (written by `minimaskrcnn ablate --report`; edits inside are lost) -->"
+_END = "<!-- ablations:{} end -->"
+
+
+def write_report(sweep_dir: str, path: str, tables: Sequence[str] = tuple(TABLES)) -> str:
+    """Write (or update) the markdown page ``path`` with :func:`format_table` of each table.
+
+    Each table goes between its markers (``<!-- ablations:2c begin ... -->`` and
+    ``<!-- ablations:2c end -->``): where the page has them, only the text between is replaced,
+    so the hand-written rest of the page stays; a table without markers is appended under a
+    heading; a missing page is created.
+
+    Returns:
+        The page's new text.
+
+    Raises:
+        ValueError: an unknown table, an unreadable result file.
+    """
+    results = load_results(sweep_dir)
+    text = "# Ablations: the paper's Table 2 in miniature\n"
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    for name in tables:
+        tab = get_table(name)
+        block = (_BEGIN.format(name) + "\n" + format_table(tab, results) + "\n"
+                 + _END.format(name))
+        pattern = re.compile(re.escape(_BEGIN.format(name)) + r".*?" + re.escape(_END.format(name)),
+                             re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda _m, b=block: b, text, count=1)
+        else:
+            text = (text.rstrip("\n") + f"\n\n## Table {name}: {tab.title}\n\n" + block + "\n")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return text
+
+
+def describe(tables: Sequence[str] = tuple(TABLES), seeds: int = 3,
+             schedule: Schedule | str = "short") -> str:
+    """A text listing of the tables' arms (what each overrides, or why it cannot run yet) and
+    the runs and estimated time of a sweep of ``seeds`` seeds."""
+    sched = _schedule(schedule)
+    lines = []
+    for name in tables:
+        tab = get_table(name)
+        lines.append(f"Table {tab.name}: {tab.title} (paper: {tab.paper_setting}; ours: "
+                     f"{tab.ours})")
+        for a in tab.arms:
+            what = (f"not available yet: {a.unavailable}" if a.unavailable else
+                    ", ".join(f"{k}={v!r}" for k, v in a.overrides.items()) or "the default")
+            lines.append(f"  {a.name:14s} {a.label}: {what}")
+        runs = sum(1 for a in tab.arms if not a.unavailable) * seeds
+        if runs:
+            cost = sched.run_seconds()
+            lines.append(f"  {runs} runs ({seeds} seeds) of schedule {sched.name!r} "
+                         f"({sched.iterations} iterations of batch {sched.batch_size})"
+                         + (f": about {cost / 60:.0f} minutes each, {runs * cost / 3600:.1f} "
+                            "hours in all with 2 MPI ranks on the 2-core machine" if cost else ""))
+    return "\n".join(lines)
