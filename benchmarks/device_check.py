@@ -11,8 +11,9 @@ crash in one part leaves the others and the report intact); the whole run stays 
               tier (``cuda``, ``cupy``) and torchvision's CUDA ops beside them when torch sees the
               GPU, on the inputs of ``roi_align_data.py`` / ``boxes_nms_data.py``; outputs
               compared with torchvision's, deterministic backward repeated and compared bitwise.
-4. ``train``  placeholder: nuclei-mini for a few hundred iterations on the GPU against the CPU
-              run's loss curve. Prints "not available yet" until minimaskrcnn has a device option.
+4. ``train``  nuclei-mini for up to 300 iterations on the GPU (CuPy arrays through the Python
+              API: ``model.to(cupy)``, SGD, the preset's schedule) from the seeds of the
+              CPU run, beside the first 15 CPU iterations: step times and the loss curves.
 
 The report goes to stdout and to ``$OUT/device_report.md`` (``--out`` or ``$OUT``, else the
 current directory), with the tests' full log beside it (``device_tests.log``).
@@ -47,7 +48,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 PARTS = ("env", "tests", "bench", "train")
-BUDGETS = {"env": 60, "tests": 240, "bench": 150, "train": 20}  # seconds; 470 s in all
+BUDGETS = {"env": 45, "tests": 180, "bench": 100, "train": 135}  # seconds; 460 s in all
 TITLES = {"env": "Environment", "tests": "GPU tests (`pytest -m \"gpu or cuda\"`)",
           "bench": "Timings (milliseconds, median after one warm-up call)",
           "train": "nuclei-mini on the GPU"}
@@ -376,25 +377,99 @@ def part_bench(frag: Fragment, args) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def device_option() -> str | None:
-    """Where minimaskrcnn exposes a device choice (``--device`` of ``train``), or None."""
-    out = subprocess.run([sys.executable, "-m", "minimaskrcnn.cli", "train", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    return "`minimaskrcnn train --device`" if "--device" in out.stdout else None
+def _train_run(xp, iters: int, deadline: float):
+    """nuclei-mini from the training loop's seeds (model init stream 3, per-image sampling
+    streams 2) on the array module ``xp``, through the Python API: ``model.to(xp)``, SGD and
+    the warm-up schedule of the preset, the loader's batches (host arrays, copied to the
+    device by the model). Returns ``(total losses, step seconds, last losses)``; stops early at
+    ``deadline`` (``time.monotonic()``)."""
+    import numpy as np
+
+    from minimaskrcnn.config import get_preset
+    from minimaskrcnn.data import load_sample
+    from minimaskrcnn.data.loader import TrainBatches, sample_rng
+    from minimaskrcnn.model import build_model
+    from minimaskrcnn.training.optim import SGD, WarmupMultiStepLR
+
+    cfg = get_preset("nuclei-mini")
+    tc = cfg.train
+    batches = TrainBatches.from_config(load_sample("train"), tc)
+    model = build_model(cfg, sample_rng(tc.seed, 3, 0)).to(xp)  # loop.MODEL_INIT_STREAM
+    opt = SGD(model.named_parameters(), lr=tc.base_lr, momentum=tc.momentum,
+              weight_decay=tc.weight_decay)
+    sched = WarmupMultiStepLR(opt, milestones=tc.milestones, gamma=tc.gamma,
+                              warmup_factor=tc.warmup_factor, warmup_iters=tc.warmup_iters)
+    curve, times, losses = [], [], {}
+    for t in range(iters):
+        batch = batches.batch(t)  # host crops (not timed: the loader's work, not the step's)
+        images, targets = [b[0] for b in batch], [b[1] for b in batch]
+        rngs = [sample_rng(tc.seed, 2, p) for p in batches.positions(t)]
+        t0 = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore"):
+            _, losses, cache = model.forward_train(images, targets, rngs)
+            model.zero_grad()
+            model.backward(None, cache)
+            del cache
+            opt.step()
+        sched.step()
+        if xp is not np:
+            xp.cuda.get_current_stream().synchronize()
+        times.append(time.perf_counter() - t0)
+        curve.append(float(sum(losses.values())))
+        if time.monotonic() > deadline:
+            break
+    return curve, times, losses
 
 
 def part_train(frag: Fragment, args) -> None:
-    where = device_option()
-    if where is None:
-        frag.add("not available yet: minimaskrcnn has no device option (the network runs on "
-                 "NumPy only; training on CuPy arrays is the rest of issue 12). Planned here: "
-                 "nuclei-mini for a few hundred iterations with `--device cuda` from the CPU "
-                 "run's seed, the two loss curves compared, and the step time beside "
-                 "torchvision's CUDA step on the same batch.")
-    else:
-        frag.add(f"not available yet: {where} exists, but this section of "
-                 "benchmarks/device_check.py (`part_train`) is still a placeholder: write the "
-                 "nuclei-mini GPU run and the loss-curve comparison here.")
+    """nuclei-mini on the GPU (CuPy arrays, every op on its default GPU tier) against the CPU
+    (NumPy, Numba tiers) from the same seeds: step times and the loss curves."""
+    import numpy as np
+
+    cupy, why = gpu_array_module()
+    if cupy is None:
+        frag.add(f"skipped: no GPU for CuPy ({why}).")
+        return
+    start = time.monotonic()
+    budget = BUDGETS["train"] - 10  # leave time to write the report
+    n_gpu = 40 if args.quick else 300
+    n_cpu = 4 if args.quick else 15
+    frag.add(f"nuclei-mini, batch of the preset, seeds of `minimaskrcnn train` (seed 0); "
+             f"GPU: up to {n_gpu} iterations, CPU: the first {n_cpu}; a step is forward, "
+             "backward and SGD step (loader excluded), GPU steps timed to a stream sync.", "")
+    from minimaskrcnn.backend import blas_threads
+
+    with blas_threads(1):  # as `minimaskrcnn train` runs
+        cpu_curve, cpu_times, _ = _train_run(np, n_cpu, start + 0.3 * budget)
+    gpu_curve, gpu_times, last = _train_run(cupy, n_gpu, start + budget)
+    warm = 3  # first iterations compile Numba / CuPy kernels
+
+    def med(ts):
+        ts = ts[warm:] if len(ts) > warm else ts
+        return 1e3 * float(np.median(ts)) if ts else None
+
+    k = min(len(cpu_curve), len(gpu_curve))
+    rel = [abs(g - c) / max(abs(c), 1e-12) for c, g in zip(cpu_curve[:k], gpu_curve[:k],
+                                                           strict=True)]
+    frag.add(*table(["run", "iterations", "median step ms", "first step ms", "loss first",
+                     "loss last"],
+                    [["CPU (NumPy, numba)", len(cpu_curve), fmt_ms(med(cpu_times)),
+                      fmt_ms(1e3 * cpu_times[0]), f"{cpu_curve[0]:.4f}", f"{cpu_curve[-1]:.4f}"],
+                     ["GPU (CuPy, cupy/cuda)", len(gpu_curve), fmt_ms(med(gpu_times)),
+                      fmt_ms(1e3 * gpu_times[0]), f"{gpu_curve[0]:.4f}",
+                      f"{gpu_curve[-1]:.4f}"]]), "")
+    frag.add(f"Same iterations, CPU vs GPU total loss: largest relative difference "
+             f"{max(rel):.2e} over the first {k} (iteration 0: {rel[0]:.2e}; they drift apart "
+             "with float32 rounding, atomics and NMS ties, as any two devices do).", "")
+    step = max(1, len(gpu_curve) // 15)
+    frag.add("GPU loss curve (total, every " f"{step} iterations): "
+             + ", ".join(f"{t}: {gpu_curve[t]:.3f}" for t in range(0, len(gpu_curve), step)),
+             "", "Last GPU losses: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
+    w = min(20, len(gpu_curve) // 2)
+    if w:
+        first, final = float(np.mean(gpu_curve[:w])), float(np.mean(gpu_curve[-w:]))
+        frag.add("", f"Mean of the first {w} vs the last {w}: {first:.4f} -> {final:.4f} "
+                 f"({'down' if final < first else 'NOT down'}).")
 
 
 # --------------------------------------------------------------------------------------------

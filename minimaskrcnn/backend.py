@@ -90,6 +90,61 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+"""Device names of :func:`device_module` (``--device`` of the CLI)."""
+
+
+def device_module(name: str) -> ModuleType:
+    """The array module of a device: ``"cpu"`` -> ``numpy``, ``"cuda"`` -> ``cupy``.
+
+    The model, its optimiser state and each batch live in this module's arrays
+    (``model.to(device_module(name))``, :func:`to_device`).
+
+    Raises:
+        ValueError: an unknown device name.
+        TierUnavailableError: ``"cuda"`` without CuPy or without a visible CUDA GPU, with one
+            line: ``--device cuda needs CuPy and a CUDA GPU: <reason>``.
+    """
+    if name == "cpu":
+        return np
+    if name != "cuda":
+        raise ValueError(f"unknown device {name!r}; expected one of {', '.join(map(repr, DEVICES))}")
+    reason = _cupy_reason()
+    if reason is not None:
+        raise TierUnavailableError(f"--device cuda needs CuPy and a CUDA GPU: {reason}")
+    import cupy  # noqa: PLC0415
+
+    return cupy
+
+
+def device_name(xp: ModuleType) -> str:
+    """``"cpu"`` for ``numpy``, ``"cuda"`` for ``cupy`` (the inverse of :func:`device_module`)."""
+    return "cpu" if xp is np else "cuda"
+
+
+def to_device(tree, xp: ModuleType):
+    """``tree`` with every array moved to the array module ``xp``; dicts, lists and tuples are
+    rebuilt, anything else (numbers, strings, ``None``) passes through.
+
+    NumPy -> CuPy is one host-to-device copy per array (no host synchronisation); CuPy -> NumPy
+    copies back (a synchronisation, see docs/kernels.md); an array already in ``xp`` is returned
+    as it is (no copy). The training loop calls nothing of this itself: ``MaskRCNN`` copies
+    each batch (images and targets) to its parameters' device once, in ``transform`` and
+    ``check_targets``.
+    """
+    if isinstance(tree, dict):
+        return {k: to_device(v, xp) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple
+        return type(tree)(*(to_device(v, xp) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, xp) for v in tree)
+    if xp is np:
+        return to_numpy(tree) if is_cupy_array(tree) else tree
+    if isinstance(tree, np.ndarray):
+        return xp.asarray(tree)
+    return tree
+
+
 def blas_threads(n: int | None):
     """Context manager limiting the BLAS library's threads (OpenBLAS, MKL) to ``n``.
 

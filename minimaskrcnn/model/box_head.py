@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimaskrcnn import nn, ops
+from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.model.matcher import Matcher
 from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
 from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
@@ -54,53 +55,65 @@ def select_training_samples(proposals, gt_boxes, gt_labels, matcher: Matcher,
         rois: list of N ``(R_i, 4)`` sampled boxes (in increasing proposal index, as
         torchvision's ``torch.where(pos | neg)``); matched_idxs: list of N ``(R_i,)`` int64 matched
         ground-truth index (0 for background RoIs); labels: list of N ``(R_i,)`` int64 (0
-        background); regression_targets: list of N ``(R_i, 4)`` float32.
+        background), NumPy arrays (the host sampler's copy: on a GPU, later steps find the
+        foreground without another synchronisation); regression_targets: list of N
+        ``(R_i, 4)`` float32. Boxes, indices and targets are on the proposals' device.
     """
     all_props, all_matched, all_labels = [], [], []
     for props, gtb, gtl in zip(proposals, gt_boxes, gt_labels, strict=True):
-        props = np.concatenate([props.astype(np.float32), gtb.astype(np.float32)], axis=0)
+        xp = get_array_module(props)
+        props = xp.concatenate([props.astype(np.float32), gtb.astype(np.float32)], axis=0)
         if gtb.shape[0] == 0:
-            matched = np.zeros(props.shape[0], np.int64)
-            labels = np.zeros(props.shape[0], np.int64)
+            matched = xp.zeros(props.shape[0], np.int64)
+            labels = xp.zeros(props.shape[0], np.int64)
         else:
             m = matcher(box_iou(gtb, props))
-            matched = np.clip(m, 0, None)
+            matched = xp.maximum(m, 0)
             labels = gtl[matched].astype(np.int64)
-            labels[m == Matcher.BELOW_LOW_THRESHOLD] = 0
-            labels[m == Matcher.BETWEEN_THRESHOLDS] = -1
+            labels = xp.where(m == Matcher.BELOW_LOW_THRESHOLD, 0, labels)
+            labels = xp.where(m == Matcher.BETWEEN_THRESHOLDS, -1, labels)
         all_props.append(props)
         all_matched.append(matched)
         all_labels.append(labels)
-    pos_masks, neg_masks = sampler(all_labels, rng)
+    # the sampler draws on the host: one copy of every image's labels (a host sync on a GPU)
+    sizes = np.cumsum([lab.shape[0] for lab in all_labels])[:-1]
+    host_labels = np.split(to_numpy(xp.concatenate(all_labels)), sizes)
+    pos_masks, neg_masks = sampler(host_labels, rng)
     rois, matched_idxs, labels, targets = [], [], [], []
-    for props, matched, lab, pos, neg, gtb in zip(all_props, all_matched, all_labels, pos_masks,
+    for props, matched, lab, pos, neg, gtb in zip(all_props, all_matched, host_labels, pos_masks,
                                                   neg_masks, gt_boxes, strict=True):
-        keep = np.nonzero(np.asarray(pos, bool) | np.asarray(neg, bool))[0]
+        keep_host = np.nonzero(np.asarray(pos, bool) | np.asarray(neg, bool))[0]
+        keep = xp.asarray(keep_host)  # host -> device copy, no sync
         r = props[keep]
         rois.append(r)
         matched_idxs.append(matched[keep])
-        labels.append(lab[keep])
+        labels.append(lab[keep_host])
         if gtb.shape[0] == 0:
-            matched_gt = np.zeros_like(r)
+            matched_gt = xp.zeros_like(r)
         else:
             matched_gt = gtb.astype(np.float32)[matched[keep]]
         with np.errstate(divide="ignore", invalid="ignore"):
             t = box_coder.encode(matched_gt, r).astype(np.float32)
-        t[lab[keep] <= 0] = 0.0  # background targets are unused (and may be inf for gt-free images)
+        # background targets are unused (and may be inf for gt-free images)
+        t = xp.where(xp.asarray(lab[keep_host] <= 0)[:, None], t.dtype.type(0), t)
         targets.append(t)
     return rois, matched_idxs, labels, targets
 
 
 def fastrcnn_loss(class_logits, box_regression, labels, regression_targets, beta,
-                  num_rois=None):
+                  num_rois=None, *, values=True):
     """Classification and box losses and their gradients (torchvision ``fastrcnn_loss``).
 
     Args:
         class_logits: ``(R, K+1)``; box_regression: ``(R, 4(K+1))``.
-        labels: ``(R,)`` int64 (0 background); regression_targets: ``(R, 4)``.
+        labels: ``(R,)`` int64 (0 background), NumPy (the box head's host copy: the foreground
+            is found without a synchronisation) or of the logits' module;
+            regression_targets: ``(R, 4)``.
         beta: smooth L1 beta (1/9).
         num_rois: the normaliser, the sampled RoIs of the whole batch (over every data-parallel
             rank); default R.
+        values: ``False`` returns ``None`` for the two losses (the backward needs only the
+            gradients; on a GPU a loss value is a host synchronisation).
 
     Returns:
         ``(loss_classifier, loss_box_reg, d_class_logits, d_box_regression)``: cross-entropy
@@ -110,23 +123,30 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets, beta
 
     No argument checks: :class:`BoxHead` passes arrays it built (internal helper).
     """
+    xp = get_array_module(class_logits)
+    host_labels = to_numpy(labels)
+    labels = xp.asarray(labels)
     r = labels.shape[0]
     num_rois = r if num_rois is None else num_rois
-    d_box = np.zeros_like(box_regression)
+    d_box = xp.zeros(box_regression.shape, box_regression.dtype)
     if r == 0:
-        return 0.0, 0.0, np.zeros_like(class_logits), d_box
+        return (0.0 if values else None, 0.0 if values else None,
+                xp.zeros_like(class_logits), d_box)
     share = r / num_rois  # 1 in one process: the mean over the local RoIs
-    loss_cls, d_logits = nn.losses.cross_entropy(class_logits, labels)
+    loss_cls, d_logits = nn.losses.cross_entropy(class_logits, host_labels)  # host checks
     if share != 1:
         loss_cls, d_logits = loss_cls * share, d_logits * d_logits.dtype.type(share)
-    pos = np.nonzero(labels > 0)[0]
-    if pos.size == 0:
-        return float(loss_cls), 0.0, d_logits, d_box
+    pos_host = np.nonzero(host_labels > 0)[0]
+    if pos_host.size == 0:
+        return (float(loss_cls) if values else None, 0.0 if values else None, d_logits, d_box)
+    pos, pos_labels = xp.asarray(pos_host), xp.asarray(host_labels[pos_host])
     reg = box_regression.reshape(r, -1, 4)  # (R, K+1, 4)
-    pred = reg[pos, labels[pos]]  # (Rf, 4)
+    pred = reg[pos, pos_labels]  # (Rf, 4)
     loss_box, g = nn.losses.smooth_l1_loss(pred, regression_targets[pos].astype(pred.dtype),
                                            beta=beta, reduction="sum")
-    d_box.reshape(r, -1, 4)[pos, labels[pos]] = g / num_rois
+    d_box.reshape(r, -1, 4)[pos, pos_labels] = g / num_rois
+    if not values:
+        return None, None, d_logits, d_box
     return float(loss_cls), float(loss_box) / num_rois, d_logits, d_box
 
 
@@ -148,28 +168,29 @@ def postprocess_detections(class_logits, box_regression, proposals, image_sizes,
     Returns:
         list of N dicts ``boxes (D, 4) float32``, ``scores (D,) float32``, ``labels (D,) int64``.
     """
+    xp = get_array_module(class_logits)
     k1 = class_logits.shape[1]
     z = class_logits - class_logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
+    e = xp.exp(z)
     scores_all = e / e.sum(axis=1, keepdims=True)  # (R, K+1)
     out = []
     start = 0
     for props, size in zip(proposals, image_sizes, strict=True):
         n = props.shape[0]
         if n == 0:
-            out.append({"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-                        "labels": np.zeros(0, np.int64)})
+            out.append({"boxes": xp.zeros((0, 4), np.float32), "scores": xp.zeros(0, np.float32),
+                        "labels": xp.zeros(0, np.int64)})
             continue
         reg = box_regression[start:start + n]
         scores = scores_all[start:start + n]
         start += n
         boxes = box_coder.decode(reg, props).reshape(n, k1, 4)
         boxes = clip_boxes_to_image(boxes, size)
-        labels = np.broadcast_to(np.arange(k1), (n, k1))
+        labels = xp.broadcast_to(xp.arange(k1), (n, k1))
         boxes = boxes[:, 1:].reshape(-1, 4)
         scores = scores[:, 1:].reshape(-1)
         labels = labels[:, 1:].reshape(-1)
-        keep = np.nonzero(scores > score_thresh)[0]
+        keep = xp.nonzero(scores > score_thresh)[0]  # on a GPU: a host sync (the count)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = remove_small_boxes(boxes, min_size)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -291,7 +312,8 @@ class BoxHead(Stage):
             self.matcher, self.sampler, self.box_coder, rng)
         rois = [r.astype(dtype) for r in rois]
         class_logits, box_regression, caches = self._predictions(features, rois, image_size)
-        labels_all, targets_all = np.concatenate(labels), np.concatenate(reg_targets)
+        labels_all = np.concatenate(labels)  # host (the sampler's copy)
+        targets_all = get_array_module(features[0]).concatenate(reg_targets)
         num_rois = sum_counts(float(labels_all.shape[0]))
         loss_cls, loss_box, _, _ = fastrcnn_loss(class_logits, box_regression, labels_all,
                                                  targets_all, self.smooth_l1_beta, num_rois)
@@ -319,7 +341,7 @@ class BoxHead(Stage):
             raise ValueError("the sampled RoIs carry no gradient: pass d_sampled=None")
         _, _, d_logits, d_box = fastrcnn_loss(cache.class_logits, cache.box_regression,
                                               cache.labels, cache.regression_targets,
-                                              self.smooth_l1_beta, cache.num_rois)
+                                              self.smooth_l1_beta, cache.num_rois, values=False)
         w_cls = loss_weight(loss_weights, "loss_classifier")
         w_box = loss_weight(loss_weights, "loss_box_reg")
         if w_cls != 1.0:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimaskrcnn import nn
+from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.model.stage import Stage
 from minimaskrcnn.nn import init
 
@@ -58,7 +59,8 @@ class FPN(Stage):
             top_down, up_caches[i] = nn.upsample_nearest(inner, lateral.shape[-2:])
             inner = lateral + top_down
             outs[i], layer_caches[i] = self.layer_blocks[i].forward(inner)
-        p6 = np.ascontiguousarray(outs[-1][:, :, ::2, ::2])  # max pool k1 s2 (torchvision LastLevelMaxPool)
+        xp = get_array_module(outs[-1])
+        p6 = xp.ascontiguousarray(outs[-1][:, :, ::2, ::2])  # max pool k1 s2 (torchvision LastLevelMaxPool)
         return outs + [p6], FPNCache(inner_caches, layer_caches, up_caches, outs[-1].shape)
 
     def backward(self, d_outs, cache: FPNCache, loss_weights=None):
@@ -68,7 +70,8 @@ class FPN(Stage):
         d_outs = list(d_outs)
         d_p6 = d_outs[n_lvl] if len(d_outs) > n_lvl else None
         if d_p6 is not None:
-            d_p5 = np.zeros(p5_shape, d_p6.dtype) if d_outs[n_lvl - 1] is None else d_outs[n_lvl - 1].copy()
+            xp = get_array_module(d_p6)
+            d_p5 = xp.zeros(p5_shape, d_p6.dtype) if d_outs[n_lvl - 1] is None else d_outs[n_lvl - 1].copy()
             d_p5[:, :, ::2, ::2] += d_p6
             d_outs[n_lvl - 1] = d_p5
         # reverse of the top-down pass, finest level first:

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimaskrcnn import nn, ops
+from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Sequential
@@ -44,14 +45,15 @@ def mask_probabilities(mask_logits, labels, mode):
     ``labels`` ``(D,)`` int64 in 1..K; the result has the logits' dtype. Any ``mode`` other than
     ``"softmax"`` is treated as sigmoid (the config validates it: ``MASK_LOSS_MODES``).
     """
-    idx = np.arange(labels.shape[0])
-    x = mask_logits[idx, labels]  # (D, M, M)
+    xp = get_array_module(mask_logits)
+    idx = xp.arange(labels.shape[0])
+    x = mask_logits[idx, xp.asarray(labels)]  # (D, M, M)
     if mode == "softmax":
         fg = mask_logits[:, 1:]
-        m = np.maximum(fg.max(axis=1), 0.0)  # stabiliser, includes the background's 0
-        return np.exp(x - m) / (np.exp(-m) + np.exp(fg - m[:, None]).sum(axis=1))
-    e = np.exp(-np.abs(x))  # stable sigmoid
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        m = xp.maximum(fg.max(axis=1), 0.0)  # stabiliser, includes the background's 0
+        return xp.exp(x - m) / (xp.exp(-m) + xp.exp(fg - m[:, None]).sum(axis=1))
+    e = xp.exp(-xp.abs(x))  # stable sigmoid
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def mask_targets(rois, labels, matched_idxs, gt_masks, M: int, dtype):
@@ -64,17 +66,21 @@ def mask_targets(rois, labels, matched_idxs, gt_masks, M: int, dtype):
 
     Returns:
         ``(fg_rois, fg_labels, targets)``: per image the ``(Rf_i, 4)`` foreground RoIs, all
-        images' ``(Rf,)`` int64 labels and ``(Rf, M, M)`` targets of ``dtype``.
+        images' ``(Rf,)`` int64 labels (NumPy, like the box head's) and ``(Rf, M, M)`` targets
+        of ``dtype`` (RoIs and targets on the RoIs' device).
     """
     fg_rois, fg_labels, targets = [], [], []
+    xp = get_array_module(*rois)
     for r, lab, m, masks in zip(rois, labels, matched_idxs, gt_masks, strict=True):
-        pos = np.nonzero(lab > 0)[0]
+        lab = to_numpy(lab)  # the box head's host labels: no synchronisation
+        pos_host = np.nonzero(lab > 0)[0]
+        pos = xp.asarray(pos_host)
         fg_rois.append(r[pos])
-        fg_labels.append(lab[pos])
-        if pos.size:
+        fg_labels.append(lab[pos_host])
+        if pos_host.size:
             targets.append(ops.project_masks_on_boxes(masks, r[pos], m[pos], M).astype(dtype))
     fg_labels = np.concatenate(fg_labels)
-    targets = np.concatenate(targets) if targets else np.zeros((0, M, M), dtype)
+    targets = xp.concatenate(targets) if targets else xp.zeros((0, M, M), dtype)
     return fg_rois, fg_labels, targets
 
 
@@ -145,9 +151,11 @@ class MaskHead(Stage):
     def _loss(self, mask_logits, labels, targets, num_fg):
         """Mask loss (sum over the Rf M M pixels / (num_fg M M)) and its gradient
         ``(Rf, K+1, M, M)`` (zero on channel 0); channels 1..K are ops.mask_loss's K."""
-        loss, d_fg = ops.mask_loss(mask_logits[:, 1:], labels, targets, mode=self.loss_mode)
+        xp = get_array_module(mask_logits)
+        loss, d_fg = ops.mask_loss(mask_logits[:, 1:], xp.asarray(labels), targets,
+                                   mode=self.loss_mode)
         share = labels.shape[0] / num_fg  # 1 in one process
-        d_mask = np.zeros_like(mask_logits)
+        d_mask = xp.zeros_like(mask_logits)
         d_mask[:, 1:] = d_fg if share == 1 else d_fg * d_fg.dtype.type(share)
         return float(loss) * share, d_mask
 
@@ -192,6 +200,7 @@ class MaskHead(Stage):
             the detections, each dict with ``masks`` added.
         """
         dtype = features[0].dtype
+        xp = get_array_module(features[0])
         boxes = [d["boxes"].astype(dtype) for d in detections]
         if sum(b.shape[0] for b in boxes):
             mask_logits, _ = self._logits(features, boxes, image_size)  # (D_all, K+1, M, M)
@@ -201,7 +210,7 @@ class MaskHead(Stage):
             logits = mask_logits[start:start + n] if n else None
             start += n
             probs = (mask_probabilities(logits, d["labels"], self.loss_mode).astype(np.float32)
-                     if n else np.zeros((0, self.mask_size, self.mask_size), np.float32))
+                     if n else xp.zeros((0, self.mask_size, self.mask_size), np.float32))
             d["masks"] = ops.paste_binary_masks(probs, d["boxes"], (h, w), self.threshold,
                                                 rle=(mask_format == "rle"))
         return detections

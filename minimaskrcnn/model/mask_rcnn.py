@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minimaskrcnn import backend
 from minimaskrcnn.config import Config, ModelConfig, get_preset
 from minimaskrcnn.model.backbone import ResNetGN
 from minimaskrcnn.model.box_head import BoxHead
@@ -83,6 +84,14 @@ class MaskRCNN(Stage):
         backward(None, cache, loss_weights=None) -> d images; accumulates d(weighted sum of the
             losses)/d(param) into every ``Param.grad``
         predict(images) -> list of per-image detection dicts
+        to(xp) -> self: parameters (and gradients) moved to ``numpy`` or ``cupy`` (or
+            ``"cpu"`` / ``"cuda"``); ``xp`` / ``device`` tell where they are now
+
+    On a GPU (``model.to(cupy)``) the calls take the same host inputs (NumPy images and
+    targets, as the data loader makes them): each batch is copied to the device once
+    (:meth:`transform`, :meth:`check_targets`), every activation, gradient and parameter stays
+    there, and :meth:`predict` returns host (NumPy) detections. The host synchronisations of an
+    iteration are listed in docs/kernels.md ("The network on a GPU: where the host syncs").
     """
 
     def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
@@ -118,9 +127,20 @@ class MaskRCNN(Stage):
 
     # -- parameters ---------------------------------------------------------------------------
 
+    @property
+    def xp(self):
+        """The array module of the parameters: ``numpy``, or ``cupy`` after ``to(cupy)``."""
+        return backend.get_array_module(self.backbone.conv1.weight.data)
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda"``: where the parameters are (:func:`backend.device_name`)."""
+        return backend.device_name(self.xp)
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """``{dotted name: copy of the array}``."""
-        return {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
+        """``{dotted name: NumPy copy of the array}`` (host copies on either device)."""
+        return {name: np.array(backend.to_numpy(p.data), copy=True)
+                for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays in (:meth:`Module.load_state_dict`; ``strict=False`` skips names absent
@@ -138,10 +158,11 @@ class MaskRCNN(Stage):
         """Validate and zero-pad images to ``(N, 3, H, W)``, H and W multiples of
         ``size_divisible``, at the bottom and right (torchvision ``GeneralizedRCNNTransform``,
         without resizing). Returns ``(batch, image_sizes)``: the padded batch in the
-        parameters' dtype and the N unpadded ``(h_i, w_i)``.
+        parameters' dtype and array module (NumPy images are padded on the host and copied to
+        the parameters' device in one transfer) and the N unpadded ``(h_i, w_i)``.
 
         Raises:
-            TypeError: not a non-empty list of float NumPy arrays.
+            TypeError: not a non-empty list of float NumPy (or CuPy) arrays.
             ValueError: an element not of shape ``(3, h, w)``.
         """
         if not isinstance(images, (list, tuple)) or len(images) == 0:
@@ -149,7 +170,7 @@ class MaskRCNN(Stage):
         dtype = self.backbone.conv1.weight.data.dtype
         sizes = []
         for i, im in enumerate(images):
-            if not isinstance(im, np.ndarray):
+            if not isinstance(im, np.ndarray) and not backend.is_cupy_array(im):
                 raise TypeError(f"images[{i}] must be a numpy array (3, H, W), got {type(im).__name__}")
             if im.ndim != 3 or im.shape[0] != 3 or im.shape[1] < 1 or im.shape[2] < 1:
                 raise ValueError(f"images[{i}] must have shape (3, H, W), got {im.shape}")
@@ -159,14 +180,17 @@ class MaskRCNN(Stage):
         d = self.config.size_divisible
         hp = -(-max(h for h, _ in sizes) // d) * d
         wp = -(-max(w for _, w in sizes) // d) * d
-        batch = np.zeros((len(images), 3, hp, wp), dtype)
+        xp_in = backend.get_array_module(*images)  # pad where the images are
+        batch = xp_in.zeros((len(images), 3, hp, wp), dtype)
         for i, im in enumerate(images):
-            batch[i, :, : im.shape[1], : im.shape[2]] = im
-        return batch, sizes
+            batch[i, :, : im.shape[1], : im.shape[2]] = backend.to_device(im, xp_in)
+        return backend.to_device(batch, self.xp), sizes
 
     def check_targets(self, targets, sizes):
         """Validate the targets against the images (see :meth:`forward_train`); returns them
-        with float32 boxes and int64 labels."""
+        with float32 boxes and int64 labels, on the parameters' device (targets are checked on
+        the host: NumPy targets, as the loader makes them, cost no synchronisation; CuPy
+        targets are copied to the host for the checks)."""
         if not isinstance(targets, (list, tuple)) or len(targets) != len(sizes):
             raise ValueError(f"targets must be a list of {len(sizes)} dicts (one per image)")
         out = []
@@ -174,9 +198,9 @@ class MaskRCNN(Stage):
         for i, (t, (h, w)) in enumerate(zip(targets, sizes, strict=True)):
             if not isinstance(t, dict) or not {"boxes", "labels", "masks"} <= set(t):
                 raise ValueError(f"targets[{i}] must be a dict with boxes, labels and masks")
-            boxes = np.asarray(t["boxes"])
-            labels = np.asarray(t["labels"])
-            masks = np.asarray(t["masks"])
+            boxes = backend.to_numpy(t["boxes"])
+            labels = backend.to_numpy(t["labels"])
+            masks = backend.to_numpy(t["masks"])
             if boxes.ndim != 2 or boxes.shape[1] != 4:
                 raise ValueError(f"targets[{i}]['boxes'] must have shape (G, 4), got {boxes.shape}")
             g = boxes.shape[0]
@@ -197,7 +221,7 @@ class MaskRCNN(Stage):
                                  "zero or negative width or height: remove degenerate boxes first")
             out.append({"boxes": boxes.astype(np.float32), "labels": labels.astype(np.int64),
                         "masks": masks})
-        return out
+        return backend.to_device(out, self.xp)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -334,7 +358,7 @@ class MaskRCNN(Stage):
         if self.keypoint_head is not None:
             with timer("keypoint_head"):
                 detections = self.keypoint_head.predict(pyramid[:-1], detections, image_size)
-        return detections
+        return backend.to_device(detections, np)  # host results (a no-op on the CPU)
 
 
 def build_model(preset_or_config, rng: np.random.Generator) -> MaskRCNN:

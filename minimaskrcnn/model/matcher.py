@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimaskrcnn._validate import check_array, check_scalar
-from minimaskrcnn.backend import to_numpy
+from minimaskrcnn.backend import get_array_module
 
 __all__ = ["Matcher"]
 
@@ -76,9 +76,10 @@ class Matcher:
                 boxes gives NaN, remove degenerate boxes first).
 
         Returns:
-            ``(N,)`` int64 NumPy array: the matched ground-truth index in ``[0, G)``, ``-1``
-            (``BELOW_LOW_THRESHOLD``) or ``-2`` (``BETWEEN_THRESHOLDS``). All ``-1`` when
-            ``G == 0``.
+            ``(N,)`` int64 array in the matrix's array module (NumPy, or CuPy on a GPU: matched
+            on the device, the matrix is not copied): the matched ground-truth index in
+            ``[0, G)``, ``-1`` (``BELOW_LOW_THRESHOLD``) or ``-2`` (``BETWEEN_THRESHOLDS``). All
+            ``-1`` when ``G == 0``. (The finite check is one host synchronisation on a GPU.)
 
         Raises:
             TypeError: not a floating-point array.
@@ -86,27 +87,27 @@ class Matcher:
         """
         q = check_array("match_quality_matrix", match_quality_matrix, ndim=2, float_only=True,
                         finite=True, expected="(G, N) float IoU")
-        q = to_numpy(q)  # the matcher works on the host (a CuPy matrix is copied); it is small
+        xp = get_array_module(q)  # matched where the matrix is (on a GPU: no copy of it)
         num_gt, num_pred = q.shape
         if num_gt == 0:
-            return np.full(num_pred, self.BELOW_LOW_THRESHOLD, dtype=np.int64)
+            return xp.full(num_pred, self.BELOW_LOW_THRESHOLD, dtype=np.int64)
         if num_pred == 0:
-            return np.zeros(0, dtype=np.int64)
+            return xp.zeros(0, dtype=np.int64)
 
         # 1. best ground truth per prediction (argmax returns the first maximum on ties)
         all_matches = q.argmax(axis=0).astype(np.int64)  # (N,)
-        matched_vals = q[all_matches, np.arange(num_pred)]  # (N,)
+        matched_vals = q[all_matches, xp.arange(num_pred)]  # (N,)
 
         # 2. thresholds
-        matches = all_matches.copy()
-        matches[matched_vals < self.low_threshold] = self.BELOW_LOW_THRESHOLD
+        matches = xp.where(matched_vals < self.low_threshold, self.BELOW_LOW_THRESHOLD,
+                           all_matches)
         between = (matched_vals >= self.low_threshold) & (matched_vals < self.high_threshold)
-        matches[between] = self.BETWEEN_THRESHOLDS
+        matches = xp.where(between, self.BETWEEN_THRESHOLDS, matches)
 
         # 3. every ground truth's best prediction(s), ties included, get their argmax back
         if self.allow_low_quality_matches:
             highest_quality_foreach_gt = q.max(axis=1)  # (G,)
             is_best = q == highest_quality_foreach_gt[:, None]  # (G, N)
             preds_to_update = is_best.any(axis=0)  # (N,)
-            matches[preds_to_update] = all_matches[preds_to_update]
-        return matches
+            matches = xp.where(preds_to_update, all_matches, matches)
+        return matches.astype(np.int64, copy=False)

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimaskrcnn import nn
+from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.model.matcher import Matcher
 from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
 from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
@@ -95,8 +96,10 @@ class RPNHead(Module):
         d_features = []
         for do, dd, (x, r) in zip(d_objectness, d_deltas, cache, strict=True):
             n, c, h, w = x.shape
-            dx_pad = np.zeros((n, c, h + 2, w + 2), x.dtype)
-            ni, hi, wi = np.nonzero((do != 0).any(axis=1) | (dd != 0).any(axis=1))  # S cells
+            xp = get_array_module(x)
+            dx_pad = xp.zeros((n, c, h + 2, w + 2), x.dtype)
+            # S cells (on a GPU: a host sync per level, for the number of cells)
+            ni, hi, wi = xp.nonzero((do != 0).any(axis=1) | (dd != 0).any(axis=1))
             if ni.size:
                 do_s = do[ni, :, hi, wi]  # (S, A)
                 dd_s = dd[ni, :, hi, wi]  # (S, 4A)
@@ -106,10 +109,10 @@ class RPNHead(Module):
                 self.bbox_pred.weight.grad += (dd_s.T @ r_s).reshape(self.bbox_pred.weight.shape)
                 self.bbox_pred.bias.grad += dd_s.sum(axis=0)
                 dt_s = (do_s @ w_cls + dd_s @ w_box) * (r_s > 0)  # (S, C), through the ReLU
-                x_pad = np.zeros_like(dx_pad)
+                x_pad = xp.zeros_like(dx_pad)
                 x_pad[:, :, 1:-1, 1:-1] = x
                 taps = [(a, b) for a in range(3) for b in range(3)]
-                patches = np.stack([x_pad[ni, :, hi + a, wi + b] for a, b in taps], axis=2)
+                patches = xp.stack([x_pad[ni, :, hi + a, wi + b] for a, b in taps], axis=2)
                 self.conv.weight.grad += (dt_s.T @ patches.reshape(ni.size, -1)).reshape(
                     self.conv.weight.shape)  # (C, C*9) -> (C, C, 3, 3)
                 self.conv.bias.grad += dt_s.sum(axis=0)
@@ -131,21 +134,23 @@ def flatten_head_outputs(objectness, deltas):
         obj_flat.append(o.transpose(0, 2, 3, 1).reshape(n, h * w * a))  # (N, H*W*A)
         d = d.reshape(n, a, 4, h, w).transpose(0, 3, 4, 1, 2)  # (N, H, W, A, 4)
         delta_flat.append(d.reshape(n, h * w * a, 4))
-    return np.concatenate(obj_flat, axis=1), np.concatenate(delta_flat, axis=1)
+    xp = get_array_module(obj_flat[0])
+    return xp.concatenate(obj_flat, axis=1), xp.concatenate(delta_flat, axis=1)
 
 
 def unflatten_head_grads(d_obj, d_deltas, shapes):
     """Inverse of :func:`flatten_head_outputs` for the gradients: ``(N, T)`` and ``(N, T, 4)``
     back to per-level ``(N, A, H, W)`` and ``(N, 4A, H, W)``. ``shapes`` are the objectness
     shapes ``(N, A, H, W)`` per level. Returns C-contiguous arrays of the gradients' dtype."""
+    xp = get_array_module(d_obj)
     d_obj_levels, d_delta_levels = [], []
     start = 0
     for n, a, h, w in shapes:
         stop = start + h * w * a
         o = d_obj[:, start:stop].reshape(n, h, w, a).transpose(0, 3, 1, 2)
         d = d_deltas[:, start:stop].reshape(n, h, w, a, 4).transpose(0, 3, 4, 1, 2)
-        d_obj_levels.append(np.ascontiguousarray(o))
-        d_delta_levels.append(np.ascontiguousarray(d.reshape(n, a * 4, h, w)))
+        d_obj_levels.append(xp.ascontiguousarray(o))
+        d_delta_levels.append(xp.ascontiguousarray(d.reshape(n, a * 4, h, w)))
         start = stop
     return d_obj_levels, d_delta_levels
 
@@ -164,16 +169,16 @@ def assign_anchor_targets(anchors, gt_boxes, matcher: Matcher, box_coder: BoxCod
         labels ``(T,)`` float32: 1 foreground (IoU >= high, or a ground truth's best anchor),
         0 background (IoU < low), -1 ignored (in between); regression targets ``(T, 4)`` float32
         (meaningful for foreground anchors only; with no ground truth every anchor is
-        background and the targets are zero).
+        background and the targets are zero). Both on the anchors' device.
     """
+    xp = get_array_module(anchors)
     t = anchors.shape[0]
     if gt_boxes.shape[0] == 0:
-        return np.zeros(t, np.float32), np.zeros((t, 4), np.float32)
+        return xp.zeros(t, np.float32), xp.zeros((t, 4), np.float32)
     matched = matcher(box_iou(gt_boxes, anchors))  # (T,) in {-2, -1, 0..G-1}
-    labels = (matched >= 0).astype(np.float32)
-    labels[matched == Matcher.BELOW_LOW_THRESHOLD] = 0.0
-    labels[matched == Matcher.BETWEEN_THRESHOLDS] = -1.0
-    matched_gt = gt_boxes[np.clip(matched, 0, None)]
+    labels = (matched >= 0).astype(np.float32)  # BELOW_LOW_THRESHOLD (-1) is already 0
+    labels = xp.where(matched == Matcher.BETWEEN_THRESHOLDS, labels.dtype.type(-1), labels)
+    matched_gt = gt_boxes[xp.maximum(matched, 0)]
     targets = box_coder.encode_single(matched_gt, anchors).astype(np.float32)
     return labels, targets
 
@@ -181,51 +186,65 @@ def assign_anchor_targets(anchors, gt_boxes, matcher: Matcher, box_coder: BoxCod
 def sample_anchors(labels, sampler: BalancedPositiveNegativeSampler, rng):
     """Sample the anchors that enter the RPN losses (``sampler`` per image).
 
+    The sampler draws on the host from NumPy generators (the same anchors on either device):
+    on a GPU the labels are copied to the host here, one synchronisation per batch.
+
     Args:
         labels: list of N ``(T,)`` float32 in {1, 0, -1} (:func:`assign_anchor_targets`).
         rng: a Generator, or one Generator per image (see ``BalancedPositiveNegativeSampler``).
 
     Returns:
-        ``(sampled, positive)``: two ``(N, T)`` bool arrays.
+        ``(sampled, positive)``: two ``(N, T)`` bool NumPy arrays.
     """
-    pos_masks, neg_masks = sampler([lab.astype(np.int64) for lab in labels], rng)
+    host = to_numpy(get_array_module(labels[0]).stack(labels)).astype(np.int64)  # (N, T)
+    pos_masks, neg_masks = sampler(list(host), rng)
     positive = np.stack([np.asarray(p, bool) for p in pos_masks])  # (N, T)
     sampled = positive | np.stack([np.asarray(m, bool) for m in neg_masks])
     return sampled, positive
 
 
 def rpn_losses(objectness, deltas, labels, regression_targets, sampled, positive, beta,
-               num_sampled=None):
+               num_sampled=None, *, values=True):
     """Objectness and box losses of the RPN and their gradients (torchvision
     ``RegionProposalNetwork.compute_loss``).
 
     Args:
         objectness: ``(N, T)`` logits; deltas: ``(N, T, 4)``.
         labels: ``(N, T)`` float32 in {1, 0, -1}; regression_targets: ``(N, T, 4)``.
-        sampled, positive: ``(N, T)`` bool (:func:`sample_anchors`).
+        sampled, positive: ``(N, T)`` bool (:func:`sample_anchors`; host arrays: on a GPU they
+            become index arrays copied to the device, no synchronisation).
         beta: smooth L1 beta (1/9).
         num_sampled: the normaliser S, the sampled anchors of the whole batch (over every
             data-parallel rank); default: those of these N images.
+        values: ``False`` returns ``None`` for the two losses (the backward needs only the
+            gradients; on a GPU a loss value is a host synchronisation).
 
     Returns:
         ``(loss_objectness, loss_rpn_box_reg, d_objectness (N, T), d_deltas (N, T, 4))``:
         binary cross-entropy summed over the sampled anchors / S, and smooth L1 summed over the
         sampled foreground / S; gradients of weight-1 losses.
     """
+    xp = get_array_module(objectness)
+    sampled, positive = to_numpy(sampled), to_numpy(positive)
     local = int(sampled.sum())
     num_sampled = local if num_sampled is None else num_sampled
-    d_obj = np.zeros_like(objectness)
-    d_del = np.zeros_like(deltas)
+    d_obj = xp.zeros(objectness.shape, objectness.dtype)
+    d_del = xp.zeros(deltas.shape, deltas.dtype)
     if local == 0:
-        return 0.0, 0.0, d_obj, d_del
+        return (0.0, 0.0, d_obj, d_del) if values else (None, None, d_obj, d_del)
     share = local / num_sampled  # 1 in one process: the mean over the local samples
+    # flat indices of the sampled (positive) anchors, row-major as boolean-mask indexing
+    s_idx = xp.asarray(np.flatnonzero(sampled))
+    p_idx = xp.asarray(np.flatnonzero(positive))
     loss_obj, g_obj = nn.losses.binary_cross_entropy_with_logits(
-        objectness[sampled], labels[sampled].astype(objectness.dtype))
-    d_obj[sampled] = g_obj if share == 1 else g_obj * g_obj.dtype.type(share)
+        objectness.reshape(-1)[s_idx], labels.reshape(-1)[s_idx].astype(objectness.dtype))
+    d_obj.reshape(-1)[s_idx] = g_obj if share == 1 else g_obj * g_obj.dtype.type(share)
     loss_box, g_box = nn.losses.smooth_l1_loss(
-        deltas[positive], regression_targets[positive].astype(deltas.dtype), beta=beta,
-        reduction="sum")
-    d_del[positive] = g_box / num_sampled
+        deltas.reshape(-1, 4)[p_idx], regression_targets.reshape(-1, 4)[p_idx].astype(deltas.dtype),
+        beta=beta, reduction="sum")
+    d_del.reshape(-1, 4)[p_idx] = g_box / num_sampled
+    if not values:
+        return None, None, d_obj, d_del
     return float(loss_obj) * share, float(loss_box) / num_sampled, d_obj, d_del
 
 
@@ -251,23 +270,24 @@ def filter_proposals(anchors, deltas, objectness, box_coder: BoxCoder, image_siz
         boxes: list of N ``(P_i, 4)`` arrays (dtype of ``deltas``), sorted by decreasing score;
         scores: list of N ``(P_i,)`` sigmoid objectness.
     """
+    xp = get_array_module(objectness)
     n = objectness.shape[0]
-    levels = np.concatenate([np.full(s, i, np.int64) for i, s in enumerate(level_sizes)])
+    levels = xp.concatenate([xp.full(s, i, np.int64) for i, s in enumerate(level_sizes)])
     top_idx = []  # per-level top-k indices, the same k for each image of the batch
     start = 0
     for s in level_sizes:
         k = min(pre_nms_top_n, s)
         if k < s:
-            part = np.argpartition(-objectness[:, start:start + s], k - 1, axis=1)[:, :k]
+            part = xp.argpartition(-objectness[:, start:start + s], k - 1, axis=1)[:, :k]
         else:
-            part = np.broadcast_to(np.arange(s), (n, s))
+            part = xp.broadcast_to(xp.arange(s), (n, s))
         top_idx.append(part + start)
         start += s
-    top_idx = np.concatenate(top_idx, axis=1)  # (N, sum_l k_l)
-    rows = np.arange(n)[:, None]
+    top_idx = xp.concatenate(top_idx, axis=1)  # (N, sum_l k_l)
+    rows = xp.arange(n)[:, None]
     logits = objectness[rows, top_idx]
-    e = np.exp(-np.abs(logits))  # stable sigmoid: exp of a non-positive number only
-    prob_all = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
+    e = xp.exp(-xp.abs(logits))  # stable sigmoid: exp of a non-positive number only
+    prob_all = xp.where(logits >= 0, 1 / (1 + e), e / (1 + e))
 
     final_boxes, final_scores = [], []
     for i in range(n):
@@ -295,7 +315,8 @@ class RPNCache(NamedTuple):
     head: the shared head's per-level cache; level_shapes: per level the objectness shape
     ``(N, A, H_l, W_l)``; objectness ``(N, T)`` and deltas ``(N, T, 4)``: the head's outputs;
     labels ``(N, T)`` float32 {1, 0, -1} and regression_targets ``(N, T, 4)``: the anchor
-    targets; sampled, positive ``(N, T)`` bool; num_sampled: the normaliser S.
+    targets (on the features' device); sampled, positive ``(N, T)`` bool NumPy arrays (the
+    host sampler's); num_sampled: the normaliser S.
     """
 
     head: list
@@ -345,7 +366,9 @@ class RegionProposalNetwork(Stage):
         """Head outputs flattened in anchor order, the anchors, the level sizes."""
         (obj_levels, delta_levels), head_cache = self.head.forward(features)
         objectness, deltas = flatten_head_outputs(obj_levels, delta_levels)  # (N, T), (N, T, 4)
-        anchors = np.concatenate(self.anchor_generator(image_size, [f.shape[-2:] for f in features]))
+        xp = get_array_module(features[0])
+        anchors = xp.concatenate(self.anchor_generator(image_size, [f.shape[-2:] for f in features],
+                                                       xp=xp))
         level_shapes = [o.shape for o in obj_levels]
         return objectness, deltas, anchors, level_shapes, head_cache
 
@@ -381,7 +404,8 @@ class RegionProposalNetwork(Stage):
             labels.append(lab)
             reg_targets.append(reg)
         sampled, positive = sample_anchors(labels, self.sampler, rng)
-        labels, reg_targets = np.stack(labels), np.stack(reg_targets)  # (N, T), (N, T, 4)
+        xp = get_array_module(objectness)
+        labels, reg_targets = xp.stack(labels), xp.stack(reg_targets)  # (N, T), (N, T, 4)
         num_sampled = sum_counts(float(sampled.sum()))
         loss_obj, loss_box, _, _ = rpn_losses(objectness, deltas, labels, reg_targets, sampled,
                                               positive, self.smooth_l1_beta, num_sampled)
@@ -407,7 +431,7 @@ class RegionProposalNetwork(Stage):
             raise ValueError("the RPN's proposals carry no gradient: pass d_proposals=None")
         _, _, d_obj, d_del = rpn_losses(cache.objectness, cache.deltas, cache.labels,
                                         cache.regression_targets, cache.sampled, cache.positive,
-                                        self.smooth_l1_beta, cache.num_sampled)
+                                        self.smooth_l1_beta, cache.num_sampled, values=False)
         w_obj = loss_weight(loss_weights, "loss_objectness")
         w_box = loss_weight(loss_weights, "loss_rpn_box_reg")
         if w_obj != 1.0:

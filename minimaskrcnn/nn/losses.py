@@ -15,6 +15,8 @@ head classifier (cross-entropy on ``(R, K+1)`` scores), box regression (smooth L
 
 from __future__ import annotations
 
+import numpy as np
+
 from minimaskrcnn._validate import shape_str
 from minimaskrcnn.backend import get_array_module
 
@@ -115,10 +117,15 @@ def cross_entropy(logits, labels, reduction: str = "mean", ignore_index: int = -
     if labels.shape != (logits.shape[0],):
         raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits "
                          f"{shape_str(logits.shape)}, got {shape_str(labels.shape)}")
-    valid = labels != ignore_index
-    if labels.size and bool(((labels < 0) | (labels >= logits.shape[1]))[valid].any()):
+    # NumPy labels with device logits (the box head's host copy) are checked on the host: no
+    # device synchronisation for the range check or the count
+    host = labels if isinstance(labels, np.ndarray) else None
+    if labels.size and bool(((labels < 0) | (labels >= logits.shape[1]))
+                            [labels != ignore_index].any()):
         raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}] (or be ignore_index "
                          f"{ignore_index})")
+    labels = xp.asarray(labels)
+    valid = labels != ignore_index
     safe = xp.where(valid, labels, 0)
     rows = xp.arange(logits.shape[0])
     z = logits - logits.max(axis=1, keepdims=True)               # (R, K+1), max 0 per row
@@ -128,7 +135,10 @@ def cross_entropy(logits, labels, reduction: str = "mean", ignore_index: int = -
     grad = ez / sez
     grad[rows, safe] -= 1
     grad *= valid[:, None]
-    count = int(valid.sum()) if reduction == "mean" else None
+    if reduction != "mean":
+        count = None
+    else:  # rows not ignored
+        count = int((host != ignore_index).sum()) if host is not None else int(valid.sum())
     return _reduce(losses.astype(logits.dtype, copy=False), grad.astype(logits.dtype, copy=False),
                    reduction, count)
 

@@ -149,6 +149,10 @@ class Module:
                 raise ValueError(f"load_state_dict: {name} has shape {shape_str(p.shape)}, "
                                  f"the state has {shape_str(value.shape)}")
             xp = get_array_module(p.data)
+            if xp is np:  # a CuPy value (a model moved to the GPU) is copied to the host
+                from minimaskrcnn.backend import to_numpy  # noqa: PLC0415
+
+                value = to_numpy(value)
             p.data[...] = xp.asarray(value, dtype=p.data.dtype)
 
     def astype(self, dtype) -> Module:
@@ -163,7 +167,13 @@ class Module:
         return self
 
     def to(self, xp) -> Module:
-        """Move every parameter to the array module ``xp`` (``numpy`` or ``cupy``); returns self."""
+        """Move every parameter (data and grad) to the array module ``xp`` (``numpy`` or
+        ``cupy``), or to a device by name (``"cpu"``, ``"cuda"``:
+        :func:`minimaskrcnn.backend.device_module`); returns self."""
+        if isinstance(xp, str):
+            from minimaskrcnn.backend import device_module  # noqa: PLC0415
+
+            xp = device_module(xp)
         for p in self.parameters():
             if xp is np:
                 from minimaskrcnn.backend import to_numpy  # noqa: PLC0415

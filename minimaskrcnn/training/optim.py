@@ -25,7 +25,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
-from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.backend import (
+    device_module,
+    get_array_module,
+    is_cupy_array,
+    to_device,
+    to_numpy,
+)
 from minimaskrcnn.nn.module import Param
 
 
@@ -128,8 +134,21 @@ class SGD:
                 raise ValueError(f"SGD.load_state_dict: buffer {name!r} has shape "
                                  f"{tuple(value.shape)}, the parameter {p.shape}")
             xp = get_array_module(p.data)
+            if not is_cupy_array(p.data):
+                value = to_numpy(value)  # a buffer saved from the GPU, loaded on the CPU
             buffers[index[name]] = xp.array(value, dtype=p.data.dtype)
         self.buffers = buffers
+
+    def to(self, xp) -> SGD:
+        """Move the momentum buffers to the array module ``xp`` (``numpy`` or ``cupy``, or
+        ``"cpu"`` / ``"cuda"``); returns self. The parameters are the model's own
+        :class:`Param` objects, so ``model.to(xp)`` moves them (before or after this call);
+        buffers made later follow the gradients' device anyway.
+        """
+        if isinstance(xp, str):
+            xp = device_module(xp)
+        self.buffers = [None if b is None else to_device(b, xp) for b in self.buffers]
+        return self
 
 
 def warmup_multistep_lr(iteration: int, base_lr: float, milestones=(), gamma: float = 0.1,

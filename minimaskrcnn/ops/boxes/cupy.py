@@ -1,8 +1,10 @@
 """CuPy tier of ``box_iou``: a ``RawKernel`` (templated on float/double), one thread per pair.
 
-Only ``box_iou`` has a CuPy tier: it is the one box op heavy enough to deserve a hand-written
-kernel; area, clipping and the small-box filter are single elementwise CuPy expressions away
-and are served by the Numba CUDA tier (which accepts CuPy arrays zero-copy).
+Only ``box_iou`` has a CuPy kernel: it is the one box op heavy enough to deserve a hand-written
+one; area, clipping and the small-box filter are single elementwise CuPy expressions away and
+are served by the Numba CUDA tier (which accepts CuPy arrays zero-copy), re-exported here so
+that ``tier=None`` on CuPy arrays (the ``"cupy"`` tier) finds them, as the model on a GPU
+needs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import cupy
 import numpy as np
 
 from minimaskrcnn import backend
+from minimaskrcnn.ops.boxes.numba_cuda import (  # noqa: F401  (the "cupy" tier of these ops)
+    box_area,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 
 BOX_IOU_SOURCE = r"""
 template <typename T>

@@ -20,9 +20,14 @@ import math
 import numpy as np
 from numba import cuda
 
-from minimaskrcnn import backend
 from minimaskrcnn.ops._roi_common import jit_helpers
-from minimaskrcnn.ops.boxes.numba_cuda import device_in, host_out, launch_1d
+from minimaskrcnn.ops.boxes.numba_cuda import (
+    device_in,
+    device_out,
+    finish,
+    launch_1d,
+    launch_stream,
+)
 from minimaskrcnn.ops.mask_ops.reference import linear_source as _linear_source_py
 
 _h = jit_helpers(cuda.jit(device=True))
@@ -30,13 +35,6 @@ sampling_axis = _h["sampling_axis"]
 sample_point = _h["sample_point"]
 interp_axis = _h["interp_axis"]
 linear_source = cuda.jit(device=True)(_linear_source_py)
-
-
-def _zeros(shape, dtype, like):
-    """A zero-filled device array (CuPy when ``like`` is a CuPy array)."""
-    if backend.is_cupy_array(like):
-        return cuda.as_cuda_array(backend.get_array_module(like).zeros(shape, dtype=dtype))
-    return cuda.to_device(np.zeros(shape, dtype=dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,11 +73,11 @@ def _project_kernel(gt_masks, boxes, matched_idxs, M, out):
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
     """``(G, H, W)``, ``(R, 4)``, ``(R,)`` -> ``(R, M, M)`` in boxes' dtype."""
     R = boxes.shape[0]
-    d_out = _zeros((R, M, M), boxes.dtype, boxes)
+    d_out, out = device_out((R, M, M), boxes.dtype, boxes, zero=True)
     blocks, threads = launch_1d(R * M * M)
-    _project_kernel[blocks, threads](device_in(gt_masks), device_in(boxes),
-                                     device_in(matched_idxs), M, d_out)
-    return host_out(d_out, boxes)
+    _project_kernel[blocks, threads, launch_stream(boxes)](
+        device_in(gt_masks), device_in(boxes), device_in(matched_idxs), M, d_out)
+    return finish(d_out, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,13 +120,16 @@ def _loss_kernel(logits, labels, targets, softmax, pixel_loss, grad):
 def mask_loss(mask_logits, labels, mask_targets, mode):
     """``(R, K, M, M)``, ``(R,)``, ``(R, M, M)`` -> ``(loss float, grad (R, K, M, M))``."""
     R, K, M, _ = mask_logits.shape
-    d_grad = _zeros(mask_logits.shape, mask_logits.dtype, mask_logits)
-    d_pixel = _zeros(R * M * M, np.float64, mask_logits)
+    d_grad, grad = device_out(mask_logits.shape, mask_logits.dtype, mask_logits, zero=True)
+    d_pixel, pixel = device_out(R * M * M, np.float64, mask_logits, zero=True)
     blocks, threads = launch_1d(R * M * M)
-    _loss_kernel[blocks, threads](device_in(mask_logits), device_in(labels),
-                                  device_in(mask_targets), mode == "softmax", d_pixel, d_grad)
-    pixel = backend.to_numpy(host_out(d_pixel, mask_logits))
-    return float(pixel.sum() / (R * M * M)), host_out(d_grad, mask_logits)
+    _loss_kernel[blocks, threads, launch_stream(mask_logits)](
+        device_in(mask_logits), device_in(labels), device_in(mask_targets), mode == "softmax",
+        d_pixel, d_grad)
+    # the per-pixel terms summed by NumPy, or by CuPy on the device (then one scalar is read
+    # back: the host synchronisation of the loss value)
+    pixel = finish(d_pixel, pixel)
+    return float(pixel.sum() / (R * M * M)), finish(d_grad, grad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +178,8 @@ def _paste_kernel(masks, int_boxes, padding, out):
 def paste_masks_in_image(masks, int_boxes, H, W, padding):
     """``(D, M, M)``, ``(D, 4)`` int64 expanded boxes -> ``(D, H, W)`` in masks' dtype."""
     D = masks.shape[0]
-    d_out = _zeros((D, H, W), masks.dtype, masks)
+    d_out, out = device_out((D, H, W), masks.dtype, masks, zero=True)
     blocks, threads = launch_1d(D * H * W)
-    _paste_kernel[blocks, threads](device_in(masks), device_in(int_boxes), padding, d_out)
-    return host_out(d_out, masks)
+    _paste_kernel[blocks, threads, launch_stream(masks)](device_in(masks), device_in(int_boxes),
+                                                         padding, d_out)
+    return finish(d_out, out)

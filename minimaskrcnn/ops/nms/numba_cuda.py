@@ -35,7 +35,13 @@ import numpy as np
 from numba import cuda
 
 from minimaskrcnn import backend
-from minimaskrcnn.ops.boxes.numba_cuda import device_in, launch_1d
+from minimaskrcnn.ops.boxes.numba_cuda import (
+    device_in,
+    device_out,
+    finish,
+    launch_1d,
+    launch_stream,
+)
 
 from .numba_cpu import greedy_scan_bitmask
 from .reference import sort_by_score, threshold_in_dtype
@@ -75,13 +81,15 @@ def nms(boxes, scores, iou_threshold: float):
     areas = (sorted_boxes[:, 2] - sorted_boxes[:, 0]) * (sorted_boxes[:, 3] - sorted_boxes[:, 1])
     words = math.ceil(n / BITS)
     d_boxes, d_areas = device_in(sorted_boxes), device_in(areas)
-    d_mask = cuda.device_array((n, words), dtype=np.uint64)
+    d_mask, mask = device_out((n, words), np.uint64, boxes)
     blocks, threads = launch_1d(n * words)
     dt = boxes.dtype.type
     with np.errstate(divide="ignore", invalid="ignore"):  # simulator: 0 / 0 -> NaN, kept
-        _nms_mask_kernel[blocks, threads](
+        _nms_mask_kernel[blocks, threads, launch_stream(boxes)](
             d_boxes, d_areas, threshold_in_dtype(iou_threshold, boxes.dtype), dt(0), d_mask
         )
     keep = np.empty(n, dtype=np.int64)
-    n_keep = greedy_scan_bitmask(d_mask.copy_to_host(), keep)
+    # the greedy scan runs on the host (torchvision's CUDA nms does the same): on a GPU this
+    # copy is the host synchronisation of every NMS call
+    n_keep = greedy_scan_bitmask(backend.to_numpy(finish(d_mask, mask)), keep)
     return order[xp.asarray(keep[:n_keep])].astype(np.int64)

@@ -33,6 +33,7 @@ from numba import cuda
 
 from minimaskrcnn import backend
 from minimaskrcnn.ops._roi_common import jit_helpers, rois_by_image
+from minimaskrcnn.ops.boxes.numba_cuda import device_out, finish, launch_stream
 
 _d = jit_helpers(cuda.jit(device=True))
 sampling_axis = _d["sampling_axis"]
@@ -217,15 +218,15 @@ def _backward_gather_kernel(gout, rois, argmax, order, starts, scale, pooled_h, 
 
 
 def _device(x):
-    return cuda.as_cuda_array(x) if backend.is_cupy_array(x) else cuda.to_device(x)
+    """A device view of ``x``: CuPy arrays zero-copy, without synchronising their stream (the
+    kernels run on CuPy's current stream, ``launch_stream``); NumPy arrays copied."""
+    return cuda.as_cuda_array(x, sync=False) if backend.is_cupy_array(x) else cuda.to_device(x)
 
 
-def _result(dev, like):
-    if backend.is_cupy_array(like):
-        import cupy  # noqa: PLC0415
-
-        return cupy.asarray(dev)
-    return dev.copy_to_host()
+def _result(out):
+    """The ``(view, result)`` pair of ``device_out`` as the caller's array: the CuPy array
+    itself, or the Numba array copied to the host."""
+    return finish(*out)
 
 
 def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, *,
@@ -233,14 +234,13 @@ def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_rati
     """Same contract as ``reference.sample_forward``: ``(out, argmax or None)``."""
     N, C, H, W = input.shape
     R = rois.shape[0]
-    out = cuda.device_array((R, C, pooled_h, pooled_w), dtype=input.dtype)
-    argmax = cuda.device_array((R, C, pooled_h, pooled_w) if use_max else (1, 1, 1, 1),
-                               dtype=np.int64)
+    out = device_out((R, C, pooled_h, pooled_w), input.dtype, input)
+    argmax = device_out((R, C, pooled_h, pooled_w) if use_max else (1, 1, 1, 1), np.int64, input)
     blocks, threads = launch_config(R * C * pooled_h * pooled_w)
-    _forward_kernel[blocks, threads](
+    _forward_kernel[blocks, threads, launch_stream(input)](
         _device(input), _device(rois), input.dtype.type(spatial_scale), pooled_h, pooled_w,
-        sampling_ratio, aligned, quantize, use_max, out, argmax)
-    return _result(out, input), (_result(argmax, input) if use_max else None)
+        sampling_ratio, aligned, quantize, use_max, out[0], argmax[0])
+    return _result(out), (_result(argmax) if use_max else None)
 
 
 def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
@@ -253,18 +253,20 @@ def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_
     gout = _device(np.ascontiguousarray(grad_output) if isinstance(grad_output, np.ndarray)
                    else grad_output)
     d_rois = _device(rois)
-    am = _device(argmax) if use_max else cuda.to_device(np.zeros((1, 1, 1, 1), np.int64))
+    am = _device(argmax) if use_max else device_out((1, 1, 1, 1), np.int64, grad_output,
+                                                    zero=True)[0]
+    stream = launch_stream(grad_output)
     if deterministic:
         order, starts = rois_by_image(backend.to_numpy(rois)[:, 0], N)
-        gin = cuda.device_array((N, C, H, W), dtype=grad_output.dtype)
+        gin = device_out((N, C, H, W), grad_output.dtype, grad_output)
         blocks, threads = launch_config(N * C * H * W)
-        _backward_gather_kernel[blocks, threads](
+        _backward_gather_kernel[blocks, threads, stream](
             gout, d_rois, am, cuda.to_device(order), cuda.to_device(starts), dt(spatial_scale),
-            pooled_h, pooled_w, sampling_ratio, aligned, quantize, use_max, gin)
+            pooled_h, pooled_w, sampling_ratio, aligned, quantize, use_max, gin[0])
     else:
-        gin = cuda.to_device(np.zeros((N, C, H, W), dtype=grad_output.dtype))
+        gin = device_out((N, C, H, W), grad_output.dtype, grad_output, zero=True)
         blocks, threads = launch_config(R * C * pooled_h * pooled_w)
-        _backward_atomic_kernel[blocks, threads](
+        _backward_atomic_kernel[blocks, threads, stream](
             gout, d_rois, am, dt(spatial_scale), pooled_h, pooled_w, sampling_ratio, aligned,
-            quantize, use_max, gin)
-    return _result(gin, grad_output)
+            quantize, use_max, gin[0])
+    return _result(gin)

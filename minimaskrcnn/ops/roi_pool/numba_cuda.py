@@ -17,6 +17,7 @@ from numba import cuda
 
 from minimaskrcnn import backend
 from minimaskrcnn.ops._roi_common import jit_helpers, rois_by_image
+from minimaskrcnn.ops.boxes.numba_cuda import device_out, launch_stream
 from minimaskrcnn.ops.roi_align.numba_cuda import _device, _result, launch_config
 
 _d = jit_helpers(cuda.jit(device=True))
@@ -110,13 +111,13 @@ def _backward_gather_kernel(gout, rois, argmax, order, starts, zero, gin):
 def roi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
     N, C, H, W = input.shape
     R = rois.shape[0]
-    out = cuda.device_array((R, C, pooled_h, pooled_w), dtype=input.dtype)
-    argmax = cuda.device_array((R, C, pooled_h, pooled_w), dtype=np.int64)
+    out = device_out((R, C, pooled_h, pooled_w), input.dtype, input)
+    argmax = device_out((R, C, pooled_h, pooled_w), np.int64, input)
     blocks, threads = launch_config(R * C * pooled_h * pooled_w)
-    _forward_kernel[blocks, threads](_device(input), _device(rois),
-                                     input.dtype.type(spatial_scale), pooled_h, pooled_w,
-                                     out, argmax)
-    return _result(out, input), _result(argmax, input)
+    _forward_kernel[blocks, threads, launch_stream(input)](
+        _device(input), _device(rois), input.dtype.type(spatial_scale), pooled_h, pooled_w,
+        out[0], argmax[0])
+    return _result(out), _result(argmax)
 
 
 def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=False):
@@ -126,13 +127,14 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=Fals
                    else grad_output)
     if deterministic:
         order, starts = rois_by_image(backend.to_numpy(rois)[:, 0], N)
-        gin = cuda.device_array((N, C, H, W), dtype=grad_output.dtype)
+        gin = device_out((N, C, H, W), grad_output.dtype, grad_output)
         blocks, threads = launch_config(N * C * H * W)
-        _backward_gather_kernel[blocks, threads](
+        _backward_gather_kernel[blocks, threads, launch_stream(grad_output)](
             gout, _device(rois), _device(argmax), cuda.to_device(order), cuda.to_device(starts),
-            grad_output.dtype.type(0.0), gin)
+            grad_output.dtype.type(0.0), gin[0])
     else:
-        gin = cuda.to_device(np.zeros((N, C, H, W), dtype=grad_output.dtype))
+        gin = device_out((N, C, H, W), grad_output.dtype, grad_output, zero=True)
         blocks, threads = launch_config(R * C * grad_output.shape[2] * grad_output.shape[3])
-        _backward_atomic_kernel[blocks, threads](gout, _device(rois), _device(argmax), gin)
-    return _result(gin, grad_output)
+        _backward_atomic_kernel[blocks, threads, launch_stream(grad_output)](
+            gout, _device(rois), _device(argmax), gin[0])
+    return _result(gin)
