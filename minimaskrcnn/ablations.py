@@ -674,13 +674,18 @@ _BEGIN = "<!-- ablations:{} begin (written by `minimaskrcnn ablate --report`; ed
 _END = "<!-- ablations:{} end -->"
 
 
-def write_report(sweep_dir: str, path: str, tables: Sequence[str] = tuple(TABLES)) -> str:
+def write_report(sweep_dir: str, path: str, tables: Sequence[str] = tuple(TABLES), *,
+                 summary_path: str | None = None) -> str:
     """Write (or update) the markdown page ``path`` with :func:`format_table` of each table.
 
     Each table goes between its markers (``<!-- ablations:2c begin ... -->`` and
     ``<!-- ablations:2c end -->``): where the page has them, only the text between is replaced,
     so the hand-written rest of the page stays; a table without markers is appended under a
     heading; a missing page is created.
+
+    If ``summary_path`` is given and there are results, also write there (JSON) ``{table: {arm:
+    summarize(...)[arm]}}`` for the tables with results: what the chapters read
+    (``docs/results/ablations.json``).
 
     Returns:
         The page's new text.
@@ -689,6 +694,15 @@ def write_report(sweep_dir: str, path: str, tables: Sequence[str] = tuple(TABLES
         ValueError: an unknown table, an unreadable result file.
     """
     results = load_results(sweep_dir)
+    if summary_path is not None and results:
+        summary = {}
+        for name in tables:
+            of_table = [r for r in results if r.get("table") == get_table(name).name]
+            if of_table:
+                summary[name] = summarize(of_table)
+        if summary:
+            os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
+            _write_atomic_json(summary_path, summary)
     text = "# Ablations: the paper's Table 2 in miniature\n"
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:

@@ -438,8 +438,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         print(ablations.describe(tables, args.seeds, args.schedule))
         return 0
     if args.report:
-        ablations.write_report(args.out, args.report, tables)
-        print(f"wrote {args.report} from the results in {args.out}")
+        summary = os.path.join(os.path.dirname(args.report), "results", "ablations.json")
+        ablations.write_report(args.out, args.report, tables, summary_path=summary)
+        print(f"wrote {args.report} (and {summary} if there are results) from {args.out}")
         return 0
     _check_model_available()
     if args.sample:
@@ -578,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the arms and the sweep's cost")
     p.add_argument("--report", nargs="?", const="docs/ablations.md", metavar="PAGE",
                    help="write the tables from the results in --out into PAGE (default "
-                        "%(const)s) and stop")
+                        "%(const)s) and their summary into results/ablations.json beside "
+                        "it, and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_ablate)
     return parser

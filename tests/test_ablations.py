@@ -342,7 +342,11 @@ def test_write_report_replaces_only_its_blocks(tmp_path):
         os.makedirs(d)
         json.dump(r, open(os.path.join(d, RESULT_FILE), "w"))
     page = tmp_path / "ablations.md"
-    write_report(str(sweep), str(page), ["2c"])
+    summary = tmp_path / "results" / "ablations.json"
+    write_report(str(sweep), str(page), ["2c"], summary_path=str(summary))
+    shipped = json.load(open(summary))  # what chapter 4 reads
+    assert set(shipped) == {"2c"} and shipped["2c"]["pool"]["n"] == 3
+    assert shipped["2c"]["align"]["segm.AP"]["mean"] == pytest.approx(0.41)
     first = page.read_text()
     assert first.startswith("# Ablations") and "## Table 2c" in first and "32.0 ± 2.0" in first
     page.write_text("# Mine\n\nprose before\n\n" + first[first.index("<!--"):] + "\nprose after\n")
@@ -362,5 +366,6 @@ def test_cli_list_report_and_missing_data(tmp_path, capsys):
     assert main(["ablate", "--out", str(tmp_path / "none"), "--report", str(page)]) == 0
     text = page.read_text()
     assert all(f"## Table {t}" in text for t in ablations.TABLES)
+    assert not (tmp_path / "results").exists()  # no results, no summary
     assert main(["ablate", "--out", str(tmp_path / "x")]) == 2
     assert "--train-json, --images and --val-json" in capsys.readouterr().err
