@@ -88,7 +88,7 @@ def _dataset(json_path: str, images: str):
     return CocoDataset(json_path, images)
 
 
-def _load_model(checkpoint: str):
+def _load_model(checkpoint: str, device: str = "cpu"):
     """(config, model, category_ids, class_names) from a checkpoint written by ``train``.
 
     ``category_ids`` are the stored ``config["dataset"]["category_ids"]`` (``1..K`` for a
@@ -116,8 +116,13 @@ def _load_model(checkpoint: str):
     if len(category_ids) != k:
         raise CheckpointError(f"{checkpoint}: config.dataset.category_ids has {len(category_ids)} "
                               f"ids, config.model.num_classes is {k}")
+    from minimaskrcnn.backend import device_module
+
+    xp = device_module(device)  # one line without a GPU
     model = build_model(cfg, np.random.default_rng(0))
     restore(ckpt, model)
+    if xp is not np:
+        model.to(xp)  # a checkpoint (NumPy arrays) loads on either device
     return cfg, model, category_ids, class_names
 
 
@@ -258,8 +263,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not overwrite and os.path.isdir(out) and _holds_run(out):  # before starting any rank
         raise RunFolderError(f"{out} already holds a run; replace it with --overwrite, or "
                              "choose another --out")
+    if args.device != "cpu":
+        from minimaskrcnn.backend import device_module
+
+        device_module(args.device)  # one line without a GPU, before anything starts
     if not launched_by_mpi():
-        workers = demo_workers(args.workers, cfg.train.batch_size, cores)
+        workers = demo_workers(args.workers if args.device == "cpu" else (args.workers or 1),
+                               cfg.train.batch_size, cores)
         if workers > 1 and _mpiexec() is not None:
             return _relaunch_under_mpi(args, workers, cores)
         if workers > 1:
@@ -275,7 +285,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"({len(train_ds)} train images), then evaluation on "
           f"{val_limit or len(val_ds)} val images; run folder {out}")
     t0 = time.perf_counter()
-    result = train(cfg, train_ds, out, progress=not args.no_progress, overwrite=overwrite)
+    result = train(cfg, train_ds, out, progress=not args.no_progress, overwrite=overwrite,
+                   device=args.device)
     t_train = time.perf_counter() - t0
     metrics = evaluate_model(result["model"], val_ds, cfg.eval, out_dir=out, limit=val_limit,
                              progress=not args.no_progress, comm=comm)
@@ -338,7 +349,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg, model=dataclasses.replace(cfg.model, num_classes=train_ds.num_classes))
     result = train(cfg, train_ds, args.out, val_dataset=val_ds, resume=args.resume,
                    overwrite=args.overwrite, val_limit=args.val_limit,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, device=args.device)
     print(f"trained {result['iteration']} iterations; checkpoint {result['checkpoint']}")
     if result["val"]:
         print(format_metrics(result["val"][-1]))
@@ -349,7 +360,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from minimaskrcnn.evaluation import evaluate_model, format_metrics
 
     _check_args(args, limit=1, figure=0)
-    cfg, model, category_ids, _ = _load_model(args.checkpoint)
+    cfg, model, category_ids, _ = _load_model(args.checkpoint, args.device)
     ds = _dataset(args.coco_json, args.images)
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
@@ -383,7 +394,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError(f"{path}: image file not found")
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    cfg, model, category_ids, class_names = _load_model(args.checkpoint)
+    cfg, model, category_ids, class_names = _load_model(args.checkpoint, args.device)
     from pycocotools import mask as mask_utils
 
     from minimaskrcnn.training.distributed import gather_to_main, get_comm, shard
@@ -495,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a smoke test)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a training run in --out (a previous demo's is replaced anyway)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the network runs (cuda: CuPy on the GPU; default %(default)s)")
     p.add_argument("--workers", type=int,
                    help="processes to train on (default: one per core, as many as divide the "
                         "batch, through mpiexec; 1: this process only)")
@@ -527,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int)
     p.add_argument("--val-limit", type=int, help="validate on the first N images only")
     p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the network runs (cuda: CuPy on the GPU; default %(default)s)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: print a line every log_every iterations instead")
     p.set_defaults(func=_cmd_train)
@@ -539,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--figure", type=int, default=0, metavar="N",
                    help="also draw predictions next to ground truth for N images")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the network runs (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -549,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="draw detections with at least this score (default %(default)s); the "
                         "JSON has them all")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the network runs (default %(default)s)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("ablate", help="the paper's Table 2 ablations over seeds (resumable)",

@@ -391,3 +391,27 @@ def test_divergence_at_a_huge_lr_stops_with_one_line_and_a_log_record(tmp_path, 
     assert all(np.isfinite(v).all() for v in ck.optimizer_state["buffers"].values())
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert os.path.join(out, f.read().strip()) == m.group(2)
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--quick", "--device", "cuda", "--out", "x"],
+    ["train", "--preset", "shapes-mini", "--out", "x", "--device", "cuda"],
+    ["evaluate", "--checkpoint", "CKPT", "--coco-json", "JSON", "--images", "IMG", "--out", "x",
+     "--device", "cuda"],
+    ["predict", "IMG", "--checkpoint", "CKPT", "--out", "x", "--device", "cuda"],
+])
+def test_device_cuda_without_a_gpu_is_one_line(argv, run_dir, tmp_path, capsys, monkeypatch):
+    from minimaskrcnn import backend
+
+    if backend.tier_unavailable_reason("cupy") is None:
+        pytest.skip("a GPU is here: --device cuda works")
+    monkeypatch.chdir(tmp_path)
+    ckpt = os.path.join(run_dir, open(os.path.join(run_dir, "last_checkpoint")).read().strip())
+    image = tmp_path / "im.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    json_path, images = sample_paths("val")
+    argv = [{"CKPT": ckpt, "JSON": json_path, "IMG": images if "evaluate" in argv else str(image)}
+            .get(a, a) for a in argv]
+    _one_line_error(argv, capsys, "--device cuda needs CuPy and a CUDA GPU")

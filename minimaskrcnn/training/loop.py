@@ -75,6 +75,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from minimaskrcnn.backend import device_module, get_array_module
 from minimaskrcnn.config import Config, config_to_dict
 from minimaskrcnn.data.loader import TrainBatches, sample_rng
 from minimaskrcnn.model import LOSS_KEYS
@@ -184,15 +185,25 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _first_nonfinite(named_arrays) -> str | None:
+    """The name of the first array holding NaN or inf, or None. On a GPU one host
+    synchronisation for all of them (a per-array ``bool`` would wait on each)."""
+    named = [(n, a) for n, a in named_arrays if a is not None and a.size]
+    if not named:
+        return None
+    xp = get_array_module(named[0][1])
+    if bool(xp.stack([xp.isfinite(a).all() for _, a in named]).all()):
+        return None
+    return next(n for n, a in named if not bool(xp.isfinite(a).all()))
+
+
 def _all_finite(model, optimizer) -> str | None:
     """The first parameter or momentum buffer that is not finite, named, or None."""
-    for name, p in model.named_parameters():
-        if not bool(np.isfinite(p.data).all()):
-            return f"parameter {name}"
-    for name, buf in zip(optimizer.names, optimizer.buffers, strict=True):
-        if buf is not None and not bool(np.isfinite(buf).all()):
-            return f"the momentum buffer of {name}"
-    return None
+    bad = _first_nonfinite((f"parameter {n}", p.data) for n, p in model.named_parameters())
+    if bad is None:
+        bad = _first_nonfinite((f"the momentum buffer of {n}", b)
+                               for n, b in zip(optimizer.names, optimizer.buffers, strict=True))
+    return bad
 
 
 def _save(out_dir: str, model, optimizer, iteration: int, cfg: Config, config_dict: dict) -> str:
@@ -362,11 +373,11 @@ def _finite_or_raise(losses: dict, iteration: int, last_ckpt: str | None) -> flo
 
 
 def _check_grads(model, iteration: int, last_ckpt: str | None) -> None:
-    for name, p in model.named_parameters():
-        if not bool(np.isfinite(p.grad).all()):
-            raise NonFiniteLossError(
-                f"iteration {iteration}: the gradient of {name} is not finite; training "
-                f"stopped before the update, {_keep(last_ckpt)}")
+    name = _first_nonfinite((n, p.grad) for n, p in model.named_parameters())
+    if name is not None:
+        raise NonFiniteLossError(
+            f"iteration {iteration}: the gradient of {name} is not finite; training "
+            f"stopped before the update, {_keep(last_ckpt)}")
 
 
 def _check_update(model, optimizer, iteration: int, lr: float, last_ckpt: str | None) -> None:
@@ -378,7 +389,7 @@ def _check_update(model, optimizer, iteration: int, lr: float, last_ckpt: str | 
 
 
 def _largest_parameter(model) -> str:
-    name, value = max(((n, float(np.abs(p.data).max()) if p.data.size else 0.0)
+    name, value = max(((n, float(get_array_module(p.data).abs(p.data).max()) if p.data.size else 0.0)
                        for n, p in model.named_parameters()), key=lambda x: x[1], default=("-", 0.0))
     return f"largest |parameter| {value:.3g} ({name})"
 
@@ -391,7 +402,8 @@ def _largest_parameter(model) -> str:
 def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
           iterations: int | None = None, resume: bool = False, overwrite: bool = False,
           model_factory: Callable | None = None, val_limit: int | None = None,
-          progress: bool = True, on_validation: Callable | None = None, comm=None) -> dict:
+          progress: bool = True, on_validation: Callable | None = None, comm=None,
+          device: str = "cpu") -> dict:
     """Train a Mask R-CNN on a COCO dataset, in one process or data-parallel over MPI ranks.
 
     Args:
@@ -415,6 +427,9 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
         on_validation: called with ``(iteration, metrics)`` after each validation (rank 0).
         comm: the data-parallel communicator (:mod:`minimaskrcnn.training.distributed`);
             default the process's: every rank of ``mpiexec -n W``, or one process.
+        device: ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy: the parameters, activations, gradients
+            and momentum buffers live on the GPU; each batch is copied there once by the
+            model; checkpoints are written as NumPy and load on either device).
 
     Returns:
         ``{"model", "iteration", "checkpoint", "log", "val" (list of metrics), "seconds_per_iteration"
@@ -430,20 +445,22 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
         CheckpointError: the checkpoint to resume from is bad.
         ValueError: nothing to train on, a bad iteration count or period, ``resume`` with
             ``overwrite``, a batch size that the W ranks cannot share equally.
+        TierUnavailableError: ``device="cuda"`` without CuPy and a CUDA GPU (one line).
 
     Under MPI any of these on one rank stops every rank (the message on stderr, prefixed
     ``[rank r]``; ``abort_on_error``) instead of leaving the others waiting.
     """
     comm = get_comm() if comm is None else comm
     with abort_on_error(comm):
+        xp = device_module(device)  # before any work: a missing GPU is one line
         return _train(cfg, train_dataset, out_dir, val_dataset=val_dataset,
                       iterations=iterations, resume=resume, overwrite=overwrite,
                       model_factory=model_factory, val_limit=val_limit, progress=progress,
-                      on_validation=on_validation, comm=comm)
+                      on_validation=on_validation, comm=comm, xp=xp)
 
 
 def _train(cfg, train_dataset, out_dir, *, val_dataset, iterations, resume, overwrite,
-           model_factory, val_limit, progress, on_validation, comm) -> dict:
+           model_factory, val_limit, progress, on_validation, comm, xp) -> dict:
     tc = cfg.train
     total = int(tc.iterations if iterations is None else iterations)
     if total < 1:
@@ -464,11 +481,11 @@ def _train(cfg, train_dataset, out_dir, *, val_dataset, iterations, resume, over
         return _train_locked(cfg, train_dataset, out_dir, total, ks, val_dataset=val_dataset,
                              resume=resume, overwrite=overwrite, model_factory=model_factory,
                              val_limit=val_limit, progress=progress, on_validation=on_validation,
-                             comm=comm)
+                             comm=comm, xp=xp)
 
 
 def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume, overwrite,
-                  model_factory, val_limit, progress, on_validation, comm) -> dict:
+                  model_factory, val_limit, progress, on_validation, comm, xp) -> dict:
     """:func:`train` once the run folder's lock is held (by rank 0)."""
     from tqdm import tqdm
 
@@ -498,6 +515,8 @@ def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume
         from minimaskrcnn import build_model as model_factory
     batches = TrainBatches.from_config(train_dataset, tc)
     model = model_factory(cfg, sample_rng(tc.seed, MODEL_INIT_STREAM, 0))
+    if xp is not np:
+        model.to(xp)  # parameters and gradients on the device; the SGD's buffers follow them
     optimizer = SGD(model.named_parameters(), lr=tc.base_lr, momentum=tc.momentum,
                     weight_decay=tc.weight_decay)
     scheduler = WarmupMultiStepLR(optimizer, milestones=tc.milestones, gamma=tc.gamma,
@@ -515,7 +534,8 @@ def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume
     if distributed:  # one model: rank 0's parameters everywhere, checked by checksum
         broadcast_parameters(model, comm)
         check_parameters_equal(model, comm)
-        bind_gradient_buffer(model, comm)  # gradients live in the allreduce's flat buffer
+        if xp is np:
+            bind_gradient_buffer(model, comm)  # gradients live in the allreduce's flat buffer
     ckpt_config = checkpoint_config(cfg, train_dataset)
     if main:
         _write_atomic(os.path.join(out_dir, CONFIG_FILE), json.dumps(ckpt_config, indent=2))

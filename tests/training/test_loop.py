@@ -434,3 +434,31 @@ def test_log_every_prints_a_line_when_the_bar_is_off(tmp_path, data, capsys):
 def test_zero_periods_are_refused(tmp_path, data, name):
     with pytest.raises(ValueError, match=rf"train\.{name} must be an integer >= 1, got 0"):
         _run(tmp_path, data, cfg=_cfg(**{name: 0}))
+
+
+def test_train_on_a_device_equals_the_cpu(tmp_path):
+    """``train(..., device="cuda")`` on the stand-in GPU (testing/fake_device.py: arrays that
+    refuse NumPy as CuPy's do): the parameters, gradients and momentum buffers live on the
+    device, the loop's guards never pull them to NumPy implicitly, the checkpoint is written as
+    NumPy, and the parameters equal a CPU run's."""
+    from minimaskrcnn.config import ModelConfig
+    from minimaskrcnn.data import shapes
+    from minimaskrcnn.testing import fake_device
+
+    tiny = ModelConfig(num_classes=3, stem_channels=8, stage_channels=(8, 8, 16, 16), gn_groups=4,
+                       fpn_channels=8, rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=100,
+                       rpn_post_nms_top_n_train=40, box_batch_size_per_image=16,
+                       representation_size=16, mask_head_channels=8)
+    cfg = dataclasses.replace(_cfg(checkpoint_every=2), model=tiny)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, crop_size=64))
+    ds = shapes.shapes_dataset(4, seed=0)
+    cpu = train(cfg, ds, str(tmp_path / "cpu"), iterations=2, progress=False)
+    with fake_device.installed() as fake:
+        dev = train(cfg, ds, str(tmp_path / "dev"), iterations=2, progress=False, device="cuda")
+        assert all(isinstance(p.data, fake.ndarray) for p in dev["model"].parameters())
+    with np.load(dev["checkpoint"], allow_pickle=False) as z:
+        assert all(z[k].dtype == np.float32 for k in z.files if k.startswith("param/"))
+    for (n, p), (_, q) in zip(cpu["model"].named_parameters(), dev["model"].named_parameters(),
+                              strict=True):
+        np.testing.assert_allclose(np.asarray(q.data.get()), p.data, rtol=1e-5, atol=1e-6,
+                                   err_msg=n)
