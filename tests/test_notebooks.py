@@ -4,7 +4,9 @@ Each notebook runs in a fresh ``python3`` kernel of the current interpreter with
 ``MINIMASKRCNN_QUICK=1`` (fewer iterations, smaller inputs) and ``MPLBACKEND=Agg``, from the
 ``notebooks/`` folder. A cell that raises fails the test with the cell's traceback. The notebooks
 are not marked ``cuda``: the simulator run (``pytest -m cuda``) leaves them out, and the chapters
-that show the CUDA tier do so only when it is available.
+that show the CUDA tier do so only when it is available. Chapters 10 and 11 load the trained
+weights that ship with the package (``minimaskrcnn.data.load_pretrained``). README's chapter table
+links every chapter.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def _kernel_env() -> dict[str, str]:
 
 def test_notebooks_found():
     assert NOTEBOOKS, f"no chapter notebooks in {NOTEBOOK_DIR}"
+
+
+def test_readme_lists_every_chapter():
+    readme = (NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in NOTEBOOKS if f"(notebooks/{p.name})" not in readme]
+    assert not missing, f"README's chapter table does not link {missing}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
