@@ -61,11 +61,34 @@ def exercise_3():
     return levels
 
 
+def exercise_4():
+    """How many samples per bin does the adaptive grid (``sampling_ratio=-1``) take, 7 x 7
+    output at stride 16, for a 100 px and a 400 px square box?
+
+    ceil(size in cells / 7) per axis: 100 / 16 = 6.25 cells, / 7 = 0.89 -> 1, one sample per bin
+    (the same as ``sampling_ratio=1``); 400 / 16 = 25 cells, / 7 = 3.57 -> 4, a 4 x 4 grid,
+    16 samples per bin (the same as ``sampling_ratio=4``). The adaptive grid keeps about one
+    sample per feature cell, whatever the box's size.
+    """
+    rng = np.random.default_rng(0)
+    feat = rng.normal(size=(1, 2, 40, 40))
+    out = {}
+    for side, g in ((100.0, 1), (400.0, 4)):
+        box = np.array([[0, 30.0, 30.0, 30.0 + side, 30.0 + side]])
+        adaptive = ops.roi_align(feat, box, 7, 1 / 16, -1)
+        np.testing.assert_allclose(adaptive, ops.roi_align(feat, box, 7, 1 / 16, g), rtol=1e-12)
+        assert not np.allclose(adaptive, ops.roi_align(feat, box, 7, 1 / 16, g + 1))
+        out[side] = g * g
+    assert out == {100.0: 1, 400.0: 16}
+    return out
+
+
 def main():
     f, t = exercise_1()
     print("1. aligned=False", f.tolist(), " aligned=True", t.tolist())
     print("2. cells reached by the gradient:", exercise_2())
     print("3. FPN levels:", exercise_3().tolist())
+    print("4. adaptive samples per bin (100 px, 400 px boxes):", exercise_4())
 
 
 if __name__ == "__main__":

@@ -52,11 +52,33 @@ def exercise_2():
     return pasted
 
 
+def exercise_3():
+    """All mask logits 0 (an untrained head, roughly): the probability of the RoI's class at a
+    pixel, for K = 3, with each loss, and whether the pixel is in the mask at threshold 0.5.
+
+    Sigmoid: sigmoid(0) = 0.5, on the threshold: the pixel is in (>= 0.5), the whole box is mask.
+    Softmax: the class competes with the other K - 1 = 2 classes and the background logit 0:
+    1 / (K + 1) = 0.25, under 0.5: the mask is empty. That is why chapter 5's barely trained
+    softmax model (quick mode) has a mask IoU near 0: a class must beat all the others together
+    before its mask appears.
+    """
+    from minimaskrcnn.model.mask_head import mask_probabilities
+
+    logits = np.zeros((1, 4, 2, 2))  # (R, K + 1, M, M), channel 0 unused
+    sig = mask_probabilities(logits, np.array([2]), "sigmoid")
+    soft = mask_probabilities(logits, np.array([2]), "softmax")
+    np.testing.assert_allclose(sig, 0.5)
+    np.testing.assert_allclose(soft, 0.25)
+    assert (sig >= 0.5).all() and not (soft >= 0.5).any()
+    return float(sig[0, 0, 0]), float(soft[0, 0, 0])
+
+
 def main():
     sig, soft, soft2 = exercise_1()
     print(f"1. sigmoid loss {sig:.4f} (unchanged); softmax loss {soft:.4f} -> {soft2:.4f}")
     p = exercise_2()
     print("2. pasted support rows/cols", np.nonzero(p.any(1))[0][[0, -1]].tolist(), "; >= 0.5: 10..38")
+    print("3. probability at logits 0 (sigmoid, softmax):", exercise_3())
 
 
 if __name__ == "__main__":
