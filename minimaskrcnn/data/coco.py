@@ -21,6 +21,18 @@ Annotations: segmentations as compressed RLE, uncompressed RLE or polygons (all 
 boxes are reported apart as ``crowd_boxes``) but stay in ``ds.coco`` so that ``COCOeval``
 ignores detections on them, as COCO intends. Images without annotations are fine (empty
 targets). Category ids are mapped to contiguous labels 1..K in increasing id order.
+
+Keypoints (COCO keypoints format): a category may name its keypoints (``keypoints``: a list of
+names; ``skeleton``: pairs of 1-based keypoint indices; and, a minimaskrcnn extension, ``sigmas``:
+the per-keypoint OKS sigmas), and an annotation of such a category may carry ``keypoints``
+(``x, y, v`` triplets, one per name: v = 0 not labelled, 1 labelled but occluded, 2 visible) and
+``num_keypoints`` (the number with v > 0; filled in when absent). An annotation with keypoints
+and a ``bbox`` may have no ``segmentation`` (lego-battery has none): its mask is then its box
+(``has_masks`` is False: mask AP and the mask loss of such data measure boxes, not shapes).
+Every category with keypoints
+must name the same keypoints (the model predicts one set of K). An annotation whose number of
+triplets is not its category's K is a :class:`DatasetError` naming the record. Left/right pairs
+for flips are read from the names (``left_x`` with ``right_x``, COCO's convention).
 """
 
 from __future__ import annotations
@@ -38,7 +50,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-__all__ = ["MAX_PIXELS", "CocoDataset", "DatasetError", "read_image", "rle_string_counts", "to_rgb_uint8"]
+__all__ = ["MAX_PIXELS", "CocoDataset", "DatasetError", "flip_pairs", "read_image",
+           "rle_string_counts", "to_rgb_uint8"]
 
 _OUTSIDE_TOLERANCE = 1.0
 """Pixels a bbox or polygon may reach past the image border before it counts as outside."""
@@ -269,6 +282,7 @@ def _check_dataset(d, source: str) -> None:
             raise DatasetError(f"{source}: {key!r} must be a list")
 
     cat_ids = set()
+    num_kp = {}  # category id -> K, for categories that name keypoints
     for k, c in enumerate(d["categories"]):
         if not isinstance(c, dict) or "id" not in c:
             raise DatasetError(f"{source}: categories[{k}] has no 'id'")
@@ -278,6 +292,8 @@ def _check_dataset(d, source: str) -> None:
         if c["id"] in cat_ids:
             raise DatasetError(f"{source}: categories[{k}]: duplicate category id {c['id']}")
         cat_ids.add(c["id"])
+        if "keypoints" in c:
+            num_kp[c["id"]] = _check_keypoint_category(c, f"{source}: categories[{k}]")
     if not cat_ids:
         raise DatasetError(f"{source}: 'categories' is empty")
 
@@ -315,9 +331,12 @@ def _check_dataset(d, source: str) -> None:
             if a["id"] in ann_ids:
                 raise DatasetError(f"{where}: duplicate annotation id {a['id']}")
             ann_ids.add(a["id"])
-        for key in ("image_id", "category_id", "segmentation"):
+        for key in ("image_id", "category_id"):
             if key not in a:
                 raise DatasetError(f"{where} has no {key!r}")
+        if "segmentation" not in a and not ("keypoints" in a and "bbox" in a):
+            raise DatasetError(f"{where} has no 'segmentation' (only an annotation with "
+                               "'keypoints' and a 'bbox' may go without one)")
         if not _is_int(a["image_id"]) or a["image_id"] not in images:
             raise DatasetError(f"{where}: image_id {a['image_id']!r:.40} is not in 'images'")
         if not _is_int(a["category_id"]) or a["category_id"] not in cat_ids:
@@ -331,7 +350,10 @@ def _check_dataset(d, source: str) -> None:
         im = images[a["image_id"]]
         h, w = im["height"], im["width"]
         where += f" of image {im['file_name']!r} ({w}x{h})"
-        a["segmentation"] = _check_segmentation(a["segmentation"], h, w, where)
+        if "segmentation" in a:
+            a["segmentation"] = _check_segmentation(a["segmentation"], h, w, where)
+        if "keypoints" in a:
+            _check_keypoints(a, num_kp.get(a["category_id"]), where)
         if "bbox" in a:
             b = a["bbox"]
             if not (isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)):
@@ -340,6 +362,60 @@ def _check_dataset(d, source: str) -> None:
             x, y, bw, bh = (float(v) for v in b)
             if bw < 0 or bh < 0 or x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
                 raise DatasetError(f"{where}: bbox {b} lies outside the image")
+
+
+def _check_keypoint_category(c: dict, where: str) -> int:
+    """Check a category's ``keypoints`` names, ``skeleton`` and ``sigmas``; return K."""
+    names = c["keypoints"]
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise DatasetError(f"{where}: 'keypoints' must be a non-empty list of names")
+    K = len(names)
+    skeleton = c.get("skeleton", [])
+    if not (isinstance(skeleton, list) and all(
+            isinstance(e, list) and len(e) == 2 and all(_is_int(v) and 1 <= v <= K for v in e)
+            for e in skeleton)):
+        raise DatasetError(f"{where}: 'skeleton' must be a list of [a, b] keypoint numbers in "
+                           f"1..{K}")
+    if "sigmas" in c and not (isinstance(c["sigmas"], list) and len(c["sigmas"]) == K and all(
+            _is_number(v) and v > 0 for v in c["sigmas"])):
+        raise DatasetError(f"{where}: 'sigmas' must be {K} positive numbers (one per keypoint)")
+    return K
+
+
+def _check_keypoints(a: dict, K: int | None, where: str) -> None:
+    """Check an annotation's ``keypoints`` against its category's K; fill ``num_keypoints``."""
+    kp = a["keypoints"]
+    if K is None:
+        raise DatasetError(f"{where}: has keypoints but category {a['category_id']} names none "
+                           "(the category needs a 'keypoints' list of names)")
+    if not isinstance(kp, list) or len(kp) % 3 or not all(_is_number(v) for v in kp):
+        raise DatasetError(f"{where}: keypoints must be a flat list of finite x, y, v numbers")
+    if len(kp) != 3 * K:
+        raise DatasetError(f"{where}: {len(kp) // 3} keypoints, but category "
+                           f"{a['category_id']} defines K = {K} (3 K = {3 * K} numbers)")
+    v = kp[2::3]
+    if any(x not in (0, 1, 2) for x in v):
+        raise DatasetError(f"{where}: keypoint visibilities must be 0, 1 or 2, got {v}")
+    labelled = sum(1 for x in v if x > 0)
+    if "num_keypoints" not in a:
+        a["num_keypoints"] = labelled
+    elif a["num_keypoints"] != labelled:
+        raise DatasetError(f"{where}: num_keypoints is {a['num_keypoints']!r:.20} but "
+                           f"{labelled} keypoints have v > 0")
+
+
+def flip_pairs(names) -> list[tuple[int, int]]:
+    """Left/right keypoint pairs ``(i, j)`` (0-based, ``i < j``) read from the names: ``left``
+    and ``right`` swapped in a name give its mirror (COCO's ``left_eye`` / ``right_eye``). A
+    mirror image swaps them; other keypoints keep their index."""
+    index = {n: i for i, n in enumerate(names)}
+    pairs = []
+    for i, n in enumerate(names):
+        if "left" in n:
+            j = index.get(n.replace("left", "right"))
+            if j is not None:
+                pairs.append((min(i, j), max(i, j)))
+    return sorted(set(pairs))
 
 
 def _fill_defaults(d: dict) -> None:
@@ -353,7 +429,9 @@ def _fill_defaults(d: dict) -> None:
         if "id" not in a:
             a["id"] = next_id
             next_id += 1
-        if "area" not in a or "bbox" not in a:
+        if "segmentation" not in a:  # keypoint-only: the bbox is given (checked)
+            a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
+        elif "area" not in a or "bbox" not in a:
             h, w = heights[a["image_id"]]
             seg = a["segmentation"]
             if isinstance(seg, list):
@@ -400,7 +478,8 @@ class CocoDataset:
     ``ds[i]`` returns ``(image, target)``: image ``(H, W, 3) uint8`` RGB and target a dict
     ``boxes (G, 4) float32 [x1, y1, x2, y2]`` pixels (from the masks: ``[x_min, y_min,
     x_max + 1, y_max + 1]``), ``labels (G,) int64`` in 1..K, ``masks (G, H, W) uint8``,
-    ``image_id`` int, ``crowd_boxes (C, 4) float32`` (iscrowd annotations, not in the G).
+    ``image_id`` int, ``crowd_boxes (C, 4) float32`` (iscrowd annotations, not in the G), and
+    for a dataset with keypoints ``keypoints (G, K, 3) float32`` ``[x, y, v]`` image pixels.
     Annotations whose mask is empty are left out of the targets (nothing to learn from).
 
     Raises:
@@ -426,6 +505,16 @@ class CocoDataset:
         self.category_ids = [c["id"] for c in cats]
         self.class_names = [str(c.get("name", c["id"])) for c in cats]
         self._label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+        kp_cats = [c for c in cats if "keypoints" in c]
+        if any(c["keypoints"] != kp_cats[0]["keypoints"] for c in kp_cats):
+            raise DatasetError(f"{self.source}: categories name different keypoints; one model "
+                               "predicts one set of K keypoints")
+        self.keypoint_names = list(kp_cats[0]["keypoints"]) if kp_cats else []
+        self.skeleton = [list(e) for e in kp_cats[0].get("skeleton", [])] if kp_cats else []
+        self.keypoint_sigmas = (list(kp_cats[0]["sigmas"]) if kp_cats and "sigmas" in kp_cats[0]
+                                else None)
+        self.keypoint_flip_pairs = flip_pairs(self.keypoint_names)
+        self.has_masks = all("segmentation" in a for a in d["annotations"])
         if images is None:
             if self.image_dir is None:
                 raise DatasetError(f"{self.source}: image_dir is required when images are not given")
@@ -440,6 +529,20 @@ class CocoDataset:
             missing = [i for i in self.image_ids if i not in images]
             if missing:
                 raise DatasetError(f"{self.source}: no in-memory image for image ids {missing[:5]}")
+
+    @property
+    def num_keypoints(self) -> int:
+        """K keypoint types named by the categories (0: a dataset without keypoints)."""
+        return len(self.keypoint_names)
+
+    def ann_keypoints(self, anns: list[dict]) -> np.ndarray:
+        """``(G, K, 3) float32`` ``[x, y, v]`` keypoints of annotations, image pixels (zeros for
+        an annotation without keypoints: nothing labelled)."""
+        out = np.zeros((len(anns), self.num_keypoints, 3), np.float32)
+        for g, a in enumerate(anns):
+            if "keypoints" in a:
+                out[g] = np.asarray(a["keypoints"], np.float32).reshape(-1, 3)
+        return out
 
     @property
     def num_classes(self) -> int:
@@ -483,6 +586,8 @@ class CocoDataset:
         return bool(self.annotations(index))
 
     def _rle(self, ann: dict, h: int, w: int):
+        if "segmentation" not in ann:  # keypoint-only annotation: its box as the mask
+            return mask_utils.frPyObjects(np.array([ann["bbox"]], np.float64), h, w)[0]
         seg = ann["segmentation"]
         if isinstance(seg, list):
             return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
@@ -532,6 +637,9 @@ class CocoDataset:
             "image_id": int(self.image_ids[index]),
             "crowd_boxes": crowd_boxes,
         }
+        if self.num_keypoints:
+            target["keypoints"] = self.ann_keypoints([a for a, k in zip(anns, keep, strict=True)
+                                                      if k])
         return image, target
 
 

@@ -7,6 +7,14 @@ from the cropped masks as ``[x_min, y_min, x_max + 1, y_max + 1]``. A crop with 
 is redrawn (at most ``max_tries`` windows; after that, or for an image without instances, the
 last crop is returned with empty targets).
 
+Keypoints (a target with ``keypoints (G, K, 3)`` ``[x, y, v]``) move with the crop
+(``x - x0``, ``y - y0``; a keypoint outside the crop window becomes ``0, 0, 0``, not labelled) and
+are mirrored with the image (``x -> crop - x`` for pixel-edge coordinates: pixel j covers
+``[j, j + 1)``); a mirror image swaps left and right, so the flip pairs (``flip_pairs``: COCO
+names ``left_x`` / ``right_x``, :func:`minimaskrcnn.data.coco.flip_pairs`; lego-battery's
+``top-left`` / ``top-right``) exchange places. A dataset without left/right names only mirrors
+coordinates.
+
 Both training and inference then standardise per image: ``(x - x.mean()) / (x.std() + 1e-6)``
 over all pixels and channels, and move channels first: ``(3, H, W) float32``.
 
@@ -23,7 +31,8 @@ import numpy as np
 
 from minimaskrcnn.data.coco import CocoDataset, masks_to_boxes
 
-__all__ = ["standardize", "random_crop_flip", "sample_crop", "MAX_CROP_TRIES"]
+__all__ = ["standardize", "random_crop_flip", "sample_crop", "crop_keypoints", "flip_keypoints",
+           "MAX_CROP_TRIES"]
 
 MAX_CROP_TRIES = 10
 """Crop windows drawn before giving up on finding an instance."""
@@ -74,38 +83,70 @@ def _pad_masks(masks: np.ndarray, crop: int) -> np.ndarray:
     return out
 
 
-def _finish(image, masks, labels, image_id, hflip, vflip):
+def crop_keypoints(keypoints, y0: int, x0: int, crop: int) -> np.ndarray:
+    """``(G, K, 3)`` keypoints moved into the window at ``(y0, x0)``; those outside the
+    ``crop x crop`` window (or not labelled) become ``0, 0, 0``."""
+    kp = np.array(keypoints, dtype=np.float32).reshape(-1, keypoints.shape[1], 3)
+    kp[..., 0] -= x0
+    kp[..., 1] -= y0
+    inside = ((kp[..., 0] >= 0) & (kp[..., 0] <= crop) & (kp[..., 1] >= 0) & (kp[..., 1] <= crop)
+              & (kp[..., 2] > 0))
+    kp[~inside] = 0
+    return kp
+
+
+def flip_keypoints(keypoints, size: int, axis: int, pairs=()) -> np.ndarray:
+    """Mirror ``(G, K, 3)`` keypoints of a ``size``-pixel axis (``axis`` 0: x, 1: y) and swap the
+    left/right ``pairs``; keypoints not labelled stay ``0, 0, 0``."""
+    kp = np.array(keypoints, dtype=np.float32)
+    labelled = kp[..., 2] > 0
+    kp[..., axis] = np.where(labelled, size - kp[..., axis], 0)
+    for i, j in pairs:
+        kp[:, [i, j]] = kp[:, [j, i]]
+    return kp
+
+
+def _finish(image, masks, labels, image_id, hflip, vflip, keypoints=None, pairs=()):
     """Flip, drop nothing more, recompute boxes; return (image, target)."""
     if hflip:
         image = image[:, ::-1]
         masks = masks[:, :, ::-1]
+        if keypoints is not None:
+            keypoints = flip_keypoints(keypoints, image.shape[1], 0, pairs)
     if vflip:
         image = image[::-1]
         masks = masks[:, ::-1]
+        if keypoints is not None:
+            keypoints = flip_keypoints(keypoints, image.shape[0], 1, pairs)
     image = np.ascontiguousarray(image)
     masks = np.ascontiguousarray(masks)
     target = {"boxes": masks_to_boxes(masks), "labels": labels, "masks": masks,
               "image_id": image_id}
+    if keypoints is not None:
+        target["keypoints"] = keypoints
     return image, target
 
 
 def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob: float,
                      vflip_prob: float, rng: np.random.Generator, *,
-                     max_tries: int = MAX_CROP_TRIES):
+                     max_tries: int = MAX_CROP_TRIES, flip_pairs=()):
     """Random crop (zero pad when smaller) and flips of one training image.
 
     Args:
         image: ``(H, W, 3) uint8``.
         target: dict with ``masks (G, H, W) uint8`` and ``labels (G,) int64`` (boxes are
-            recomputed; other keys except ``image_id`` are not carried over).
+            recomputed; other keys except ``image_id`` and ``keypoints (G, K, 3)`` are not
+            carried over).
         crop_size: side of the square crop, pixels.
         hflip_prob, vflip_prob: flip probabilities.
         rng: the generator driving every draw (see the module docstring for the order).
         max_tries: crop windows drawn before accepting one without instances.
+        flip_pairs: left/right keypoint pairs ``(i, j)`` swapped by a flip (see the module).
 
     Returns:
         ``(image (crop, crop, 3) uint8, target)`` with ``boxes (G', 4) float32``,
-        ``labels (G',) int64``, ``masks (G', crop, crop) uint8``, ``image_id``.
+        ``labels (G',) int64``, ``masks (G', crop, crop) uint8``, ``image_id``, and
+        ``keypoints (G', K, 3) float32`` in crop pixels when the target has keypoints.
     """
     h, w = image.shape[:2]
     masks, labels = target["masks"], np.asarray(target["labels"], dtype=np.int64)
@@ -117,8 +158,10 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
             break
     hflip = rng.random() < hflip_prob
     vflip = rng.random() < vflip_prob
+    kp = target.get("keypoints")
+    kp = None if kp is None else crop_keypoints(np.asarray(kp)[keep], y0, x0, crop_size)
     return _finish(_crop_image(image, y0, x0, crop_size), _pad_masks(cut[keep], crop_size),
-                   labels[keep], target.get("image_id"), hflip, vflip)
+                   labels[keep], target.get("image_id"), hflip, vflip, kp, flip_pairs)
 
 
 def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: float,
@@ -127,8 +170,9 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     """:func:`random_crop_flip` of ``dataset[index]`` without decoding every mask at full size.
 
     Only annotations whose box meets the crop window are decoded; same draws, same result as
-    ``random_crop_flip(*dataset[index], ...)``: ``(image (crop, crop, 3) uint8, target)``, the
-    target as :func:`random_crop_flip` returns it. ``crop_size`` in pixels.
+    ``random_crop_flip(*dataset[index], ..., flip_pairs=dataset.keypoint_flip_pairs)``:
+    ``(image (crop, crop, 3) uint8, target)``, the target as :func:`random_crop_flip` returns it
+    (with ``keypoints`` when the dataset has keypoints). ``crop_size`` in pixels.
 
     Raises:
         IndexError: ``index`` out of range.
@@ -150,5 +194,10 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     labels = np.array([dataset.label_of(anns[i]) for i in near[keep]], dtype=np.int64)
     hflip = rng.random() < hflip_prob
     vflip = rng.random() < vflip_prob
+    kp = None
+    if getattr(dataset, "num_keypoints", 0):
+        kp = crop_keypoints(dataset.ann_keypoints([anns[i] for i in near[keep]]), y0, x0,
+                            crop_size)
     return _finish(_crop_image(image, y0, x0, crop_size), _pad_masks(cut[keep], crop_size),
-                   labels, int(dataset.image_ids[index]), hflip, vflip)
+                   labels, int(dataset.image_ids[index]), hflip, vflip, kp,
+                   getattr(dataset, "keypoint_flip_pairs", ()))

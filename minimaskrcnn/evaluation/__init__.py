@@ -1,6 +1,7 @@
 """Evaluation: COCO AP (pycocotools) for masks and boxes, the DSB 2018 score, metrics files.
 
     evaluate_coco(coco_gt, results_by_image, category_ids, max_dets)   -> segm / bbox AP, AP50, AP75
+    keypoint_sigmas(model_cfg, dataset)                                -> OKS sigmas (keypoint AP)
     dsb_score(gt_masks_by_image, results_by_image, score_thresh)       -> DSB 2018 score
     coco_results / write_results_json                                  -> COCO results JSON
     evaluate_model(model, dataset, eval_cfg, out_dir)                  -> all of it for a model
@@ -17,10 +18,12 @@ import numpy as np
 
 from minimaskrcnn.evaluation.coco_eval import coco_results, evaluate_coco, write_results_json
 from minimaskrcnn.evaluation.dsb import DSB_IOU_THRESHOLDS, dsb_image_score, dsb_score
+from minimaskrcnn.evaluation.keypoints import keypoint_sigmas
 
 __all__ = [
     "DSB_IOU_THRESHOLDS", "coco_results", "dsb_image_score", "dsb_score", "evaluate_coco",
-    "evaluate_model", "format_metrics", "predict_dataset", "write_metrics", "write_results_json",
+    "evaluate_model", "format_metrics", "keypoint_sigmas", "predict_dataset", "write_metrics",
+    "write_results_json",
 ]
 
 METRICS_FILE = "metrics.json"
@@ -137,6 +140,10 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
     if not comm.is_main:
         return comm.bcast(None)  # rank 0's metrics (without its predictions)
     metrics = evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets)
+    sigmas = keypoint_sigmas(model.config, dataset) if hasattr(model, "config") else None
+    if sigmas is not None:  # a keypoint model on a keypoint dataset: OKS AP too
+        metrics.update(evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets,
+                                     iou_types=("keypoints",), keypoint_sigmas=sigmas))
     index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
     gt = {i: dataset.decode_masks(index_of[i], dataset.annotations(index_of[i])) for i in results}
     metrics["dsb_score"] = dsb_score(gt, results, eval_cfg.dsb_score_thresh)
@@ -164,7 +171,7 @@ def write_metrics(path: str, metrics: dict) -> None:
 def format_metrics(metrics: dict) -> str:
     """A small text table of :func:`evaluate_model`'s metrics."""
     lines = [f"{'':6s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}"]
-    for kind, name in (("segm", "mask"), ("bbox", "box")):
+    for kind, name in (("segm", "mask"), ("bbox", "box"), ("keypoints", "kp")):
         if kind in metrics:
             m = metrics[kind]
             lines.append(f"{name:6s} {m['AP']:6.3f} {m['AP50']:6.3f} {m['AP75']:6.3f}")

@@ -1,5 +1,5 @@
-"""COCO metrics with pycocotools ``COCOeval`` (``iouType`` "segm" and "bbox"), and the COCO
-results JSON.
+"""COCO metrics with pycocotools ``COCOeval`` (``iouType`` "segm", "bbox" and "keypoints"), and
+the COCO results JSON.
 
 AP is read from ``COCOeval.eval['precision']`` (shape ``(T, R, K, A, M)``: IoU thresholds,
 recall thresholds, categories, area ranges, maxDets) at area range "all" and the LAST maxDets
@@ -45,8 +45,10 @@ def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None =
             (for segm) ``masks``: ``(D, H, W) bool``, or a list of D pycocotools RLEs
             (``model.predict(..., mask_format="rle")``, for images too large for dense masks).
         category_ids: ``category_ids[label - 1]`` is the COCO category id of a label.
-        iou_type: ``"bbox"`` (entries carry ``bbox`` only), ``"segm"`` (``segmentation`` only)
-            or ``None`` (both: the form written to disk).
+        iou_type: ``"bbox"`` (entries carry ``bbox`` only), ``"segm"`` (``segmentation`` only),
+            ``"keypoints"`` (``keypoints`` only: ``x, y, v`` per keypoint from the prediction's
+            ``keypoints (D, K, 3)``, scored by the detection's score as torchvision and
+            Detectron do) or ``None`` (all there are: the form written to disk).
 
     Returns:
         list of dicts ``image_id, category_id, score`` plus ``bbox [x, y, w, h]`` and/or
@@ -63,16 +65,22 @@ def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None =
         if iou_type == "segm" and masks is None and len(scores):
             raise ValueError(f"image {image_id}: segm evaluation needs the predictions' masks")
         rles = None
-        if iou_type != "bbox" and masks is not None and len(masks):
+        if iou_type in (None, "segm") and masks is not None and len(masks):
             if isinstance(masks, list) and all(isinstance(m, dict) for m in masks):
                 rles = masks  # already run-length encoded
             else:
                 rles = mask_utils.encode(np.asfortranarray(
                     np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
+        kps = pred.get("keypoints") if iou_type in (None, "keypoints") else None
+        if iou_type == "keypoints" and kps is None and len(scores):
+            raise ValueError(f"image {image_id}: keypoint evaluation needs the predictions' "
+                             "keypoints")
         for d in range(len(scores)):
             entry = {"image_id": int(image_id), "category_id": int(category_ids[labels[d] - 1]),
                      "score": float(scores[d])}
-            if iou_type != "segm":
+            if kps is not None:
+                entry["keypoints"] = [float(v) for v in np.asarray(kps[d]).reshape(-1)]
+            if iou_type in (None, "bbox"):
                 x1, y1, x2, y2 = (float(v) for v in boxes[d])
                 entry["bbox"] = [x1, y1, x2 - x1, y2 - y1]
             if rles is not None:
@@ -104,7 +112,7 @@ def _ap_from_precision(precision: np.ndarray, iou_thrs: np.ndarray) -> dict:
 
 
 def evaluate_coco(coco_gt: COCO, results_by_image: dict, category_ids, max_dets=(10, 100, 500),
-                  iou_types=("segm", "bbox")) -> dict:
+                  iou_types=("segm", "bbox"), *, keypoint_sigmas=None) -> dict:
     """COCO AP of predictions against a ground truth.
 
     Args:
@@ -114,14 +122,19 @@ def evaluate_coco(coco_gt: COCO, results_by_image: dict, category_ids, max_dets=
             with empty arrays).
         category_ids: contiguous label -> COCO category id (``CocoDataset.category_ids``).
         max_dets: ``COCOeval.params.maxDets``; AP is read at the last entry.
-        iou_types: subset of ``("segm", "bbox")``.
+        iou_types: subset of ``("segm", "bbox", "keypoints")``.
+        keypoint_sigmas: ``(K,)`` OKS sigmas, required for ``"keypoints"``
+            (:func:`minimaskrcnn.evaluation.keypoints.keypoint_sigmas`); OKS AP over the ground
+            truths with at least one labelled keypoint (pycocotools ignores the others).
 
     Returns:
-        ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}}`` floats in [0, 1] (-1 when no image
-        has a ground truth, as COCOeval marks it; 0 when there is no detection at all).
+        ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}, "keypoints": {...}}`` floats in
+        [0, 1] (-1 when no image has a ground truth, as COCOeval marks it; 0 when there is no
+        detection at all); AP50 / AP75 are at OKS 0.5 / 0.75 for keypoints.
 
     Raises:
-        ValueError: an image id that is not in ``coco_gt``, or bad predictions.
+        ValueError: an image id that is not in ``coco_gt``, bad predictions, or keypoint
+            evaluation without ``keypoint_sigmas``.
     """
     image_ids = sorted(int(i) for i in results_by_image)
     unknown = set(image_ids) - set(coco_gt.getImgIds())
@@ -129,8 +142,11 @@ def evaluate_coco(coco_gt: COCO, results_by_image: dict, category_ids, max_dets=
         raise ValueError(f"predictions for image ids not in the ground truth: {sorted(unknown)[:5]}")
     metrics = {}
     for iou_type in iou_types:
-        if iou_type not in ("segm", "bbox"):
-            raise ValueError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
+        if iou_type not in ("segm", "bbox", "keypoints"):
+            raise ValueError(f"iou_type must be 'segm', 'bbox' or 'keypoints', got {iou_type!r}")
+        if iou_type == "keypoints" and keypoint_sigmas is None:
+            raise ValueError("keypoint evaluation needs keypoint_sigmas (one OKS sigma per "
+                             "keypoint)")
         results = coco_results(results_by_image, category_ids, iou_type=iou_type)
         if not results:
             has_gt = any(not a.get("iscrowd", 0) for i in image_ids for a in coco_gt.imgToAnns.get(i, []))
@@ -142,6 +158,8 @@ def evaluate_coco(coco_gt: COCO, results_by_image: dict, category_ids, max_dets=
             ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
             ev.params.imgIds = image_ids
             ev.params.maxDets = [int(m) for m in max_dets]
+            if iou_type == "keypoints":
+                ev.params.kpt_oks_sigmas = np.asarray(keypoint_sigmas, dtype=np.float64)
             ev.evaluate()
             ev.accumulate()
         metrics[iou_type] = _ap_from_precision(ev.eval["precision"], ev.params.iouThrs)
