@@ -120,6 +120,11 @@ def _exercise_cuda_ops(dtype):
     for mode in ("sigmoid", "softmax"):
         ops.mask_loss(logits, labels, targets, mode=mode, tier="cuda")
     ops.paste_masks_in_image(rng.random((2, 2, 2)).astype(dtype), boxes[:2], (6, 6), tier="cuda")
+    kp = np.concatenate([rng.uniform(0, 6, (4, 2, 2)), np.full((4, 2, 1), 2.0)], axis=2)
+    cells, valid = ops.keypoints_to_heatmap(kp.astype(dtype), boxes, 3, tier="cuda")
+    valid[0, 0] = True
+    ops.keypoint_loss(rng.standard_normal((4, 2, 3, 3)).astype(dtype), cells, valid, tier="cuda")
+    ops.heatmaps_to_keypoints(rng.standard_normal((4, 2, 3, 3)).astype(dtype), boxes, tier="cuda")
 
 
 @pytest.fixture

@@ -100,6 +100,16 @@ NUMBA_SIGNATURES: dict[str, tuple[str, ...]] = {
         f"{A3}, int64, int64, int64, int64"),
     "minimaskrcnn.ops.mask_ops.numba_cuda._paste_kernel": each_float(
         f"{A3}, {I2}, int64, {A3}"),
+    # ops/keypoints/numba_cuda.py
+    "minimaskrcnn.ops.keypoints.reference.cubic_source": each_float("int64, {T}, int64"),
+    "minimaskrcnn.ops.keypoints.numba_cuda._to_heatmap_kernel": each_float(
+        f"{A3}, {A2}, int64, {I2}, uint8[:, ::1]"),
+    "minimaskrcnn.ops.keypoints.numba_cuda._loss_kernel": each_float(
+        f"{A2}, {I1}, uint8[::1], {A1}, {A2}, float64[::1]"),
+    "minimaskrcnn.ops.keypoints.numba_cuda._row_value": each_float(
+        f"{A4}, int64, int64, int64, int64, int64, int64, int64, {{T}}, {{T}}, {{T}}, {{T}}"),
+    "minimaskrcnn.ops.keypoints.numba_cuda._decode_kernel": each_float(
+        f"{A4}, {A2}, {A3}, {A2}"),
 }
 
 

@@ -313,9 +313,43 @@ def test_decode_bad_input():
         heatmaps_to_keypoints(maps, np.full((2, 4), np.nan, np.float32))
 
 
-def test_cuda_tier_is_not_there_yet():
-    from minimaskrcnn.backend import TierUnavailableError
+# --------------------------------------------------------------------------------------------
+# CUDA tier (the simulator in CI: NUMBA_ENABLE_CUDASIM=1 pytest -m cuda; a GPU where there is one)
+# --------------------------------------------------------------------------------------------
 
-    with pytest.raises(TierUnavailableError):
-        keypoint_loss(np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1), np.int64),
-                      np.ones((1, 1), bool), tier="cuda")
+cuda_tier = pytest.mark.parametrize("gpu_tier", tier_params(("cuda",)))
+
+
+@cuda_tier
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_targets_cuda_equals_reference(gpu_tier, seed):
+    kp, rois, m = _target_case(seed, 3, 3, 7)
+    want = keypoints_to_heatmap(kp, rois, m, tier="numpy")
+    got = keypoints_to_heatmap(kp, rois, m, tier=gpu_tier)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@cuda_tier
+def test_loss_cuda_matches_reference_and_gradient(gpu_tier):
+    logits, targets, valid = _loss_case(3, 2, 3, 4)
+    want = keypoint_loss(logits, targets, valid, tier="numpy")
+    got = keypoint_loss(logits, targets, valid, normalizer=float(valid.sum()), tier=gpu_tier)
+    assert got[0] == pytest.approx(want[0], rel=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    logits64, targets, valid = _loss_case(7, 2, 2, 3, dtype=np.float64)
+    f = loss_function(keypoint_loss, targets, valid, tier=gpu_tier)
+    gradcheck(f, [logits64], eps=1e-6, atol=1e-8, rtol=1e-5, directions=2, seeds=(0,))
+
+
+@cuda_tier
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decode_cuda_matches_reference(gpu_tier, dtype):
+    rng = np.random.default_rng(4)
+    maps = rng.normal(size=(2, 2, 5, 5)).astype(dtype)
+    rois = np.array([[1, 2, 9.5, 7], [3, 3, 3, 4]], dtype)
+    want = heatmaps_to_keypoints(maps, rois, tier="numpy")
+    got = heatmaps_to_keypoints(maps, rois, tier=gpu_tier)
+    # bitwise on the simulator; a GPU may fuse multiply-adds (an ulp), so compare to rounding
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-5)

@@ -26,9 +26,11 @@ and evaluates its four taps along x, then along y, in the order of PyTorch's CUD
 CPU kernel groups the same products differently, so resized values can differ from PyTorch's in
 the last bit, and an arg-max between two cells equal to within an ulp could then differ.
 
-Tiers (see :mod:`minimaskrcnn.backend`): ``reference.py`` (NumPy, the specification) and
-``numba_cpu.py`` (``@njit(parallel=True)``). There is no CUDA or CuPy tier yet: ``tier="cuda"``
-raises ``TierUnavailableError``.
+Tiers (see :mod:`minimaskrcnn.backend`): ``reference.py`` (NumPy, the specification),
+``numba_cpu.py`` (``@njit(parallel=True)``, bitwise equal to the reference) and
+``numba_cuda.py`` (grid-stride kernels, bitwise equal on the simulator; ``cupy.py`` runs those
+same kernels on CuPy arrays, so ``tier=None`` works for CuPy inputs). Arrays stay where they are:
+NumPy in, NumPy out; CuPy in, CuPy out.
 
 Shape letters: R RoIs, K keypoint types, m heatmap size (56 in the paper).
 """
@@ -91,7 +93,7 @@ def keypoints_to_heatmap(keypoints, rois, heatmap_size, *, tier=None):
         rois: ``(R, 4)`` float32/float64 ``[x1, y1, x2, y2]`` RoIs, image pixels, with positive
             width and height. ``keypoints`` are converted to this dtype.
         heatmap_size: m (56 in the paper and torchvision).
-        tier: ``"numpy"``, ``"numba"`` or ``None`` (backend default).
+        tier: ``"numpy"``, ``"numba"``, ``"cuda"``, ``"cupy"`` or ``None`` (backend default).
 
     Returns:
         ``(targets, valid)``: ``targets (R, K) int64`` flat cell index ``y * m + x`` (0 where not
@@ -108,14 +110,16 @@ def keypoints_to_heatmap(keypoints, rois, heatmap_size, *, tier=None):
     R, K = keypoints.shape[:2]
     _check_rois(rois, R, f"keypoints {shape_str(keypoints.shape)}")
     m = _check_size("heatmap_size", heatmap_size)
-    if R and bool(((rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])).any()):
-        bad = int(np.flatnonzero((rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1]))[0])
+    xp = backend.get_array_module(rois)
+    degenerate = (rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])
+    if R and bool(degenerate.any()):
+        bad = int(xp.flatnonzero(degenerate)[0])
         raise ValueError(f"rois[{bad}] = {rois[bad].tolist()} has zero or negative width or "
                          "height: keypoint targets need positive RoI sizes")
     fn = backend.implementation(__name__, "keypoints_to_heatmap", tier, keypoints, rois)
     if R == 0 or K == 0:
-        return np.zeros((R, K), np.int64), np.zeros((R, K), bool)
-    return fn(np.ascontiguousarray(keypoints, dtype=rois.dtype), np.ascontiguousarray(rois), m)
+        return xp.zeros((R, K), np.int64), xp.zeros((R, K), bool)
+    return fn(xp.ascontiguousarray(keypoints, dtype=rois.dtype), xp.ascontiguousarray(rois), m)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ def keypoint_loss(keypoint_logits, targets, valid, normalizer=None, *, tier=None
             read, and checked).
         valid: ``(R, K)`` bool (any dtype; nonzero is valid).
         normalizer: positive finite number, or ``None`` for the number of valid keypoints.
-        tier: ``"numpy"``, ``"numba"`` or ``None`` (backend default).
+        tier: ``"numpy"``, ``"numba"``, ``"cuda"``, ``"cupy"`` or ``None`` (backend default).
 
     Returns:
         ``(loss, grad)``: ``loss`` a Python float, ``grad`` ``(R, K, m, m)`` in the logits' dtype.
@@ -170,7 +174,8 @@ def keypoint_loss(keypoint_logits, targets, valid, normalizer=None, *, tier=None
             raise ValueError(f"{name} must have shape {shape_str((R, K))} like keypoint_logits "
                              f"{shape_str(keypoint_logits.shape)} (R RoIs, K keypoint types), "
                              f"got {shape_str(a.shape)}")
-    valid = np.asarray(valid).astype(bool)
+    xp = backend.get_array_module(keypoint_logits)
+    valid = xp.asarray(valid).astype(bool)
     n_valid = int(valid.sum())
     if n_valid and (int(targets[valid].min()) < 0 or int(targets[valid].max()) >= m * m):
         raise ValueError(f"valid targets must lie in [0, m * m) = [0, {m * m})")
@@ -181,9 +186,9 @@ def keypoint_loss(keypoint_logits, targets, valid, normalizer=None, *, tier=None
         raise ValueError(f"normalizer must be a positive finite number, got {normalizer!r}")
     fn = backend.implementation(__name__, "keypoint_loss", tier, keypoint_logits)
     if n_valid == 0 or m == 0:
-        return 0.0, np.zeros(keypoint_logits.shape, dtype=keypoint_logits.dtype)
-    return fn(np.ascontiguousarray(keypoint_logits),
-              np.ascontiguousarray(targets, dtype=np.int64), np.ascontiguousarray(valid),
+        return 0.0, xp.zeros(keypoint_logits.shape, dtype=keypoint_logits.dtype)
+    return fn(xp.ascontiguousarray(keypoint_logits),
+              xp.ascontiguousarray(targets, dtype=np.int64), xp.ascontiguousarray(valid),
               float(normalizer))
 
 
@@ -209,7 +214,7 @@ def heatmaps_to_keypoints(maps, rois, *, tier=None):
         maps: ``(R, K, m, m)`` float32/float64 heatmap logits, finite.
         rois: ``(R, 4)`` float ``[x1, y1, x2, y2]`` detection boxes, image pixels, finite
             (converted to ``maps``' dtype; degenerate boxes count as 1 pixel wide/high).
-        tier: ``"numpy"``, ``"numba"`` or ``None`` (backend default).
+        tier: ``"numpy"``, ``"numba"``, ``"cuda"``, ``"cupy"`` or ``None`` (backend default).
 
     Returns:
         ``(keypoints, scores)``: ``keypoints (R, K, 3)`` ``[x, y, 1]`` image pixels and
@@ -227,6 +232,7 @@ def heatmaps_to_keypoints(maps, rois, *, tier=None):
                          f"{shape_str(maps.shape)}")
     _check_rois(rois, R, f"maps {shape_str(maps.shape)}")
     fn = backend.implementation(__name__, "heatmaps_to_keypoints", tier, maps, rois)
+    xp = backend.get_array_module(maps)
     if R == 0 or K == 0:
-        return np.zeros((R, K, 3), maps.dtype), np.zeros((R, K), maps.dtype)
-    return fn(np.ascontiguousarray(maps), np.ascontiguousarray(rois, dtype=maps.dtype))
+        return xp.zeros((R, K, 3), maps.dtype), xp.zeros((R, K), maps.dtype)
+    return fn(xp.ascontiguousarray(maps), xp.ascontiguousarray(rois, dtype=maps.dtype))
