@@ -165,3 +165,22 @@ def test_keypoint_only_annotation_needs_a_bbox(kp_data):
     del bad["annotations"][0]["segmentation"], bad["annotations"][0]["bbox"]
     with pytest.raises(DatasetError, match=r"annotations\[0\].*has no 'segmentation'"):
         CocoDataset(bad, images=images)
+
+
+def test_evaluate_model_reports_keypoint_ap_and_writes_keypoints(kp_data, tmp_path):
+    import json
+
+    from minimaskrcnn.config import EvalConfig, get_preset
+    from minimaskrcnn.evaluation import evaluate_model, format_metrics
+    from minimaskrcnn.model import build_model
+
+    images, coco = kp_data
+    ds = CocoDataset(coco, images=images)
+    model = build_model(get_preset("keypoints-mini"), np.random.default_rng(0))  # untrained
+    metrics = evaluate_model(model, ds, EvalConfig(max_dets=(20,)), out_dir=str(tmp_path),
+                             limit=2)
+    assert set(metrics["keypoints"]) == {"AP", "AP50", "AP75"}
+    assert "kp" in format_metrics(metrics)
+    with open(tmp_path / "results.json") as f:
+        entries = json.load(f)
+    assert entries and all(len(e["keypoints"]) == 9 for e in entries)
