@@ -139,7 +139,9 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
     results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress, comm=comm)
     if not comm.is_main:
         return comm.bcast(None)  # rank 0's metrics (without its predictions)
-    metrics = evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets)
+    # a dataset without masks (keypoint-only annotations, lego-battery) has no segm ground truth
+    iou_types = ("segm", "bbox") if getattr(dataset, "has_masks", True) else ("bbox",)
+    metrics = evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets, iou_types)
     sigmas = keypoint_sigmas(model.config, dataset) if hasattr(model, "config") else None
     if sigmas is not None:  # a keypoint model on a keypoint dataset: OKS AP too
         metrics.update(evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets,

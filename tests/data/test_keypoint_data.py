@@ -184,3 +184,18 @@ def test_evaluate_model_reports_keypoint_ap_and_writes_keypoints(kp_data, tmp_pa
     with open(tmp_path / "results.json") as f:
         entries = json.load(f)
     assert entries and all(len(e["keypoints"]) == 9 for e in entries)
+
+
+def test_evaluate_model_on_lego_battery_skips_mask_ap():
+    from minimaskrcnn.config import EvalConfig, ModelConfig
+    from minimaskrcnn.data.lego_battery import load_lego_battery
+    from minimaskrcnn.evaluation import evaluate_model
+    from minimaskrcnn.model import build_model
+
+    val = load_lego_battery("val")
+    cfg = ModelConfig(num_keypoints=5, keypoint_head_convs=1, keypoint_head_channels=8,
+                      stem_channels=8, stage_channels=(8, 8, 8, 8), fpn_channels=8,
+                      representation_size=16, mask_head_channels=8, mask_head_convs=1)
+    metrics = evaluate_model(build_model(cfg, np.random.default_rng(0)), val,
+                             EvalConfig(max_dets=(20,)), limit=1)
+    assert "segm" not in metrics and {"bbox", "keypoints"} <= set(metrics)
