@@ -89,7 +89,8 @@ def _dataset(json_path: str, images: str):
 
 
 def _load_model(checkpoint: str, device: str = "cpu"):
-    """(config, model, category_ids, class_names) from a checkpoint written by ``train``.
+    """(config, model, category_ids, class_names, skeleton) from a checkpoint written by
+    ``train`` (``skeleton``: the keypoint skeleton of the training data, ``[]`` without one).
 
     ``category_ids`` are the stored ``config["dataset"]["category_ids"]`` (``1..K`` for a
     checkpoint without them); every field of the config and every parameter is checked
@@ -123,7 +124,7 @@ def _load_model(checkpoint: str, device: str = "cpu"):
     restore(ckpt, model)
     if xp is not np:
         model.to(xp)  # a checkpoint (NumPy arrays) loads on either device
-    return cfg, model, category_ids, class_names
+    return cfg, model, category_ids, class_names, list(ds.get("skeleton") or [])
 
 
 def _check_args(args, **lowest) -> None:
@@ -326,17 +327,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         preset = base.name
     cfg = _with_overrides(base if base is not None else get_preset(preset), args)
     val_ds = None
-    if args.train_json is None and preset == "shapes-mini":
-        from minimaskrcnn.data import shapes
+    if args.train_json is None and preset in ("shapes-mini", "keypoints-mini"):
+        from minimaskrcnn.data import keypoint_shapes, shapes
 
+        make = (shapes.shapes_dataset if preset == "shapes-mini"
+                else keypoint_shapes.keypoint_shapes_dataset)
         n = args.shapes
-        print(f"training on {n} generated shapes images (seed {cfg.train.seed}), validating on "
-              f"{max(8, n // 10)} others (seed {cfg.train.seed + 1000})")
-        train_ds = shapes.shapes_dataset(n, seed=cfg.train.seed)
-        val_ds = shapes.shapes_dataset(max(8, n // 10), seed=cfg.train.seed + 1000)
+        print(f"training on {n} generated {'shapes' if preset == 'shapes-mini' else 'triangles'} "
+              f"images (seed {cfg.train.seed}), validating on {max(8, n // 10)} others "
+              f"(seed {cfg.train.seed + 1000})")
+        train_ds = make(n, seed=cfg.train.seed)
+        val_ds = make(max(8, n // 10), seed=cfg.train.seed + 1000)
     elif args.train_json is None or args.images is None:
-        raise CLIError("--train-json and --images are required (only --preset shapes-mini can "
-                       "train without them, on generated shapes)")
+        raise CLIError("--train-json and --images are required (only --preset shapes-mini and "
+                       "keypoints-mini can train without them, on generated images)")
     else:
         train_ds = _dataset(args.train_json, args.images)
     if args.val_json:
@@ -344,6 +348,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if val_ds is not None and train_ds.category_ids != val_ds.category_ids:
         raise CLIError(f"{args.val_json} has category ids {val_ds.category_ids}, "
                        f"{args.train_json} has {train_ds.category_ids}")
+    k = getattr(train_ds, "num_keypoints", 0)
+    if cfg.model.num_keypoints and k != cfg.model.num_keypoints:
+        raise CLIError(f"--preset {preset} predicts {cfg.model.num_keypoints} keypoints per "
+                       f"instance, but {args.train_json or 'the data'} has {k}")
+    if k and not cfg.model.num_keypoints:
+        print(f"note: the data has {k} keypoints per instance; --preset {preset} has no "
+              "keypoint head (use keypoints-mini)")
     if train_ds.num_classes != cfg.model.num_classes:
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, num_classes=train_ds.num_classes))
@@ -360,7 +371,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from minimaskrcnn.evaluation import evaluate_model, format_metrics
 
     _check_args(args, limit=1, figure=0)
-    cfg, model, category_ids, _ = _load_model(args.checkpoint, args.device)
+    cfg, model, category_ids, _, _ = _load_model(args.checkpoint, args.device)
     ds = _dataset(args.coco_json, args.images)
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
@@ -394,7 +405,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError(f"{path}: image file not found")
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    cfg, model, category_ids, class_names = _load_model(args.checkpoint, args.device)
+    cfg, model, category_ids, class_names, skeleton = _load_model(args.checkpoint, args.device)
     from pycocotools import mask as mask_utils
 
     from minimaskrcnn.training.distributed import gather_to_main, get_comm, shard
@@ -423,10 +434,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         shown = [d for d in range(len(pred["scores"])) if pred["scores"][d] >= args.score_thresh]
         masks = (mask_utils.decode([pred["masks"][d] for d in shown]).transpose(2, 0, 1)
                  .astype(bool) if shown else np.zeros((0, h, w), bool))
-        save_overlay(out_png, read_image(path), {**pred, "masks": masks, "boxes": pred["boxes"][shown],
-                                                 "scores": pred["scores"][shown],
-                                                 "labels": pred["labels"][shown]},
-                     score_thresh=args.score_thresh)
+        drawn = {k: (v[shown] if isinstance(v, np.ndarray) else v) for k, v in pred.items()}
+        drawn["masks"] = masks
+        save_overlay(out_png, read_image(path), drawn, score_thresh=args.score_thresh,
+                     skeleton=skeleton)
         print(f"{path}: {len(shown)} detections with score >= {args.score_thresh} "
               f"({len(pred['scores'])} in all), {dt:.2f} s -> {out_png}")
     write_results_json(os.path.join(args.out, "results.json"), coco_results(results, category_ids))
@@ -515,13 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a preset on a COCO dataset")
-    p.add_argument("--preset", help="nuclei-mini (default) or shapes-mini; with --resume, "
-                   "the run's")
+    p.add_argument("--preset", help="nuclei-mini (default), shapes-mini or keypoints-mini; with "
+                   "--resume, the run's")
     p.add_argument("--train-json", help="COCO instances file to train on (shapes-mini: "
                    "optional, generated shapes otherwise)")
     p.add_argument("--images", help="image folder of --train-json")
     p.add_argument("--shapes", type=int, default=200, metavar="N",
-                   help="shapes-mini without --train-json: N generated training images "
+                   help="shapes-mini / keypoints-mini without --train-json: N generated training images "
                         "(default %(default)s)")
     p.add_argument("--val-json", help="COCO instances file to validate on")
     p.add_argument("--val-images", help="image folder of --val-json (default --images)")

@@ -24,16 +24,20 @@ def instance_colours(n: int) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, instances: dict, *, score_thresh: float = 0.5,
-            alpha: float = 0.45, boxes: bool = True) -> np.ndarray:
-    """Blend instance masks and box outlines into an image.
+            alpha: float = 0.45, boxes: bool = True, skeleton=None) -> np.ndarray:
+    """Blend instance masks, box outlines and keypoints into an image.
 
     Args:
         image: ``(H, W, 3) uint8`` RGB.
-        instances: a prediction (``masks (D, H, W)``, ``boxes (D, 4)``, ``scores (D,)``) or a
-            target (no ``scores``: every instance is drawn).
+        instances: a prediction (``masks (D, H, W)``, ``boxes (D, 4)``, ``scores (D,)``, and
+            optionally ``keypoints (D, K, 3)`` ``[x, y, v]`` pixels) or a target (no ``scores``:
+            every instance is drawn).
         score_thresh: predictions below it are not drawn.
         alpha: mask opacity.
         boxes: draw the box outlines.
+        skeleton: pairs ``[a, b]`` of 1-based keypoint numbers (the COCO category's
+            ``skeleton``) drawn as lines between keypoints; the keypoints with ``v > 0`` are
+            drawn as dots.
 
     Returns:
         ``(H, W, 3) uint8`` new image.
@@ -58,7 +62,30 @@ def overlay(image: np.ndarray, instances: dict, *, score_thresh: float = 0.5,
             out[r1, c0:c1 + 1] = c
             out[r0:r1 + 1, c0] = c
             out[r0:r1 + 1, c1] = c
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if instances.get("keypoints") is not None and len(keep):
+        out = _draw_keypoints(out, np.asarray(instances["keypoints"], np.float64), keep,
+                              colours, skeleton or [])
+    return out
+
+
+def _draw_keypoints(image, keypoints, keep, colours, skeleton):
+    """Skeleton lines and keypoint dots of the kept instances (Pillow's ImageDraw)."""
+    from PIL import Image, ImageDraw
+
+    pil = Image.fromarray(image)
+    draw = ImageDraw.Draw(pil)
+    r = max(1.5, min(image.shape[:2]) / 150)
+    for c, d in zip(colours, keep, strict=True):
+        kp = keypoints[d]  # (K, 3)
+        colour = tuple(int(v) for v in np.clip(c * 0.6 + 255 * 0.4, 0, 255))
+        for a, b in skeleton:
+            if 1 <= a <= len(kp) and 1 <= b <= len(kp) and kp[a - 1, 2] > 0 and kp[b - 1, 2] > 0:
+                draw.line([tuple(kp[a - 1, :2]), tuple(kp[b - 1, :2])], fill=colour, width=2)
+        for x, y, v in kp:
+            if v > 0:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0))
+    return np.asarray(pil)
 
 
 def save_overlay(path: str, image: np.ndarray, instances: dict, **kwargs) -> None:

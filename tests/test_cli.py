@@ -415,3 +415,42 @@ def test_device_cuda_without_a_gpu_is_one_line(argv, run_dir, tmp_path, capsys, 
     argv = [{"CKPT": ckpt, "JSON": json_path, "IMG": images if "evaluate" in argv else str(image)}
             .get(a, a) for a in argv]
     _one_line_error(argv, capsys, "--device cuda needs CuPy and a CUDA GPU")
+
+
+def test_train_and_predict_keypoints_mini(tmp_path, capsys):
+    """keypoints-mini trains on generated triangles without data; predict draws the predicted
+    keypoints with the training data's skeleton and writes them to the results JSON."""
+    from PIL import Image
+
+    from minimaskrcnn.data.keypoint_shapes import keypoint_shapes_dataset
+
+    out = str(tmp_path / "kp")
+    assert main(["train", "--preset", "keypoints-mini", "--shapes", "4", "--out", out,
+                 "--iters", "1", "--batch-size", "1", "--crop-size", "64", "--val-limit", "1",
+                 "--no-progress"]) == 0
+    with open(os.path.join(out, "config.json")) as f:
+        ds = json.load(f)["dataset"]
+    assert len(ds["keypoint_names"]) == 3 and ds["skeleton"]
+    image = keypoint_shapes_dataset(1, seed=5).load_image(0)
+    Image.fromarray(image).save(tmp_path / "tri.png")
+    ckpt = os.path.join(out, open(os.path.join(out, "last_checkpoint")).read().strip())
+    assert main(["predict", str(tmp_path / "tri.png"), "--checkpoint", ckpt, "--out",
+                 str(tmp_path / "pred"), "--score-thresh", "0"]) == 0
+    with open(tmp_path / "pred" / "results.json") as f:
+        results = json.load(f)
+    assert results and all(len(r["keypoints"]) == 9 for r in results)
+    assert os.path.isfile(tmp_path / "pred" / "0001_tri.png")
+
+
+def test_overlay_draws_keypoints_and_the_skeleton():
+    from minimaskrcnn.viz_detections import overlay
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    inst = {"boxes": np.array([[5, 5, 35, 35]], np.float32), "scores": np.array([0.9]),
+            "masks": np.zeros((1, 40, 40), bool),
+            "keypoints": np.array([[[10, 10, 1], [30, 10, 1], [20, 30, 0]]], np.float32)}
+    plain = overlay(image, {k: v for k, v in inst.items() if k != "keypoints"})
+    drawn = overlay(image, inst, skeleton=[[1, 2], [2, 3]])
+    assert drawn[10, 10].any() and drawn[10, 20].any()  # the dots and the line between them
+    assert not plain[10, 20].any()
+    assert not drawn[30, 20].any()  # an invisible keypoint is not drawn, nor its edge

@@ -171,6 +171,9 @@ def checkpoint_config(cfg: Config, dataset) -> dict:
     d = config_to_dict(cfg)
     d["dataset"] = {"category_ids": [int(c) for c in dataset.category_ids],
                     "class_names": list(dataset.class_names), "num_images": len(dataset)}
+    if getattr(dataset, "num_keypoints", 0):  # predict draws the keypoints with the skeleton
+        d["dataset"]["keypoint_names"] = list(dataset.keypoint_names)
+        d["dataset"]["skeleton"] = [[int(a), int(b)] for a, b in dataset.skeleton]
     return d
 
 
@@ -360,8 +363,9 @@ def _keep(last_ckpt: str | None) -> str:
     return f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
 
 
-def _finite_or_raise(losses: dict, iteration: int, last_ckpt: str | None) -> float:
-    missing = [k for k in LOSS_KEYS if k not in losses]
+def _finite_or_raise(losses: dict, iteration: int, last_ckpt: str | None,
+                     keys=LOSS_KEYS) -> float:
+    missing = [k for k in keys if k not in losses]
     if missing:
         raise ValueError(f"model.forward_train returned no {missing}")
     for k, v in losses.items():
@@ -600,7 +604,8 @@ def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume
                         _, losses, cache = model.forward_train(images, targets, rngs,
                                                                sum_counts=counts)
                         losses = allreduce_sum(losses, comm)  # each rank held its share
-                    loss = _finite_or_raise(losses, t, last_ckpt)
+                    loss = _finite_or_raise(losses, t, last_ckpt,
+                                            getattr(model, "loss_keys", LOSS_KEYS))
                     model.zero_grad()
                     model.backward(None, cache)
                     del cache
