@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimaskrcnn import nn, ops
+from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Sequential
@@ -60,16 +61,20 @@ def keypoint_targets(rois, labels, matched_idxs, gt_keypoints, m: int, num_keypo
         ``(Rf, K)`` int64 flat cells and ``(Rf, K)`` bool validity.
     """
     fg_rois, targets, valid = [], [], []
+    xp = get_array_module(*rois)
     for r, lab, midx, kp in zip(rois, labels, matched_idxs, gt_keypoints, strict=True):
-        pos = np.nonzero(lab > 0)[0]
+        pos_host = np.nonzero(to_numpy(lab) > 0)[0]  # the box head's host labels: no sync
+        pos = xp.asarray(pos_host)
         fg_rois.append(r[pos])
-        if pos.size:
-            t, v = ops.keypoints_to_heatmap(np.asarray(kp)[midx[pos]], r[pos], m)
+        if pos_host.size:
+            # the ground-truth keypoints, validated on the host, copied to the RoIs' device
+            t, v = ops.keypoints_to_heatmap(xp.asarray(kp)[xp.asarray(midx)[pos]], r[pos], m)
             targets.append(t)
             valid.append(v)
     if not targets:
-        return fg_rois, np.zeros((0, num_keypoints), np.int64), np.zeros((0, num_keypoints), bool)
-    return fg_rois, np.concatenate(targets), np.concatenate(valid)
+        return (fg_rois, xp.zeros((0, num_keypoints), np.int64),
+                xp.zeros((0, num_keypoints), bool))
+    return fg_rois, xp.concatenate(targets), xp.concatenate(valid)
 
 
 class KeypointHeadCache(NamedTuple):
@@ -190,7 +195,8 @@ class KeypointHead(Stage):
             added.
         """
         dtype = features[0].dtype
-        boxes = [np.asarray(d["boxes"]).astype(dtype) for d in detections]
+        xp = get_array_module(features[0])
+        boxes = [d["boxes"].astype(dtype) for d in detections]  # on the features' device
         if sum(b.shape[0] for b in boxes):
             logits, _ = self._logits(features, boxes, image_size)  # (D_all, K, m, m)
         start, k = 0, self.num_keypoints
@@ -199,7 +205,7 @@ class KeypointHead(Stage):
             if n:
                 kp, scores = ops.heatmaps_to_keypoints(logits[start:start + n], b)
             else:
-                kp, scores = np.zeros((0, k, 3)), np.zeros((0, k))
+                kp, scores = xp.zeros((0, k, 3)), xp.zeros((0, k))
             start += n
             d["keypoints"] = kp.astype(np.float32)
             d["keypoint_scores"] = scores.astype(np.float32)

@@ -294,3 +294,39 @@ def test_training_step_with_every_op_on_the_cuda_tier(monkeypatch):
     for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7, err_msg=name)
     assert os.environ[backend.ENV_VAR] == "cuda"
+
+
+def test_keypoint_head_on_a_device_equals_numpy():
+    """The keypoint head (the sixth stage) on the stand-in GPU: its targets, loss, backward and
+    decoding run on the device's arrays and equal the NumPy run."""
+    import dataclasses
+
+    from minimaskrcnn.data.keypoint_shapes import keypoint_shapes_dataset
+    from minimaskrcnn.data.transforms import standardize
+
+    cfg = dataclasses.replace(TINY, num_keypoints=3, keypoint_head_convs=2,
+                              keypoint_head_channels=8, num_classes=1)
+    ds = keypoint_shapes_dataset(2, seed=0)
+    images, targets = [], []
+    for i in range(2):
+        image, t = ds[i]
+        images.append(standardize(image))
+        targets.append(t)
+    cpu = build_model(cfg, np.random.default_rng(0))
+    dev = build_model(cfg, np.random.default_rng(0))
+    ref = _step(cpu, images, targets)
+    ref_det = cpu.predict(images)
+    with fake_device.installed() as xp:
+        dev.to(xp)
+        losses = _step(dev, images, targets)
+        grads = {n: backend.to_numpy(p.grad) for n, p in dev.named_parameters()}
+        det = dev.predict(images)
+    assert losses["loss_keypoint"] > 0
+    for k, v in ref.items():
+        assert losses[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+    for n, p in cpu.named_parameters():
+        np.testing.assert_allclose(grads[n], p.grad, rtol=2e-4,
+                                   atol=2e-4 * float(np.abs(p.grad).max()) + 1e-9, err_msg=n)
+    for d, r in zip(det, ref_det, strict=True):
+        assert isinstance(d["keypoints"], np.ndarray)
+        np.testing.assert_allclose(d["keypoints"], r["keypoints"], rtol=1e-5, atol=1e-4)
