@@ -349,9 +349,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.val_json} has category ids {val_ds.category_ids}, "
                        f"{args.train_json} has {train_ds.category_ids}")
     k = getattr(train_ds, "num_keypoints", 0)
+    if cfg.model.num_keypoints and not k:
+        raise CLIError(f"--preset {preset} predicts keypoints, but {args.train_json} has none "
+                       "(its categories name no 'keypoints')")
     if cfg.model.num_keypoints and k != cfg.model.num_keypoints:
-        raise CLIError(f"--preset {preset} predicts {cfg.model.num_keypoints} keypoints per "
-                       f"instance, but {args.train_json or 'the data'} has {k}")
+        if args.resume:
+            raise CLIError(f"the run predicts {cfg.model.num_keypoints} keypoints per instance, "
+                           f"but {args.train_json} has {k}")
+        # the head follows the data, as the classes do; its OKS sigmas are then the data's
+        print(f"{args.train_json}: {k} keypoints per instance (the preset has "
+              f"{cfg.model.num_keypoints}): the keypoint head predicts {k}")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, num_keypoints=k, keypoint_sigmas=()))
     if k and not cfg.model.num_keypoints:
         print(f"note: the data has {k} keypoints per instance; --preset {preset} has no "
               "keypoint head (use keypoints-mini)")

@@ -161,11 +161,15 @@ def plot_loss_curve(records: list[dict], path: str, *, val_records=None, window:
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"loss (moving average over {window})")
     ax.grid(True, alpha=0.3)
-    if val_records:
+    # the validation's headline AP: masks, else keypoints (a keypoint-only data set), else boxes
+    kind = next((k for k in ("segm", "keypoints", "bbox")
+                 if val_records and all(k in v for v in val_records)), None)
+    if kind is not None:
+        name = {"segm": "mask", "keypoints": "keypoint", "bbox": "box"}[kind]
         ax2 = ax.twinx()
-        ax2.plot([v["iteration"] for v in val_records], [v["segm"]["AP"] for v in val_records],
-                 "ko-", label="val mask AP")
-        ax2.set_ylabel("val mask AP")
+        ax2.plot([v["iteration"] for v in val_records], [v[kind]["AP"] for v in val_records],
+                 "ko-", label=f"val {name} AP")
+        ax2.set_ylabel(f"val {name} AP")
         ax2.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)

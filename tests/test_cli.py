@@ -454,3 +454,22 @@ def test_overlay_draws_keypoints_and_the_skeleton():
     assert drawn[10, 10].any() and drawn[10, 20].any()  # the dots and the line between them
     assert not plain[10, 20].any()
     assert not drawn[30, 20].any()  # an invisible keypoint is not drawn, nor its edge
+
+
+def test_train_keypoints_on_the_shipped_lego_battery_photos(tmp_path, capsys):
+    """The real keypoint data that ships with the package (5 keypoints, the preset has 3): the
+    keypoint head follows the data, validation reports OKS keypoint AP."""
+    from minimaskrcnn.data.lego_battery import lego_battery_paths
+
+    train_json, images = lego_battery_paths("train")
+    val_json, _ = lego_battery_paths("val")
+    out = str(tmp_path / "lego")
+    assert main(["train", "--preset", "keypoints-mini", "--train-json", train_json, "--images",
+                 images, "--val-json", val_json, "--out", out, "--iters", "1", "--batch-size",
+                 "1", "--crop-size", "128", "--val-limit", "1", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "5 keypoints per instance" in text
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["model"]["num_keypoints"] == 5 and len(cfg["dataset"]["keypoint_names"]) == 5
+    assert "keypoints" in _lines(os.path.join(out, "val.jsonl"))[0]

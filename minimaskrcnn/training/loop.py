@@ -560,8 +560,11 @@ def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume
         return metrics
 
     def report(done, m):
-        return (f"iteration {done}: val mask AP {m['segm']['AP']:.3f}, box AP "
-                f"{m['bbox']['AP']:.3f}, DSB {m['dsb_score']:.3f}")
+        parts = [f"{name} AP {m[kind]['AP']:.3f}" for kind, name in
+                 (("segm", "mask"), ("bbox", "box"), ("keypoints", "keypoint")) if kind in m]
+        if "dsb_score" in m:
+            parts.append(f"DSB {m['dsb_score']:.3f}")
+        return f"iteration {done}: val " + ", ".join(parts)
 
     # A validation that was killed after its checkpoint was written: run it now. (A checkpoint
     # off the checkpoint period was the end of an earlier call, which validates too.)
