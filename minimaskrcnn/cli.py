@@ -36,11 +36,12 @@ import sys
 import time
 
 DEMO_ITERATIONS = 150
-"""Iterations of ``minimaskrcnn demo``. Measured 2026-11-22 on this project's 2-core machine:
-0.4-1.2 s per iteration (batch 2) and about 1 s per val image while the machine was quiet, so
-about 2-4 minutes in all; but 18 minutes while other jobs shared the two cores (4-7 s per
-iteration, 660 CPU seconds). Result of that run: val mask AP 0.197 / AP50 0.502 / AP75 0.092,
-box AP 0.171, DSB score 0.173 (8 val images)."""
+"""Iterations of ``minimaskrcnn demo``. Measured 2026-11-29 on this project's 2-core machine from
+a fresh venv (``pip install . && minimaskrcnn demo``): two MPI ranks, 0.53 s per iteration
+(batch 2), 98 s of training, 104 s in all; val mask AP 0.180 / AP50 0.474 / AP75 0.108, box AP
+0.153, DSB score 0.159 (8 val images). One process (``--workers 1``, 2026-11-22): 0.72 s per
+iteration, mask AP 0.204, AP50 0.501 (another sampling stream: the one-process stream of the
+time, before the per-image streams)."""
 DEMO_QUICK_ITERATIONS = 6
 """Iterations of ``minimaskrcnn demo --quick`` (with 2 val images: about a minute)."""
 
