@@ -40,3 +40,19 @@ def _one_blas_thread():
     OpenBLAS beside Numba's threads on a 2-core machine slowed some tests ~30x."""
     with blas_threads(1):
         yield
+
+
+@pytest.fixture
+def deadline():
+    """A hang fails the test (SIGALRM after 300 s) instead of stalling CI: for the tests that
+    feed hostile files to pycocotools or run whole trainings."""
+    import signal
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("test still running after 300 s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(300)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
