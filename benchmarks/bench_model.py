@@ -136,7 +136,7 @@ def main():
     ap.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS_NUM_THREADS")
     ap.add_argument("--max-dets", type=int, default=None,
                     help="detections_per_img for the inference run (default: the preset's 500)")
-    ap.add_argument("--torch", default=None, help="python of the torch venv: time the peer too")
+    ap.add_argument("--torch", default=None, help="python of the torch venv: time torchvision too")
     args = ap.parse_args()
     cfg = get_preset("nuclei-mini")
     rng = np.random.default_rng(0)
@@ -153,7 +153,7 @@ def main():
     print("| stage | s/iter |\n|---|---|")
     for s in STAGES:
         print(f"| {s} | {stages[s]:.3f} |")
-    print(f"| **total** | **{total:.3f}** |  (peer: 1.35)")
+    print(f"| **total** | **{total:.3f}** |  (torchvision's results: 1.35)")
 
     if args.max_dets is not None:
         import dataclasses  # noqa: PLC0415
@@ -168,7 +168,7 @@ def main():
     print(f"| rpn | {stages['rpn']:.3f} |")
     print(f"| box head + postprocess | {stages['roi_heads']:.3f} |")
     print(f"| mask head + paste | {stages['mask_head']:.3f} |")
-    print(f"| **total** | **{t_img:.3f}** |  (peer: 0.24-0.29, trained model)")
+    print(f"| **total** | **{t_img:.3f}** |  (torchvision's results: 0.24-0.29, trained model)")
 
     if args.torch:
         ours = sum(p.data.size for p in model.parameters())
