@@ -70,3 +70,30 @@ def check_scalar(name: str, value, *, minimum=None, maximum=None, integer: bool 
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return value
+
+
+def check_float_array(name: str, x, expected: str, ndim: int):
+    """``x`` must be a finite float32/float64 array of ``ndim`` dimensions; returns it.
+
+    Raises:
+        TypeError: not an array, or another dtype. ValueError: wrong rank, NaN or inf.
+    """
+    import numpy as np
+
+    check_array(name, x, ndim=ndim, float_only=True, finite=True, expected=expected)
+    if np.dtype(x.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    return x
+
+
+def check_size(name: str, value) -> int:
+    """``value`` must be an int >= 1 (a mask or heatmap side); returns it as ``int``.
+
+    Raises:
+        TypeError: not an int (bools refused). ValueError: below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)

@@ -31,7 +31,7 @@ from minimaskrcnn import nn, ops
 from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.model.matcher import Matcher
 from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
-from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
+from minimaskrcnn.model.stage import Stage, identity_count, weighted
 from minimaskrcnn.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 # --------------------------------------------------------------------------------------------
@@ -342,12 +342,8 @@ class BoxHead(Stage):
         _, _, d_logits, d_box = fastrcnn_loss(cache.class_logits, cache.box_regression,
                                               cache.labels, cache.regression_targets,
                                               self.smooth_l1_beta, cache.num_rois, values=False)
-        w_cls = loss_weight(loss_weights, "loss_classifier")
-        w_box = loss_weight(loss_weights, "loss_box_reg")
-        if w_cls != 1.0:
-            d_logits *= d_logits.dtype.type(w_cls)
-        if w_box != 1.0:
-            d_box *= d_box.dtype.type(w_box)
+        d_logits = weighted(d_logits, loss_weights, "loss_classifier")
+        d_box = weighted(d_box, loss_weights, "loss_box_reg")
         dh = self.cls_score.backward(d_logits, cache.cls_score)
         dh = dh + self.bbox_pred.backward(d_box, cache.bbox_pred)
         dh = self.relu7.backward(dh, cache.relu7)

@@ -42,7 +42,7 @@ import numpy as np
 
 from minimaskrcnn import nn, ops
 from minimaskrcnn.backend import get_array_module, to_numpy
-from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
+from minimaskrcnn.model.stage import Stage, identity_count, weighted
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Sequential
 
@@ -219,9 +219,7 @@ class KeypointHead(Stage):
         if cache.logits is None:
             return None
         _, d_logits = ops.keypoint_loss(cache.logits, cache.targets, cache.valid, cache.num_valid)
-        w = loss_weight(loss_weights, "loss_keypoint")
-        if w != 1.0:
-            d_logits *= d_logits.dtype.type(w)
+        d_logits = weighted(d_logits, loss_weights, "loss_keypoint")
         dh = self.upsample.backward(d_logits, cache.upsample)
         dh = self.kps_score_lowres.backward(dh, cache.kps_score_lowres)
         dh = self.keypoint_fcn.backward(dh, cache.keypoint_fcn)

@@ -31,7 +31,7 @@ import numpy as np
 
 from minimaskrcnn import nn, ops
 from minimaskrcnn.backend import get_array_module, to_numpy
-from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
+from minimaskrcnn.model.stage import Stage, identity_count, weighted
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Sequential
 
@@ -223,9 +223,7 @@ class MaskHead(Stage):
         if cache.mask_logits is None:
             return None
         _, d_mask = self._loss(cache.mask_logits, cache.labels, cache.targets, cache.num_fg)
-        w = loss_weight(loss_weights, "loss_mask")
-        if w != 1.0:
-            d_mask *= d_mask.dtype.type(w)
+        d_mask = weighted(d_mask, loss_weights, "loss_mask")
         dh = self.mask_fcn_logits.backward(d_mask, cache.mask_fcn_logits)
         dh = self.relu5.backward(dh, cache.relu5)
         dh = self.conv5_mask.backward(dh, cache.conv5_mask)

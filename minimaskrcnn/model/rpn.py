@@ -37,7 +37,7 @@ from minimaskrcnn import nn
 from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.model.matcher import Matcher
 from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
-from minimaskrcnn.model.stage import Stage, identity_count, loss_weight
+from minimaskrcnn.model.stage import Stage, identity_count, weighted
 from minimaskrcnn.nn.module import Module
 from minimaskrcnn.ops import (
     AnchorGenerator,
@@ -432,11 +432,7 @@ class RegionProposalNetwork(Stage):
         _, _, d_obj, d_del = rpn_losses(cache.objectness, cache.deltas, cache.labels,
                                         cache.regression_targets, cache.sampled, cache.positive,
                                         self.smooth_l1_beta, cache.num_sampled, values=False)
-        w_obj = loss_weight(loss_weights, "loss_objectness")
-        w_box = loss_weight(loss_weights, "loss_rpn_box_reg")
-        if w_obj != 1.0:
-            d_obj *= d_obj.dtype.type(w_obj)
-        if w_box != 1.0:
-            d_del *= d_del.dtype.type(w_box)
+        d_obj = weighted(d_obj, loss_weights, "loss_objectness")
+        d_del = weighted(d_del, loss_weights, "loss_rpn_box_reg")
         d_obj_levels, d_del_levels = unflatten_head_grads(d_obj, d_del, cache.level_shapes)
         return self.head.backward((d_obj_levels, d_del_levels), cache.head)

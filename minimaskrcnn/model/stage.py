@@ -51,6 +51,19 @@ def loss_weight(loss_weights, name: str) -> float:
     return float(loss_weights.get(name, 1.0))
 
 
+def weighted(grad, loss_weights, name: str):
+    """Scale a loss's gradient by its weight in ``loss_weights``, in place, and return it (a
+    weight of 1 leaves it untouched, so weight-1 gradients stay bit for bit those of the loss).
+
+    Raises:
+        TypeError: ``loss_weights`` is neither ``None`` nor a dict.
+    """
+    w = loss_weight(loss_weights, name)
+    if w != 1.0:
+        grad *= grad.dtype.type(w)
+    return grad
+
+
 class Stage(Module):
     """Base of the stages. A stage without losses (backbone, FPN) implements the layer protocol
     ``forward(x) -> (y, cache)`` / ``backward(dy, cache) -> dx`` and inherits ``forward_train``

@@ -42,30 +42,16 @@ import numbers
 import numpy as np
 
 from minimaskrcnn import backend
-from minimaskrcnn._validate import check_array, shape_str
+from minimaskrcnn._validate import check_array, check_float_array, check_size, shape_str
 
 __all__ = ["heatmaps_to_keypoints", "keypoint_loss", "keypoints_to_heatmap"]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _check_float(name: str, x, expected: str, ndim: int):
-    check_array(name, x, ndim=ndim, float_only=True, finite=True, expected=expected)
-    if np.dtype(x.dtype) not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    return x
-
-
-def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 def _check_rois(rois, R: int, what: str):
-    _check_float("rois", rois, "(R, 4) float [x1, y1, x2, y2]", 2)
+    check_float_array("rois", rois, "(R, 4) float [x1, y1, x2, y2]", 2)
     if rois.shape[1] != 4 or rois.shape[0] != R:
         raise ValueError(f"rois must have shape ({R}, 4) to match {what}, "
                          f"got {shape_str(rois.shape)}")
@@ -109,7 +95,7 @@ def keypoints_to_heatmap(keypoints, rois, heatmap_size, *, tier=None):
                 expected="(R, K, 3) float [x, y, v]")
     R, K = keypoints.shape[:2]
     _check_rois(rois, R, f"keypoints {shape_str(keypoints.shape)}")
-    m = _check_size("heatmap_size", heatmap_size)
+    m = check_size("heatmap_size", heatmap_size)
     xp = backend.get_array_module(rois)
     degenerate = (rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])
     if R and bool(degenerate.any()):
@@ -160,7 +146,7 @@ def keypoint_loss(keypoint_logits, targets, valid, normalizer=None, *, tier=None
             ``[0, m * m)``; NaN/inf logits; a normaliser that is not positive and finite.
         TierUnavailableError: the tier cannot run here.
     """
-    _check_float("keypoint_logits", keypoint_logits, "(R, K, m, m) float", 4)
+    check_float_array("keypoint_logits", keypoint_logits, "(R, K, m, m) float", 4)
     R, K, m, m2 = keypoint_logits.shape
     if m != m2:
         raise ValueError(f"keypoint_logits must be (R, K, m, m) with square maps, got "
@@ -225,7 +211,7 @@ def heatmaps_to_keypoints(maps, rois, *, tier=None):
         ValueError: wrong or mismatched shapes, non-square or empty maps, NaN/inf.
         TierUnavailableError: the tier cannot run here.
     """
-    _check_float("maps", maps, "(R, K, m, m) float heatmaps", 4)
+    check_float_array("maps", maps, "(R, K, m, m) float heatmaps", 4)
     R, K, m, m2 = maps.shape
     if m != m2 or m == 0:
         raise ValueError(f"maps must be (R, K, m, m) with square, non-empty maps, got "

@@ -36,21 +36,20 @@ import numbers
 import numpy as np
 
 from minimaskrcnn import backend
-from minimaskrcnn._validate import check_array, check_scalar, shape_str
+from minimaskrcnn._validate import (
+    check_array,
+    check_float_array,
+    check_scalar,
+    check_size,
+    shape_str,
+)
 
 __all__ = ["project_masks_on_boxes", "mask_loss", "mask_loss_backward", "paste_masks_in_image",
            "paste_binary_masks"]
 
 MASK_LOSS_MODES = ("sigmoid", "softmax")
 """Mask losses (paper Table 2b): class-specific per-pixel sigmoid, or softmax across classes."""
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
-
-def _check_float(name: str, x, expected: str, ndim: int):
-    check_array(name, x, ndim=ndim, float_only=True, finite=True, expected=expected)
-    if np.dtype(x.dtype) not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    return x
 
 
 def _check_int(name: str, x, expected: str):
@@ -59,13 +58,6 @@ def _check_int(name: str, x, expected: str):
         raise TypeError(f"{name} must be an integer array {expected}, got {x.dtype}")
     return x
 
-
-def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,11 +93,11 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, *, tier=None):
         TierUnavailableError: the tier cannot run here.
     """
     check_array("gt_masks", gt_masks, ndim=3, expected="(G, H, W) uint8")
-    _check_float("boxes", boxes, "(R, 4) float [x1, y1, x2, y2]", 2)
+    check_float_array("boxes", boxes, "(R, 4) float [x1, y1, x2, y2]", 2)
     if boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape (R, 4), got {shape_str(boxes.shape)}")
     _check_int("matched_idxs", matched_idxs, "(R,) int64")
-    M = _check_size("M", M)
+    M = check_size("M", M)
     R, G = boxes.shape[0], gt_masks.shape[0]
     if matched_idxs.shape[0] != R:
         raise ValueError(f"matched_idxs must have shape ({R},) like boxes' first axis, "
@@ -175,7 +167,7 @@ def mask_loss(mask_logits, labels, mask_targets, *, mode="sigmoid", tier=None):
             ``1..K``, an unknown ``mode``.
         TierUnavailableError: the tier cannot run here.
     """
-    _check_float("mask_logits", mask_logits, "(R, K, M, M) float", 4)
+    check_float_array("mask_logits", mask_logits, "(R, K, M, M) float", 4)
     R, K, M, M2 = mask_logits.shape
     if M != M2:
         raise ValueError(f"mask_logits must be (R, K, M, M) with square masks, "
@@ -295,7 +287,7 @@ def paste_masks_in_image(masks, boxes, image_shape, padding=1, *, tier=None):
             ``padding`` or image size.
         TierUnavailableError: the tier cannot run here.
     """
-    _check_float("masks", masks, "(D, M, M) float probabilities", 3)
+    check_float_array("masks", masks, "(D, M, M) float probabilities", 3)
     D, M, M2 = masks.shape
     if M != M2 or M == 0:
         raise ValueError(f"masks must be (D, M, M) with square, non-empty masks, "
