@@ -73,7 +73,12 @@ def check_argmax(argmax, want, xp):
 
 def sample(op, input, boxes, output_size, spatial_scale, sampling_ratio, *, aligned, quantize,
            mode, tier, return_argmax):
-    """Validate, then run the tier's ``sample_forward`` (shared by RoIAlign and RoIWarp)."""
+    """Validate, then run the tier's ``sample_forward`` (shared by RoIAlign and RoIWarp).
+
+    ``op`` names the public op in error messages; ``quantize`` is RoIWarp's rounding. The other
+    arguments, the result (``(R, C, Ph, Pw)`` of ``input``'s dtype, with the ``(R, C, Ph, Pw)``
+    int64 argmax when asked) and the errors are :func:`roi_align`'s.
+    """
     input = check_input("input", input)
     pooled_h, pooled_w = output_size_pair(output_size)
     spatial_scale = check_spatial_scale(spatial_scale)
@@ -96,7 +101,11 @@ def sample(op, input, boxes, output_size, spatial_scale, sampling_ratio, *, alig
 
 def sample_grad(op, grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio,
                 *, aligned, quantize, mode, argmax, tier, deterministic):
-    """Validate, then run the tier's ``sample_backward`` (shared by RoIAlign and RoIWarp)."""
+    """Validate, then run the tier's ``sample_backward`` (shared by RoIAlign and RoIWarp).
+
+    Arguments, the result (``(N, C, H, W)`` of ``grad_output``'s dtype) and the errors are
+    :func:`roi_align_backward`'s, plus ``op`` and ``quantize`` as in :func:`sample`.
+    """
     check_array("grad_output", grad_output, ndim=4, float_only=True,
                 expected="(R, C, Ph, Pw) float32 or float64")
     grad_output = check_input("grad_output", grad_output)
