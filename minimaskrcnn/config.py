@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from minimaskrcnn.ops.mask_ops import MASK_LOSS_MODES  # the mask losses (paper Table 2b)
 from minimaskrcnn.ops.poolers import ROI_OPS  # the heads' RoI ops (paper Table 2c)
 
+FEATURE_MAPS = ("fpn", "c5")
+"""``ModelConfig.features``: the FPN pyramid, or one stride-32 map (paper Table 2d)."""
+MASK_HEADS = ("fcn", "mlp")
+"""``ModelConfig.mask_head``: the FCN mask head, or fully connected layers (paper Table 2e)."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -34,10 +39,16 @@ class ModelConfig:
 
     # FPN
     fpn_channels: int = 64
+    features: str = "fpn"
+    """Which feature maps the RPN and the RoI heads read (one of :data:`FEATURE_MAPS`):
+    ``"fpn"``, the pyramid P2..P5 (P6 for the RPN only); ``"c5"``, one stride-32 map made from C5
+    by the FPN's top level alone (a 1x1 lateral and a 3x3 conv, no top-down path, no P6): the
+    paper's ResNet-C5 setting of Table 2d. With ``"c5"`` every anchor size sits on that one
+    level."""
 
     # Anchors and RPN
     anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
-    """One size per level P2..P6, pixels."""
+    """One size per level P2..P6, pixels (``features="c5"``: every size on the one level)."""
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     """h / w of the cell anchors."""
     rpn_fg_iou_thresh: float = 0.7
@@ -76,6 +87,17 @@ class ModelConfig:
     """M: mask head output and mask target resolution."""
     mask_loss: str = "sigmoid"
     """One of :data:`MASK_LOSS_MODES`."""
+    mask_head: str = "fcn"
+    """One of :data:`MASK_HEADS`: ``"fcn"`` (``mask_head_convs`` 3x3 convs, a 2x2 deconv, a
+    1x1 conv: the paper's Figure 4) or ``"mlp"`` (fully connected layers of widths
+    ``mask_mlp_dims`` on the flattened RoI features, then one to (K+1) M x M logits: the
+    paper's Table 2e ablation)."""
+    mask_mlp_dims: tuple[int, ...] = (256, 256)
+    """Hidden widths of the ``"mlp"`` mask head (the paper's 1024-1024, scaled like our FCN's 64
+    channels scale its 256)."""
+    mask_class_agnostic: bool = False
+    """One mask per RoI whatever its class (the paper's class-agnostic masks, section 4.2)
+    instead of one per class: the predictor has 2 channels (background, foreground)."""
     canonical_scale: int = 224
     """``s0`` of the FPN level mapper (FPN paper eq. 1): a RoI of this side (pixels) ..."""
     canonical_level: int = 4
@@ -107,6 +129,13 @@ class ModelConfig:
     def __post_init__(self):
         if self.roi_op not in ROI_OPS:
             raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
+        if self.features not in FEATURE_MAPS:
+            raise ValueError(f"features must be one of {FEATURE_MAPS}, got {self.features!r}")
+        if self.mask_head not in MASK_HEADS:
+            raise ValueError(f"mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
+        if self.mask_head == "mlp" and (not self.mask_mlp_dims or min(self.mask_mlp_dims) < 1):
+            raise ValueError("mask_mlp_dims must be one or more widths >= 1 for the mlp mask "
+                             f"head, got {self.mask_mlp_dims}")
         if self.mask_loss not in MASK_LOSS_MODES:
             raise ValueError(f"mask_loss must be one of {MASK_LOSS_MODES}, got {self.mask_loss!r}")
         if self.num_classes < 1:
@@ -126,7 +155,9 @@ class ModelConfig:
                                          or min(self.keypoint_sigmas) <= 0):
                 raise ValueError(f"keypoint_sigmas must be {self.num_keypoints} positive numbers "
                                  f"(one per keypoint) or empty, got {self.keypoint_sigmas}")
-        if len(self.anchor_sizes) != len(self.stage_channels) + 1:
+        if self.features == "c5" and not self.anchor_sizes:
+            raise ValueError("anchor_sizes needs at least one size")
+        if self.features == "fpn" and len(self.anchor_sizes) != len(self.stage_channels) + 1:
             raise ValueError(
                 "anchor_sizes needs one size per RPN level (P2..P5 plus P6): "
                 f"{len(self.stage_channels) + 1}, got {len(self.anchor_sizes)}"

@@ -10,6 +10,9 @@ strides 4..32.
     P6 = P5[:, :, ::2, ::2]                              max pool kernel 1 stride 2 (RPN only)
 
 Init as torchvision: Kaiming uniform (a=1) weights, zero bias.
+
+Built on ``[C5]`` alone with ``p6=False`` it is the single-level neck of ``features="c5"`` (the
+paper's ResNet-C5 rows of Table 2d): ``P5 = output_5(lateral_5(C5))``, one stride-32 map.
 """
 
 from __future__ import annotations
@@ -38,9 +41,13 @@ class FPN(Stage):
     """``forward([C2..C5])`` -> ``([P2, P3, P4, P5, P6], cache)``, each ``(N, C, H_l, W_l)``;
     ``backward([dP2..dP6], cache)`` -> ``[dC2..dC5]`` (a ``dP`` may be ``None``).
     ``C_k`` and ``P_k`` have stride ``2**k`` pixels (P6: P5 max-pooled with kernel 1, stride 2); arrays in the
-    parameters' dtype (float32). Errors: as :class:`~minimaskrcnn.nn.Conv2d`."""
+    parameters' dtype (float32). Errors: as :class:`~minimaskrcnn.nn.Conv2d`.
 
-    def __init__(self, in_channels, channels: int, rng: np.random.Generator):
+    ``in_channels`` has one width per input map (finest first); ``p6=False`` leaves P6 out
+    (``features="c5"``: ``FPN([C5 width], C, rng, p6=False)`` maps ``[C5]`` to ``[P5]``)."""
+
+    def __init__(self, in_channels, channels: int, rng: np.random.Generator, *, p6: bool = True):
+        self.p6 = bool(p6)
         self.inner_blocks = [nn.Conv2d(c, channels, 1, rng=rng) for c in in_channels]
         self.layer_blocks = [nn.Conv2d(channels, channels, 3, padding=1, rng=rng)
                              for _ in in_channels]
@@ -59,9 +66,12 @@ class FPN(Stage):
             top_down, up_caches[i] = nn.upsample_nearest(inner, lateral.shape[-2:])
             inner = lateral + top_down
             outs[i], layer_caches[i] = self.layer_blocks[i].forward(inner)
+        cache = FPNCache(inner_caches, layer_caches, up_caches, outs[-1].shape)
+        if not self.p6:
+            return outs, cache
         xp = get_array_module(outs[-1])
         p6 = xp.ascontiguousarray(outs[-1][:, :, ::2, ::2])  # max pool k1 s2 (torchvision LastLevelMaxPool)
-        return outs + [p6], FPNCache(inner_caches, layer_caches, up_caches, outs[-1].shape)
+        return outs + [p6], cache
 
     def backward(self, d_outs, cache: FPNCache, loss_weights=None):
         """``[dP2..dP6]`` -> ``[dC2..dC5]`` (no losses here: ``loss_weights`` is unused)."""

@@ -21,6 +21,16 @@ gradient. Keeping it makes the parameter count equal torchvision's (2,479,803 fo
 
 Backward: the loss's gradient (made here, weighted; zero on channel 0) -> conv1x1 -> ReLU ->
 deconv -> 4 x (ReLU, conv) -> (Rf, C, 14, 14) -> the pooler's backward -> dP2..dP5.
+
+Two variants of the paper's Table 2 (config fields; the default is the FCN above, per class):
+
+- ``mask_head="mlp"`` (Table 2e): the pooled ``(Rf, C, 14, 14)`` features flattened, fully
+  connected layers of widths ``mask_mlp_dims`` each with ReLU, then one fully connected layer
+  to ``(K+1) M M`` logits reshaped to ``(Rf, K+1, M, M)``: no spatial structure is kept, which is
+  what the paper's FCN-vs-MLP comparison measures. Init: torch's ``Linear`` default.
+- ``mask_class_agnostic=True`` (section 4.2, "class-agnostic masks"): the predictor has 2
+  channels (background, one mask) whatever K; the loss and the prediction read channel 1 for
+  every class.
 """
 
 from __future__ import annotations
@@ -86,14 +96,12 @@ def mask_targets(rois, labels, matched_idxs, gt_masks, M: int, dtype):
 
 class MaskHeadCache(NamedTuple):
     """What :meth:`MaskHead.backward` reads (``None`` fields when there is no foreground RoI):
-    the pooler's and the layers' caches, the logits ``(Rf, K+1, M, M)``, the labels ``(Rf,)``,
-    the targets ``(Rf, M, M)``, the normaliser (foreground RoIs of the whole batch)."""
+    the pooler's cache, the layers' caches (in forward order), the logits ``(Rf, K+1, M, M)``,
+    the labels ``(Rf,)`` (the predictor channel of each RoI: 1 for class-agnostic masks), the
+    targets ``(Rf, M, M)``, the normaliser (foreground RoIs of the whole batch)."""
 
     pool: object
-    mask_fcn: object
-    conv5_mask: object
-    relu5: object
-    mask_fcn_logits: object
+    layers: object
     mask_logits: np.ndarray | None
     labels: np.ndarray | None
     targets: np.ndarray | None
@@ -118,11 +126,19 @@ class MaskHead(Stage):
     LOSSES = ("loss_mask",)
 
     def __init__(self, cfg, rng: np.random.Generator):
-        k1 = cfg.num_classes + 1
+        k1 = (1 if cfg.mask_class_agnostic else cfg.num_classes) + 1
         self.roi_pool = ops.MultiScaleRoIAlign(cfg.mask_roi_size, cfg.mask_sampling_ratio,
                                                roi_op=cfg.roi_op, aligned=cfg.roi_aligned,
                                                canonical_scale=cfg.canonical_scale,
                                                canonical_level=cfg.canonical_level)
+        self.kind = cfg.mask_head
+        self.class_agnostic = cfg.mask_class_agnostic
+        self.mask_size = cfg.mask_size
+        self.loss_mode = cfg.mask_loss
+        self.threshold = cfg.mask_threshold
+        if self.kind == "mlp":
+            self._build_mlp(cfg, k1, rng)
+            return
         layers, c = [], cfg.fpn_channels
         for _ in range(cfg.mask_head_convs):
             layers += [nn.Conv2d(c, cfg.mask_head_channels, 3, padding=1, rng=rng), nn.ReLU()]
@@ -135,18 +151,52 @@ class MaskHead(Stage):
         for layer in convs + [self.conv5_mask, self.mask_fcn_logits]:
             init.kaiming_normal_(layer.weight, rng, mode="fan_out", nonlinearity="relu")
             init.zeros_(layer.bias)
-        self.mask_size = cfg.mask_size
-        self.loss_mode = cfg.mask_loss
-        self.threshold = cfg.mask_threshold
 
-    def _logits(self, features, rois, image_size):
-        """RoIs -> pooled features -> FCN -> ``(R, K+1, M, M)`` logits, and the caches."""
-        pooled, c_pool = self.roi_pool.forward(features, rois, image_size)  # (R, C, 14, 14)
+    def _build_mlp(self, cfg, k1: int, rng: np.random.Generator):
+        """The Table 2e head: ``mask_fc`` (Linear + ReLU per width of ``mask_mlp_dims``) and
+        ``mask_fc_logits`` (Linear to ``k1 M M``), torch's default Linear init."""
+        layers, d = [], cfg.fpn_channels * cfg.mask_roi_size * cfg.mask_roi_size
+        for width in cfg.mask_mlp_dims:
+            layers += [nn.Linear(d, width, rng=rng), nn.ReLU()]
+            d = width
+        self.mask_fc = Sequential(*layers)
+        self.mask_fc_logits = nn.Linear(d, k1 * cfg.mask_size * cfg.mask_size, rng=rng)
+
+    def _layers_forward(self, pooled):
+        """Pooled ``(R, C, S, S)`` features -> ``(R, k1, M, M)`` logits, and the layer caches."""
+        if self.kind == "mlp":
+            r, m = pooled.shape[0], self.mask_size
+            h, c1 = self.mask_fc.forward(pooled.reshape(r, -1))  # (R, C S S) -> (R, hidden)
+            logits, c2 = self.mask_fc_logits.forward(h)  # (R, k1 M M)
+            return logits.reshape(r, -1, m, m), (c1, c2, pooled.shape)
         h, c1 = self.mask_fcn.forward(pooled)
         h, c2 = self.conv5_mask.forward(h)  # (R, ch, 28, 28)
         h, c3 = self.relu5.forward(h)
-        logits, c4 = self.mask_fcn_logits.forward(h)  # (R, K+1, 28, 28)
-        return logits, (c_pool, c1, c2, c3, c4)
+        logits, c4 = self.mask_fcn_logits.forward(h)  # (R, k1, 28, 28)
+        return logits, (c1, c2, c3, c4)
+
+    def _layers_backward(self, d_logits, caches):
+        """Mirror of :meth:`_layers_forward`: d logits -> d pooled features ``(R, C, S, S)``."""
+        if self.kind == "mlp":
+            c1, c2, pooled_shape = caches
+            dh = self.mask_fc_logits.backward(d_logits.reshape(d_logits.shape[0], -1), c2)
+            return self.mask_fc.backward(dh, c1).reshape(pooled_shape)
+        c1, c2, c3, c4 = caches
+        dh = self.mask_fcn_logits.backward(d_logits, c4)
+        dh = self.relu5.backward(dh, c3)
+        dh = self.conv5_mask.backward(dh, c2)
+        return self.mask_fcn.backward(dh, c1)
+
+    def _channels(self, labels):
+        """The predictor channel of each RoI: its class, or 1 for class-agnostic masks."""
+        return np.ones_like(labels) if self.class_agnostic else labels
+
+    def _logits(self, features, rois, image_size):
+        """RoIs -> pooled features -> the head's layers -> ``(R, k1, M, M)`` logits, and the
+        pooler's and layers' caches."""
+        pooled, c_pool = self.roi_pool.forward(features, rois, image_size)  # (R, C, 14, 14)
+        logits, c_layers = self._layers_forward(pooled)
+        return logits, (c_pool, c_layers)
 
     def _loss(self, mask_logits, labels, targets, num_fg):
         """Mask loss (sum over the Rf M M pixels / (num_fg M M)) and its gradient
@@ -180,7 +230,8 @@ class MaskHead(Stage):
                                                 dtype)
         num_fg = sum_counts(float(labels.shape[0]))
         if labels.shape[0] == 0:
-            return None, {"loss_mask": 0.0}, MaskHeadCache(*(None,) * 8, num_fg)
+            return None, {"loss_mask": 0.0}, MaskHeadCache(*(None,) * 5, num_fg)
+        labels = self._channels(labels)
         logits, caches = self._logits(features, fg_rois, image_size)
         loss, _ = self._loss(logits, labels, targets, num_fg)
         return None, {"loss_mask": loss}, MaskHeadCache(*caches, logits, labels, targets, num_fg)
@@ -209,7 +260,8 @@ class MaskHead(Stage):
             n = d["boxes"].shape[0]
             logits = mask_logits[start:start + n] if n else None
             start += n
-            probs = (mask_probabilities(logits, d["labels"], self.loss_mode).astype(np.float32)
+            probs = (mask_probabilities(logits, self._channels(d["labels"]),
+                                        self.loss_mode).astype(np.float32)
                      if n else xp.zeros((0, self.mask_size, self.mask_size), np.float32))
             d["masks"] = ops.paste_binary_masks(probs, d["boxes"], (h, w), self.threshold,
                                                 rle=(mask_format == "rle"))
@@ -224,8 +276,4 @@ class MaskHead(Stage):
             return None
         _, d_mask = self._loss(cache.mask_logits, cache.labels, cache.targets, cache.num_fg)
         d_mask = weighted(d_mask, loss_weights, "loss_mask")
-        dh = self.mask_fcn_logits.backward(d_mask, cache.mask_fcn_logits)
-        dh = self.relu5.backward(dh, cache.relu5)
-        dh = self.conv5_mask.backward(dh, cache.conv5_mask)
-        dh = self.mask_fcn.backward(dh, cache.mask_fcn)
-        return self.roi_pool.backward(dh, cache.pool)
+        return self.roi_pool.backward(self._layers_backward(d_mask, cache.layers), cache.pool)

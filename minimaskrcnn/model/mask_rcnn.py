@@ -10,7 +10,7 @@ Each stage is one file, read in this order (``docs/model.md``); every one has th
 
     images -> pad to (N, 3, H, W)                               (this file, transform)
       -> backbone.py  ResNetGN             -> C2..C5
-      -> fpn.py       FPN                  -> P2..P6
+      -> fpn.py       FPN                  -> P2..P6  (features="c5": C5 -> P5 alone)
       -> rpn.py       RegionProposalNetwork -> proposals           + loss_objectness, loss_rpn_box_reg
       -> box_head.py  BoxHead              -> sampled RoIs         + loss_classifier, loss_box_reg
       -> mask_head.py MaskHead                                     + loss_mask
@@ -98,7 +98,10 @@ class MaskRCNN(Stage):
         self.config = cfg
         self.backbone = ResNetGN(cfg.stem_channels, cfg.stage_channels, cfg.blocks_per_stage,
                                  cfg.gn_groups, rng)
-        self.fpn = FPN(cfg.stage_channels, cfg.fpn_channels, rng)
+        if cfg.features == "c5":  # one stride-32 map (paper Table 2d): FPN's top level only
+            self.fpn = FPN(cfg.stage_channels[-1:], cfg.fpn_channels, rng, p6=False)
+        else:
+            self.fpn = FPN(cfg.stage_channels, cfg.fpn_channels, rng)
         self.rpn = RegionProposalNetwork(cfg, rng)
         self.box_head = BoxHead(cfg, rng)
         self.mask_head = MaskHead(cfg, rng)
@@ -261,24 +264,25 @@ class MaskRCNN(Stage):
         image_size = batch.shape[-2:]
         with timer("backbone_fpn"):
             feats, _, c_backbone = self.backbone.forward_train(batch)  # C2..C5
-            pyramid, _, c_fpn = self.fpn.forward_train(feats)  # P2..P6
+            pyramid, _, c_fpn = self.fpn.forward_train(self._fpn_inputs(feats))  # P2..P6
+            roi_maps = self._roi_maps(pyramid)  # P2..P5
         with timer("rpn"):
             proposals, rpn_losses, c_rpn = self.rpn.forward_train(
                 pyramid, image_size, image_sizes, targets, rng, proposals=proposals,
                 sum_counts=sum_counts)
         with timer("roi_heads"):
             sampled, box_losses, c_box = self.box_head.forward_train(
-                pyramid[:-1], proposals, image_size, targets, rng, sum_counts=sum_counts)
+                roi_maps, proposals, image_size, targets, rng, sum_counts=sum_counts)
         with timer("mask_head"):
             _, mask_losses, c_mask = self.mask_head.forward_train(
-                pyramid[:-1], sampled, image_size, [t["masks"] for t in targets],
+                roi_maps, sampled, image_size, [t["masks"] for t in targets],
                 sum_counts=sum_counts)
         losses = {**rpn_losses, **box_losses, **mask_losses}
         c_kp = None
         if self.keypoint_head is not None:
             with timer("keypoint_head"):
                 _, kp_losses, c_kp = self.keypoint_head.forward_train(
-                    pyramid[:-1], sampled, image_size, gt_keypoints, sum_counts=sum_counts)
+                    roi_maps, sampled, image_size, gt_keypoints, sum_counts=sum_counts)
             losses.update(kp_losses)
         return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_box, c_mask, c_kp)
 
@@ -317,9 +321,24 @@ class MaskRCNN(Stage):
             if d_kp is not None:
                 d_box = [b + k for b, k in zip(d_box, d_kp, strict=True)]
         d_rpn = self.rpn.backward(None, cache.rpn, loss_weights)  # dP2..dP6
-        d_pyramid = [b + r for b, r in zip(d_box, d_rpn[:-1], strict=True)] + [d_rpn[-1]]
+        n_roi = len(d_box)  # the RoI heads' levels (P2..P5) come first, then the RPN's P6
+        d_pyramid = [b + r for b, r in zip(d_box, d_rpn[:n_roi], strict=True)] + d_rpn[n_roi:]
         d_feats = self.fpn.backward(d_pyramid, cache.fpn)  # dC2..dC5
-        return self.backbone.backward(d_feats, cache.backbone)
+        return self.backbone.backward(self._backbone_grads(d_feats), cache.backbone)
+
+    # -- which maps each stage reads (features="fpn": C2..C5 -> P2..P6; "c5": C5 -> P5) -------
+
+    def _fpn_inputs(self, feats):
+        """The backbone maps the FPN reads: C2..C5, or C5 alone (``features="c5"``)."""
+        return feats[-len(self.fpn.inner_blocks):]
+
+    def _roi_maps(self, pyramid):
+        """The maps the RoI heads pool from: P2..P5 (not the RPN's P6), or ``[P5]``."""
+        return pyramid[:-1] if self.fpn.p6 else pyramid
+
+    def _backbone_grads(self, d_feats):
+        """``[dC2..dC5]`` for the backbone, ``None`` for maps the FPN did not read."""
+        return [None] * (len(self.backbone.layers) - len(d_feats)) + list(d_feats)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -347,17 +366,18 @@ class MaskRCNN(Stage):
         batch, image_sizes = self.transform(images)
         image_size = batch.shape[-2:]
         with timer("backbone_fpn"):
-            pyramid = self.fpn.predict(self.backbone.predict(batch))
+            pyramid = self.fpn.predict(self._fpn_inputs(self.backbone.predict(batch)))
+            roi_maps = self._roi_maps(pyramid)
         with timer("rpn"):
             proposals = self.rpn.predict(pyramid, image_size, image_sizes)
         with timer("roi_heads"):
-            detections = self.box_head.predict(pyramid[:-1], proposals, image_size, image_sizes)
+            detections = self.box_head.predict(roi_maps, proposals, image_size, image_sizes)
         with timer("mask_head"):
-            detections = self.mask_head.predict(pyramid[:-1], detections, image_size,
+            detections = self.mask_head.predict(roi_maps, detections, image_size,
                                                 image_sizes, mask_format=mask_format)
         if self.keypoint_head is not None:
             with timer("keypoint_head"):
-                detections = self.keypoint_head.predict(pyramid[:-1], detections, image_size)
+                detections = self.keypoint_head.predict(roi_maps, detections, image_size)
         return backend.to_device(detections, np)  # host results (a no-op on the CPU)
 
 

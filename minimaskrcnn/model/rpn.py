@@ -340,16 +340,23 @@ class RegionProposalNetwork(Stage):
 
     Args:
         cfg: the :class:`~minimaskrcnn.config.ModelConfig` (anchor sizes and ratios, FPN width,
-            the ``rpn_*`` fields, ``bbox_xform_clip``).
+            ``features``, the ``rpn_*`` fields, ``bbox_xform_clip``).
         rng: initial weights of the head.
+
+    With ``features="fpn"`` the levels are P2..P6, one anchor size each (A = the aspect
+    ratios); with ``"c5"`` there is one level, P5, carrying every size (A = sizes x ratios,
+    Faster R-CNN's single-map RPN). ``features`` and the returned gradients follow the levels.
     """
 
     LOSSES = ("loss_objectness", "loss_rpn_box_reg")
 
     def __init__(self, cfg, rng: np.random.Generator):
-        self.head = RPNHead(cfg.fpn_channels, len(cfg.aspect_ratios), rng)
-        self.anchor_generator = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
-                                                (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+        if cfg.features == "c5":  # one level carries every anchor size
+            sizes = (tuple(cfg.anchor_sizes),)
+        else:  # one size per pyramid level
+            sizes = tuple((s,) for s in cfg.anchor_sizes)
+        self.head = RPNHead(cfg.fpn_channels, len(sizes[0]) * len(cfg.aspect_ratios), rng)
+        self.anchor_generator = AnchorGenerator(sizes, (tuple(cfg.aspect_ratios),) * len(sizes))
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.bbox_xform_clip)
         self.matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh,
                                allow_low_quality_matches=True)

@@ -99,8 +99,24 @@ def _total(model, images, targets, proposals, seed):
     return sum(LOSS_WEIGHTS[k] * v for k, v in losses.items()), proposals_out, cache
 
 
-def test_gradient_check_whole_training_loss_float64():
-    """d(weighted total loss)/d(params) against central differences along random directions.
+STAGES = ["backbone.conv1", "backbone.gn1", "backbone.layers.0", "backbone.layers.1",
+          "backbone.layers.2", "backbone.layers.3", "fpn.inner_blocks", "fpn.layer_blocks",
+          "rpn.head", "box_head.fc", "box_head.cls_score", "box_head.bbox_pred"]
+FCN_STAGES = ["mask_head.mask_fcn.", "mask_head.conv5_mask", "mask_head.mask_fcn_logits"]
+MLP_STAGES = ["mask_head.mask_fc.", "mask_head.mask_fc_logits"]
+VARIANTS = {  # the paper's Table 2 model variants next to the default
+    "default": ({}, FCN_STAGES),
+    "c5": ({"features": "c5"}, FCN_STAGES),  # Table 2d: one stride-32 map, no FPN
+    "mlp": ({"mask_head": "mlp", "mask_mlp_dims": (12, 10)}, MLP_STAGES),  # Table 2e
+    "agnostic": ({"mask_class_agnostic": True}, FCN_STAGES),  # section 4.2
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradient_check_whole_training_loss_float64(variant):
+    """d(weighted total loss)/d(params) against central differences along random directions,
+    for the default network and each Table 2 variant (``features="c5"``, the MLP mask head,
+    class-agnostic masks).
 
     What makes the loss a smooth function of the parameters for the check: the samplers draw
     from a generator re-seeded identically for every evaluation, and the proposals (which
@@ -111,7 +127,9 @@ def test_gradient_check_whole_training_loss_float64():
     inputs exactly on the kink (zero-padded regions, RoIs reaching outside the map): they are
     moved off it with small random values first.
     """
-    model = build_model(TINY, np.random.default_rng(0)).astype(np.float64)
+    change, mask_stages = VARIANTS[variant]
+    cfg = dataclasses.replace(TINY, **change)
+    model = build_model(cfg, np.random.default_rng(0)).astype(np.float64)
     brng = np.random.default_rng(5)
     for name, p in model.named_parameters():
         if name.endswith("bias"):
@@ -127,19 +145,17 @@ def test_gradient_check_whole_training_loss_float64():
 
     params = dict(model.named_parameters())
     # every parameter receives a gradient, except the mask predictor's background channel
+    k1 = 2 if cfg.mask_class_agnostic else cfg.num_classes + 1
     for name, p in params.items():
-        if name.startswith("mask_head.mask_fcn_logits"):
-            assert not p.grad[0].any() and p.grad[1:].any(), name
+        if name.startswith(("mask_head.mask_fcn_logits", "mask_head.mask_fc_logits")):
+            g = p.grad.reshape(k1, -1)  # conv (k1, C, 1, 1) / linear (k1 M M, d): channel first
+            assert not g[0].any() and g[1:].any(axis=1).all(), name
         else:
             assert np.abs(p.grad).sum() > 0, f"{name} got no gradient"
 
-    stages = ["backbone.conv1", "backbone.gn1", "backbone.layers.0", "backbone.layers.1",
-              "backbone.layers.2", "backbone.layers.3", "fpn.inner_blocks", "fpn.layer_blocks",
-              "rpn.head", "box_head.fc", "box_head.cls_score", "box_head.bbox_pred",
-              "mask_head.mask_fcn.", "mask_head.conv5_mask", "mask_head.mask_fcn_logits"]
     rng = np.random.default_rng(123)
     eps = 1e-7
-    for stage in stages:
+    for stage in STAGES + mask_stages:
         names = [n for n in params if n.startswith(stage)]
         assert names, stage
         chosen = rng.choice(names, size=min(3, len(names)), replace=False)
