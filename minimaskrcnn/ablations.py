@@ -55,9 +55,10 @@ from dataclasses import dataclass, field
 from minimaskrcnn.config import Config, config_to_dict, get_preset
 
 __all__ = [
-    "METRIC_KEYS", "RESULT_FILE", "SCHEDULES", "TABLES", "Arm", "Schedule", "Table",
-    "apply_overrides", "arm_config", "format_table", "get_table", "load_results",
-    "run_dir", "run_state", "run_sweep", "summarize", "write_report",
+    "METRIC_KEYS", "RESULT_FILE", "SCHEDULES", "SHAPES_DATA", "TABLES", "Arm", "Schedule",
+    "Table", "apply_overrides", "arm_config", "format_table", "get_table", "load_results",
+    "run_dir", "run_state", "run_sweep", "shapes_datasets", "summarize", "table_results",
+    "write_report",
 ]
 
 RESULT_FILE = "result.json"
@@ -82,11 +83,14 @@ class Arm:
         overrides: ``{"model.<field>" | "train.<field>" | "eval.<field>": value}`` applied to
             the sweep's base config (:func:`apply_overrides`).
         dataset: ``"coco"`` (the COCO files the sweep is given: the DSB2018 nuclei) or
-            ``"shapes"`` (the generated multi-class shapes, for 2b: not wired into the command
-            yet). The caller passes the data sets to :func:`run_sweep`.
+            ``"shapes"`` (the generated multi-class shapes of :func:`shapes_datasets`, for 2b).
+            The caller passes the data sets to :func:`run_sweep`.
         paper: the paper's row in AP points: ``{"segm": (AP, AP50, AP75)}`` and, where the paper
             gives it, ``"bbox"``; ``None`` for a row the paper does not have.
-        unavailable: why the arm cannot run yet (a model variant not built); ``None`` if it can.
+        unavailable: why the arm cannot run yet; ``None`` if it can.
+        same_as: ``(table, arm)`` of another table's arm that trains exactly this config (2e's
+            FCN row is 2c's RoIAlign row): the sweep runs (or skips) that run and the report
+            shows its results in both tables.
     """
 
     name: str
@@ -95,6 +99,7 @@ class Arm:
     dataset: str = "coco"
     paper: Mapping[str, tuple[float, float, float]] | None = None
     unavailable: str | None = None
+    same_as: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,9 @@ class Table:
     Attributes:
         name: ``"2c"`` ...; title: what it compares; paper_setting: the paper's backbone and data;
         ours: what our rows train (preset, data); reference: the arm the deltas are taken
-        against; arms: the rows, in the paper's order.
+        against; arms: the rows, in the paper's order; schedule: the name of the table's
+        schedule in :data:`SCHEDULES` (``"short"`` on the nuclei, ``"shapes"`` for 2b);
+        preset: the network the arms change (``"nuclei-mini"``, ``"shapes-mini"`` for 2b).
     """
 
     name: str
@@ -113,6 +120,8 @@ class Table:
     ours: str
     reference: str
     arms: tuple[Arm, ...] = field(default_factory=tuple)
+    schedule: str = "short"
+    preset: str = "nuclei-mini"
 
     def arm(self, name: str) -> Arm:
         """The arm called ``name``. Raises ValueError (listing the arms) for another name."""
@@ -127,26 +136,24 @@ def _roi(op: str, aligned: bool = False) -> dict:
     return {"model.roi_op": op, "model.roi_aligned": aligned}
 
 
-_NEEDS_C5 = ("needs a single-level stride-32 (C5) model without FPN: a model variant not built "
-             "yet")
-_NEEDS_MLP = "needs an MLP mask head (fc layers) as a model variant: not built yet"
-_NEEDS_AGNOSTIC = ("needs class-agnostic masks (one mask channel) as a model variant, and the "
-                   "table runs on a multi-class set (shapes) whose schedule is not chosen yet")
-_NEEDS_2B = ("the mask_loss switch exists, but 2b runs on a multi-class set (shapes) with a "
-             "class-agnostic row that needs a model variant: not built yet")
+_C5 = {"model.features": "c5"}
+_MLP_DIMS = (256, 256)
+"""The MLP mask head's hidden widths: the paper's fc 1024-1024, scaled as our FCN's 64 channels
+scale its 256."""
 
 TABLES: dict[str, Table] = {
     "2b": Table(
         "2b", "Multinomial vs. independent masks (and class-agnostic masks)",
-        "ResNet-50-C4, COCO", "shapes-mini on the generated shapes (3 classes)", "sigmoid",
+        "ResNet-50-C4, COCO", "shapes-mini on the generated shapes (3 classes, shapes that "
+        "occlude each other)", "sigmoid",
         (Arm("softmax", "softmax across classes", {"model.mask_loss": "softmax"}, "shapes",
-             {"segm": (24.8, 44.1, 25.1)}, _NEEDS_2B),
-         Arm("sigmoid", "per-class sigmoid", {"model.mask_loss": "sigmoid"}, "shapes",
-             {"segm": (30.3, 51.2, 31.5)}, _NEEDS_2B),
+             {"segm": (24.8, 44.1, 25.1)}),
+         Arm("sigmoid", "per-class sigmoid (the default)", {"model.mask_loss": "sigmoid"},
+             "shapes", {"segm": (30.3, 51.2, 31.5)}),
          # the paper gives class-agnostic masks in its text only: 29.7 mask AP
-         Arm("agnostic", "class-agnostic sigmoid", {}, "shapes", {"segm": (29.7, math.nan,
-                                                                          math.nan)},
-             _NEEDS_AGNOSTIC))),
+         Arm("agnostic", "class-agnostic sigmoid", {"model.mask_class_agnostic": True},
+             "shapes", {"segm": (29.7, math.nan, math.nan)})),
+        schedule="shapes", preset="shapes-mini"),
     "2c": Table(
         "2c", "RoI op: RoIPool, RoIWarp, RoIAlign",
         "ResNet-50-C4 (stride 16), COCO", "nuclei-mini (ResNet-GN + FPN, strides 4-32) on the "
@@ -160,26 +167,39 @@ TABLES: dict[str, Table] = {
          Arm("align_aligned", "RoIAlign, avg, aligned=True (extra row)", _roi("align", True)))),
     "2d": Table(
         "2d", "RoI op with large-stride features: RoIPool vs. RoIAlign",
-        "ResNet-50-C5 (stride 32), COCO", "a single-level stride-32 head on the DSB2018 nuclei",
-        "align",
-        (Arm("pool", "RoIPool", _roi("pool"),
-             paper={"segm": (23.6, 46.5, 21.6), "bbox": (28.2, 52.7, 26.9)},
-             unavailable=_NEEDS_C5),
-         Arm("align", "RoIAlign", _roi("align"),
-             paper={"segm": (30.9, 51.8, 32.1), "bbox": (34.0, 55.3, 36.4)},
-             unavailable=_NEEDS_C5))),
+        "ResNet-50-C5 (stride 32), COCO", "nuclei-mini with features='c5' (one stride-32 map "
+        "from C5, no FPN, every anchor size on it) on the DSB2018 nuclei", "align",
+        (Arm("pool", "RoIPool", {**_C5, **_roi("pool")},
+             paper={"segm": (23.6, 46.5, 21.6), "bbox": (28.2, 52.7, 26.9)}),
+         Arm("align", "RoIAlign", {**_C5, **_roi("align")},
+             paper={"segm": (30.9, 51.8, 32.1), "bbox": (34.0, 55.3, 36.4)}))),
     "2e": Table(
         "2e", "Mask branch: MLP vs. FCN", "ResNet-50-FPN, COCO",
-        "nuclei-mini on the DSB2018 nuclei", "fcn",
-        (Arm("mlp", "MLP fc 1024-1024-K*28^2", {}, paper={"segm": (31.5, 53.7, 32.8)},
-             unavailable=_NEEDS_MLP),
-         Arm("mlp3", "MLP fc 1024-1024-1024-K*28^2", {}, paper={"segm": (31.5, 54.0, 32.6)},
-             unavailable=_NEEDS_MLP),
-         Arm("fcn", "FCN (4 x conv 3x3, deconv; the default)", {},
-             paper={"segm": (33.6, 55.2, 35.3)},
-             unavailable="the default head; waits for the MLP rows it is compared with"))),
+        "nuclei-mini on the DSB2018 nuclei; MLP widths 256 (the paper's 1024 / 4, as our FCN's "
+        "64 channels are its 256 / 4)", "fcn",
+        (Arm("mlp", "MLP fc 256-256-K*28^2 (paper: 1024-1024)",
+             {"model.mask_head": "mlp", "model.mask_mlp_dims": _MLP_DIMS},
+             paper={"segm": (31.5, 53.7, 32.8)}),
+         Arm("mlp3", "MLP fc 256-256-256-K*28^2 (paper: 1024-1024-1024)",
+             {"model.mask_head": "mlp", "model.mask_mlp_dims": _MLP_DIMS + (256,)},
+             paper={"segm": (31.5, 54.0, 32.6)}),
+         Arm("fcn", "FCN (4 x conv 3x3, deconv; the default = 2c's RoIAlign avg runs)", {},
+             paper={"segm": (33.6, 55.2, 35.3)}, same_as=("2c", "align")))),
 }
-"""The paper's Table 2 sub-tables. Only 2c runs today; the others list why not."""
+"""The paper's Table 2 sub-tables as arms (every arm runs)."""
+
+SHAPES_DATA = {"train": (400, 0), "val": (200, 1)}
+"""Table 2b's data: ``(images, seed)`` of :func:`minimaskrcnn.data.shapes.make_shapes` for the
+train and val sets (128 x 128 images, up to 6 shapes of 3 classes, occluding each other)."""
+
+
+def shapes_datasets():
+    """``(train, val)``: the generated shapes of :data:`SHAPES_DATA` (in memory, seeded: the
+    same images on every machine and every rank)."""
+    from minimaskrcnn.data.shapes import shapes_dataset
+
+    return tuple(shapes_dataset(n, seed) for n, seed in (SHAPES_DATA["train"],
+                                                         SHAPES_DATA["val"]))
 
 
 def get_table(name: str) -> Table:
@@ -264,12 +284,15 @@ class Schedule:
 SCHEDULES: dict[str, Schedule] = {
     "short": Schedule("short", iterations=600, batch_size=4, crop_size=256, checkpoint_every=100,
                       seconds_per_iteration=0.93, eval_seconds=60.0),
+    "shapes": Schedule("shapes", iterations=600, batch_size=4, crop_size=128,
+                       checkpoint_every=100, preset="shapes-mini"),
     "smoke": Schedule("smoke", iterations=2, batch_size=2, crop_size=256, checkpoint_every=1),
 }
-"""``short``: the sweep's schedule, 600 iterations of batch 4 (2,400 crops: a fifth of the
+"""``short``: the nuclei tables' schedule, 600 iterations of batch 4 (2,400 crops: a fifth of the
 preset's 3000 x 4) -- 0.93 s/iteration measured with 2 MPI ranks while other jobs shared the
-two cores (0.6 s expected on a quiet machine), about 10 minutes a run with the evaluation.
-``smoke``: 2 iterations of batch 2, to check the machinery end to end."""
+two cores, about 10 minutes a run with the evaluation. ``shapes``: Table 2b's, shapes-mini's own
+600 iterations of batch 4 whole 128 x 128 images. ``smoke``: 2 iterations of batch 2, to check
+the machinery end to end."""
 
 
 def arm_config(arm: Arm, seed: int, *, schedule: Schedule, num_classes: int | None = None,
@@ -331,6 +354,19 @@ def run_state(path: str) -> tuple[str, int]:
     return "resume", int(m.group(1)) if m else 0
 
 
+def _stored_config(stored: dict, path: str) -> dict:
+    """The model / train / eval sections a ``result.json`` stores, with the fields added to
+    the config since it was written filled in with their defaults (what the run trained)."""
+    from minimaskrcnn.config import config_from_dict
+
+    try:
+        full = config_to_dict(config_from_dict(stored.get("config") or {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {RESULT_FILE} holds a config this version cannot read ({e}); "
+                         "use another sweep folder, or delete the run") from None
+    return {k: full[k] for k in ("model", "train", "eval")}
+
+
 def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(a) | set(b))
     out = []
@@ -385,7 +421,7 @@ def _prune_checkpoints(path: str) -> None:
 
 
 def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
-              seeds: Sequence[int] = (0, 1, 2), schedule: Schedule | str = "short",
+              seeds: Sequence[int] = (0, 1, 2), schedule: Schedule | str | None = None,
               arms: Sequence[str] | None = None, preset: str | None = None,
               base: Config | None = None, val_limit: int | None = None, progress: bool = True,
               keep_checkpoints: bool = False, train_fn: Callable | None = None,
@@ -401,12 +437,13 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
     Args:
         table: a table name (``"2c"``) or :class:`Table`.
         sweep_dir: the sweep's folder (created).
-        train_dataset, val_dataset: ``CocoDataset`` s (the DSB2018 nuclei for 2c; the
-            arms' ``num_classes`` is the train set's).
+        train_dataset, val_dataset: ``CocoDataset`` s (the DSB2018 nuclei for 2c, 2d, 2e;
+            :func:`shapes_datasets` for 2b; the arms' ``num_classes`` is the train set's).
         seeds: the seeds of every arm (>= 0, distinct).
-        schedule: a :class:`Schedule` or the name of one of :data:`SCHEDULES`.
+        schedule: a :class:`Schedule` or the name of one of :data:`SCHEDULES` (default the
+            table's).
         arms: run only these arms (names); default every available arm.
-        preset: the base preset (default the schedule's, ``nuclei-mini``).
+        preset: the base preset (default the table's, ``nuclei-mini`` or ``shapes-mini``).
         base: a base Config instead of a preset (a test's tiny network).
         val_limit: evaluate on the first ``val_limit`` val images only.
         progress: tqdm bars in training and evaluation.
@@ -436,7 +473,8 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
         from minimaskrcnn.evaluation import evaluate_model as evaluate_fn
     comm = get_comm() if comm is None else comm
     tab = get_table(table) if isinstance(table, str) else table
-    sched = _schedule(schedule)
+    sched = _schedule(schedule if schedule is not None else tab.schedule)
+    preset = preset or tab.preset
     seeds = [int(s) for s in seeds]
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
@@ -448,7 +486,10 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
     for n, (arm, seed) in enumerate(plan, 1):
         cfg = arm_config(arm, seed, schedule=sched, num_classes=num_classes, preset=preset,
                          base=base)
-        path = run_dir(sweep_dir, tab.name, arm.name, seed)
+        # an arm that is another table's arm (same config) runs in, and as, that arm's folder
+        owner_table, owner = ((tab.name, arm) if arm.same_as is None else
+                              (arm.same_as[0], get_table(arm.same_as[0]).arm(arm.same_as[1])))
+        path = run_dir(sweep_dir, owner_table, owner.name, seed)
         decision = None
         if comm.is_main:
             state, at = run_state(path)
@@ -456,10 +497,11 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
             decision = (state, at, stored)
         state, at, stored = comm.bcast(decision)
         head = f"[{n}/{len(plan)}] {tab.name}/{arm.name}/seed{seed}"
+        if arm.same_as is not None:
+            head += f" (= {owner_table}/{owner.name})"
         if state == "done":
             now = config_to_dict(cfg)  # the name aside: model, train and eval must agree
-            diffs = _config_differences({k: stored.get("config", {}).get(k) for k in
-                                         ("model", "train", "eval")},
+            diffs = _config_differences(_stored_config(stored, path),
                                         {k: now[k] for k in ("model", "train", "eval")})
             if diffs:
                 raise ValueError(f"{path}: finished with another config ({', '.join(diffs[:4])}"
@@ -468,9 +510,9 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
             say(f"{head}: done, skipped (mask AP {stored['metrics']['segm']['AP']:.3f})")
             results.append(stored)
             continue
+        changes = ", ".join(f"{k.partition('.')[2]}={v!r}" for k, v in arm.overrides.items())
         say(f"{head}: {'resuming from iteration ' + str(at) if state == 'resume' else 'training'}"
-            f" ({sched.iterations} iterations, roi_op {cfg.model.roi_op}"
-            f"{', aligned' if cfg.model.roi_aligned else ''}, {comm.size} rank(s))")
+            f" ({sched.iterations} iterations, {changes or 'the default'}, {comm.size} rank(s))")
         t0 = time.perf_counter()
         out = train_fn(cfg, train_dataset, path, resume=state == "resume",
                        overwrite=state == "fresh", progress=progress, comm=comm)
@@ -481,8 +523,8 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
         metrics = {k: v for k, v in metrics.items() if not k.startswith("_")}
         train_seconds, median = _log_times(path)
         record = {
-            "table": tab.name, "arm": arm.name, "label": arm.label, "seed": seed,
-            "schedule": sched.name, "overrides": dict(arm.overrides),
+            "table": owner_table, "arm": owner.name, "label": owner.label, "seed": seed,
+            "schedule": sched.name, "overrides": dict(owner.overrides),
             "config": config_to_dict(cfg),
             "data": {"train": _data_info(train_dataset), "val": _data_info(val_dataset),
                      "val_limit": val_limit},
@@ -547,6 +589,19 @@ def load_results(sweep_dir: str, table: str | None = None) -> list[dict]:
                                           int(r.get("seed", 0))))
 
 
+def table_results(table: str | Table, results: Sequence[dict]) -> list[dict]:
+    """The results of ``table``'s arms among ``results``: its own, and for an arm that is
+    another table's (``Arm.same_as``) that arm's results, relabelled as this table's arm."""
+    tab = get_table(table) if isinstance(table, str) else table
+    out = [r for r in results if r.get("table") == tab.name]
+    for arm in tab.arms:
+        if arm.same_as is not None:
+            out += [{**r, "table": tab.name, "arm": arm.name, "label": arm.label,
+                     "same_as": list(arm.same_as)}
+                    for r in results if (r.get("table"), r.get("arm")) == tuple(arm.same_as)]
+    return out
+
+
 def _metric(result: dict, key: str, sub: str | None) -> float:
     m = result["metrics"][key]
     return float(m if sub is None else m[sub])
@@ -604,7 +659,8 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
     mask AP, ours and the paper's, and the schedule and cost of the runs.
     """
     tab = get_table(table) if isinstance(table, str) else table
-    summary = summarize([r for r in results if r.get("table") == tab.name])
+    results = table_results(tab, results)
+    summary = summarize(results)
     ref = summary.get(tab.reference)
     ref_paper = next((a.paper for a in tab.arms if a.name == tab.reference), None)
     head = ("| arm | seeds | mask AP | mask AP50 | mask AP75 | box AP | box AP50 | box AP75 | "
@@ -654,7 +710,7 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
             paper_rank = sorted(with_paper, key=lambda a: -a.paper["segm"][0])
             lines.append("The paper's (same arms): " + " > ".join(a.name for a in paper_rank)
                          + ".")
-        rs = [r for r in results if r.get("table") == tab.name]
+        rs = results
         iters = sorted({int(r.get("iterations", 0)) for r in rs})
         per_it = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]
         walls = [float(r.get("train_seconds") or 0) + float(r.get("eval_seconds") or 0)
@@ -697,7 +753,7 @@ def write_report(sweep_dir: str, path: str, tables: Sequence[str] = tuple(TABLES
     if summary_path is not None and results:
         summary = {}
         for name in tables:
-            of_table = [r for r in results if r.get("table") == get_table(name).name]
+            of_table = table_results(name, results)
             if of_table:
                 summary[name] = summarize(of_table)
         if summary:
@@ -726,24 +782,28 @@ def write_report(sweep_dir: str, path: str, tables: Sequence[str] = tuple(TABLES
 
 
 def describe(tables: Sequence[str] = tuple(TABLES), seeds: int = 3,
-             schedule: Schedule | str = "short") -> str:
+             schedule: Schedule | str | None = None) -> str:
     """A text listing of the tables' arms (what each overrides, or why it cannot run yet) and
-    the runs and estimated time of a sweep of ``seeds`` seeds."""
-    sched = _schedule(schedule)
+    the runs and estimated time of a sweep of ``seeds`` seeds (``schedule``: default each
+    table's). An arm that is another table's arm (``same_as``) costs nothing more."""
     lines = []
     for name in tables:
         tab = get_table(name)
+        sched = _schedule(schedule if schedule is not None else tab.schedule)
         lines.append(f"Table {tab.name}: {tab.title} (paper: {tab.paper_setting}; ours: "
                      f"{tab.ours})")
         for a in tab.arms:
             what = (f"not available yet: {a.unavailable}" if a.unavailable else
                     ", ".join(f"{k}={v!r}" for k, v in a.overrides.items()) or "the default")
+            if a.same_as:
+                what += f" (the runs of {a.same_as[0]}/{a.same_as[1]})"
             lines.append(f"  {a.name:14s} {a.label}: {what}")
-        runs = sum(1 for a in tab.arms if not a.unavailable) * seeds
+        runs = sum(1 for a in tab.arms if not a.unavailable and not a.same_as) * seeds
         if runs:
             cost = sched.run_seconds()
             lines.append(f"  {runs} runs ({seeds} seeds) of schedule {sched.name!r} "
-                         f"({sched.iterations} iterations of batch {sched.batch_size})"
+                         f"({sched.iterations} iterations of batch {sched.batch_size}, preset "
+                         f"{tab.preset})"
                          + (f": about {cost / 60:.0f} minutes each, {runs * cost / 3600:.1f} "
                             "hours in all with 2 MPI ranks on the 2-core machine" if cost else ""))
     return "\n".join(lines)

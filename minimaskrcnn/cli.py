@@ -475,7 +475,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         print(f"wrote {args.report} (and {summary} if there are results) from {args.out}")
         return 0
     _check_model_available()
-    if args.sample:
+    table = ablations.get_table(args.table or "2c")
+    if any(a.dataset == "shapes" for a in table.arms):  # 2b: generated, no files to give
+        if args.train_json or args.sample:
+            raise CLIError(f"table {table.name} trains on the generated shapes "
+                           f"({ablations.SHAPES_DATA}); leave out --train-json / --sample")
+        train_ds, val_ds = ablations.shapes_datasets()
+    elif args.sample:
         from minimaskrcnn.data import load_sample
 
         train_ds, val_ds = load_sample("train"), load_sample("val")
@@ -485,11 +491,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     else:
         raise CLIError("give --train-json, --images and --val-json (the DSB2018 nuclei in COCO "
                        "format), or --sample (the embedded sample, for a smoke run)")
-    schedule = ablations.SCHEDULES[args.schedule]
+    schedule = ablations.SCHEDULES[args.schedule or table.schedule]
     if args.iters is not None:
         schedule = schedule.with_iterations(args.iters)
     arms = [a for a in args.arms.split(",") if a] if args.arms else None
-    ablations.run_sweep(args.table or "2c", args.out, train_ds, val_ds,
+    ablations.run_sweep(table, args.out, train_ds, val_ds,
                         seeds=range(args.first_seed, args.first_seed + args.seeds),
                         schedule=schedule, arms=arms, val_limit=args.val_limit,
                         progress=not args.no_progress, keep_checkpoints=args.keep_checkpoints)
@@ -593,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="the paper's Table 2 ablations over seeds (resumable)",
                        description="Train and evaluate every arm of an ablation table (the "
-                                   "paper's Table 2; 2c: the RoI ops) for several seeds, one "
+                                   "paper's Table 2: 2b mask losses on generated shapes, 2c RoI "
+                                   "ops, 2d RoI ops on one stride-32 map, 2e MLP vs FCN mask "
+                                   "head, on the DSB2018 nuclei) for several seeds, one "
                                    "run folder and result.json each; a finished run is skipped, "
                                    "an interrupted one resumes. Under mpiexec -n W every run is "
                                    "data-parallel. --report writes the markdown tables.")
@@ -610,8 +618,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 "
                    "(default %(default)s)")
     p.add_argument("--arms", help="comma-separated arm names (default: every available arm)")
-    p.add_argument("--schedule", choices=("short", "smoke"), default="short",
-                   help="short: 600 iterations of batch 4 (default); smoke: 2 of batch 2")
+    p.add_argument("--schedule", choices=("short", "shapes", "smoke"),
+                   help="default the table's: short (2c, 2d, 2e: 600 iterations of batch 4 "
+                        "nuclei crops) or shapes (2b: 600 of batch 4 shapes images); smoke: 2 "
+                        "iterations of batch 2")
     p.add_argument("--iters", type=int, help="cut the schedule to N iterations")
     p.add_argument("--val-limit", type=int, help="evaluate on the first N val images only")
     p.add_argument("--keep-checkpoints", action="store_true",

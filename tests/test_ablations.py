@@ -80,17 +80,50 @@ def test_schedule_cuts_the_preset_like_the_demo():
         SHORT.with_iterations(0)
 
 
-def test_future_tables_say_why_they_cannot_run(tmp_path):
-    for name in ("2b", "2d", "2e"):
-        tab = TABLES[name]
-        assert tab.arms and all(a.unavailable and a.paper for a in tab.arms)
-        with pytest.raises(ValueError, match="no arm that can run yet"):
-            run_sweep(name, str(tmp_path), None, None, train_fn=_never, evaluate_fn=_never)
-    assert TABLES["2d"].arm("pool").paper["bbox"] == (28.2, 52.7, 26.9)
-    with pytest.raises(ValueError, match="not available yet"):
-        arm_config(TABLES["2d"].arm("align"), 0, schedule=SHORT)
+def _changed(arm, schedule=SHORT, preset="nuclei-mini", num_classes=1):
+    plain = _flat(config_to_dict(schedule.apply(get_preset(preset), 1)))
+    cfg = _flat(config_to_dict(arm_config(arm, 1, schedule=schedule, num_classes=num_classes,
+                                          preset=preset)))
+    return {k: cfg[k] for k in plain if plain[k] != cfg[k]}
+
+
+def test_2b_2d_2e_arms_change_only_their_variant():
+    t2b, t2d, t2e = TABLES["2b"], TABLES["2d"], TABLES["2e"]
+    shapes_sched = SCHEDULES[t2b.schedule]
+    assert (t2b.preset, shapes_sched.preset, shapes_sched.crop_size) == ("shapes-mini",) * 2 + (128,)
+    assert {a.name: _changed(a, shapes_sched, "shapes-mini", 3) for a in t2b.arms} == {
+        "softmax": {"model.mask_loss": "softmax"}, "sigmoid": {},
+        "agnostic": {"model.mask_class_agnostic": True}}
+    assert all(a.dataset == "shapes" for a in t2b.arms)
+    assert {a.name: _changed(a) for a in t2d.arms} == {
+        "pool": {"model.features": "c5", "model.roi_op": "pool"},
+        "align": {"model.features": "c5"}}
+    assert {a.name: _changed(a) for a in t2e.arms} == {
+        "mlp": {"model.mask_head": "mlp"},  # mask_mlp_dims: the default (256, 256)
+        "mlp3": {"model.mask_head": "mlp", "model.mask_mlp_dims": (256, 256, 256)},
+        "fcn": {}}
+    # 2e's FCN row is 2c's RoIAlign row: the same config, so the same runs
+    fcn = t2e.arm("fcn")
+    assert fcn.same_as == ("2c", "align")
+    assert arm_config(fcn, 2, schedule=SHORT) == arm_config(TABLES["2c"].arm("align"), 2,
+                                                            schedule=SHORT)
+    # the paper's rows as we read them
+    assert t2d.arm("pool").paper["bbox"] == (28.2, 52.7, 26.9)
+    assert t2b.arm("softmax").paper == {"segm": (24.8, 44.1, 25.1)}
+    assert t2e.arm("fcn").paper == {"segm": (33.6, 55.2, 35.3)}
     with pytest.raises(ValueError, match="no arm 'roialign'"):
         TABLES["2c"].arm("roialign")
+
+
+def test_an_unavailable_arm_says_why(tmp_path):
+    arm = ablations.Arm("later", "a later row", {}, unavailable="needs a head not built")
+    tab = dataclasses.replace(TABLES["2c"], name="2x", arms=(arm,))
+    with pytest.raises(ValueError, match="no arm that can run yet: needs a head not built"):
+        run_sweep(tab, str(tmp_path), _Data([1]), _Data([1]), train_fn=_never,
+                  evaluate_fn=_never)
+    with pytest.raises(ValueError, match="not available yet"):
+        arm_config(arm, 0, schedule=SHORT)
+    assert "not available yet: needs a head not built" in format_table(tab, [])
 
 
 def test_apply_overrides_refuses_unknown_fields_and_bad_values():
@@ -251,6 +284,46 @@ def test_every_rank_takes_rank_0s_decisions_and_only_rank_0_writes(tmp_path):
                                        RESULT_FILE))
 
 
+def test_2e_fcn_row_reuses_2c_align_runs_and_the_report_shows_them_in_both(tmp_path):
+    fakes = Fakes()
+    fakes.evaluate = lambda model, *a, **k: _metrics(0.4 + 0.01 * model.train.seed)
+    kw = {"seeds": (0,), "schedule": TINY_SCHEDULE, "train_fn": fakes.train, "log": None,
+          "evaluate_fn": fakes.evaluate, "progress": False}
+    first = run_sweep("2e", str(tmp_path), _Data([1]), _Data([2]), arms=["fcn"], **kw)
+    # trained once, in 2c's folder, as 2c's arm
+    assert [c[0] for c in fakes.calls] == [os.path.relpath(run_dir(str(tmp_path), "2c", "align",
+                                                                   0))]
+    assert (first[0]["table"], first[0]["arm"]) == ("2c", "align")
+    assert not os.path.exists(os.path.join(str(tmp_path), "2e"))
+    fakes.calls.clear()
+    run_sweep("2c", str(tmp_path), _Data([1]), _Data([2]), arms=["align"], **kw)
+    assert fakes.calls == []  # 2c's align run is the one just made
+    page = tmp_path / "p.md"
+    write_report(str(tmp_path), str(page), ["2c", "2e"], summary_path=str(tmp_path / "s.json"))
+    summary = json.load(open(tmp_path / "s.json"))
+    assert summary["2e"]["fcn"]["segm.AP"]["values"] == [0.4]
+    assert summary["2c"]["align"]["segm.AP"]["values"] == [0.4]
+    assert "mlp" not in summary["2e"]
+
+
+def test_a_result_written_before_a_config_field_existed_is_still_done(tmp_path):
+    fakes = Fakes()
+    _sweep(tmp_path, fakes, seeds=(0,), arms=["pool"])
+    path = os.path.join(run_dir(str(tmp_path), "2c", "pool", 0), RESULT_FILE)
+    r = json.load(open(path))
+    for name in ("features", "mask_head", "mask_mlp_dims", "mask_class_agnostic"):
+        del r["config"]["model"][name]  # as a result.json of an older version stores it
+    json.dump(r, open(path, "w"))
+    fakes.calls.clear()
+    assert _sweep(tmp_path, fakes, seeds=(0,), arms=["pool"])[0]["arm"] == "pool"
+    assert fakes.calls == []
+    # a stored field that differs from the default it now has is still a difference
+    r["config"]["model"]["features"] = "c5"
+    json.dump(r, open(path, "w"))
+    with pytest.raises(ValueError, match="model.features"):
+        _sweep(tmp_path, fakes, seeds=(0,), arms=["pool"])
+
+
 # --------------------------------------------------------------------------------------------
 # a tiny real network on generated shapes: train + evaluate, then a resumed run
 # --------------------------------------------------------------------------------------------
@@ -288,6 +361,26 @@ def test_tiny_real_sweep_trains_evaluates_and_resumes(tmp_path):
     assert "resuming from iteration 1" in lines[2] and "mask AP" in lines[-1]
     saved = json.load(open(os.path.join(run_dir(str(tmp_path), "2c", "pool", 1), RESULT_FILE)))
     assert saved["config"]["model"]["roi_op"] == "pool" and saved["seed"] == 1
+
+
+def test_tiny_real_sweep_of_every_variant_table(tmp_path):
+    """Each arm of 2b, 2d and 2e trains (one iteration of the tiny network) and evaluates."""
+    data = shapes.shapes_dataset(3, seed=0, image_size=64, max_shapes=3, min_size=8, max_size=20)
+    base = Config(name="tiny", model=dataclasses.replace(TINY, num_classes=data.num_classes),
+                  eval=EvalConfig(max_dets=(10, 20, 20)))
+    sched = Schedule("tiny", iterations=1, batch_size=2, crop_size=64, checkpoint_every=1)
+    for table, arms in (("2b", ["softmax", "agnostic"]), ("2d", ["pool", "align"]),
+                        ("2e", ["mlp3"])):
+        results = run_sweep(table, str(tmp_path), data, data, seeds=(0,), arms=arms,
+                            schedule=sched, base=base, val_limit=1, progress=False, log=None)
+        assert [r["arm"] for r in results] == arms
+        for r in results:
+            assert r["iterations"] == 1 and np.isfinite(r["metrics"]["segm"]["AP"])
+            for key, value in r["overrides"].items():
+                section, _, name = key.partition(".")
+                stored = r["config"][section][name]
+                assert (list(stored) if isinstance(stored, list) else stored) == (
+                    list(value) if isinstance(value, tuple) else value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,7 +425,7 @@ def test_format_table_rows():
     assert "Ranking by mask AP, ours: align > pool." in text
     assert "The paper's (same arms): align > pool." in text
     assert "6 runs of 600 iterations on 2 MPI rank(s): median 0.90 s/iteration, 10.0 minutes" in text
-    assert "not available yet: needs a single-level stride-32" in format_table("2d", HAND_MADE)
+    assert "| RoIAlign | 0 | not run yet |" in format_table("2d", HAND_MADE)  # 2c results not in 2d
 
 
 def test_write_report_replaces_only_its_blocks(tmp_path):
@@ -369,3 +462,10 @@ def test_cli_list_report_and_missing_data(tmp_path, capsys):
     assert not (tmp_path / "results").exists()  # no results, no summary
     assert main(["ablate", "--out", str(tmp_path / "x")]) == 2
     assert "--train-json, --images and --val-json" in capsys.readouterr().err
+    assert main(["ablate", "--list", "--table", "2e"]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs (3 seeds)" in out and "(the runs of 2c/align)" in out
+    assert main(["ablate", "--list", "--table", "2b"]) == 0
+    assert "schedule 'shapes'" in capsys.readouterr().out
+    assert main(["ablate", "--table", "2b", "--sample", "--out", str(tmp_path / "x")]) == 2
+    assert "generated shapes" in capsys.readouterr().err
