@@ -56,9 +56,9 @@ from minimaskrcnn.config import Config, config_to_dict, get_preset
 
 __all__ = [
     "METRIC_KEYS", "RESULT_FILE", "SCHEDULES", "SHAPES_DATA", "TABLES", "Arm", "Schedule",
-    "Table", "apply_overrides", "arm_config", "format_table", "get_table", "load_results",
-    "run_dir", "run_state", "run_sweep", "shapes_datasets", "summarize", "table_results",
-    "write_report",
+    "Table", "apply_overrides", "arm_config", "compare_table", "format_table", "get_table",
+    "load_results", "read_summary", "run_dir", "run_state", "run_sweep", "shapes_datasets",
+    "summarize", "table_results", "write_report",
 ]
 
 RESULT_FILE = "result.json"
@@ -177,13 +177,13 @@ TABLES: dict[str, Table] = {
         "2e", "Mask branch: MLP vs. FCN", "ResNet-50-FPN, COCO",
         "nuclei-mini on the DSB2018 nuclei; MLP widths 256 (the paper's 1024 / 4, as our FCN's "
         "64 channels are its 256 / 4)", "fcn",
-        (Arm("mlp", "MLP fc 256-256-K*28^2 (paper: 1024-1024)",
+        (Arm("mlp", "MLP, fc 256-256 (paper: 1024-1024)",
              {"model.mask_head": "mlp", "model.mask_mlp_dims": _MLP_DIMS},
              paper={"segm": (31.5, 53.7, 32.8)}),
-         Arm("mlp3", "MLP fc 256-256-256-K*28^2 (paper: 1024-1024-1024)",
+         Arm("mlp3", "MLP, fc 256-256-256 (paper: 1024 x 3)",
              {"model.mask_head": "mlp", "model.mask_mlp_dims": _MLP_DIMS + (256,)},
              paper={"segm": (31.5, 54.0, 32.6)}),
-         Arm("fcn", "FCN (4 x conv 3x3, deconv; the default = 2c's RoIAlign avg runs)", {},
+         Arm("fcn", "FCN (the default; = 2c's RoIAlign avg)", {},
              paper={"segm": (33.6, 55.2, 35.3)}, same_as=("2c", "align")))),
 }
 """The paper's Table 2 sub-tables as arms (every arm runs)."""
@@ -806,4 +806,44 @@ def describe(tables: Sequence[str] = tuple(TABLES), seeds: int = 3,
                          f"{tab.preset})"
                          + (f": about {cost / 60:.0f} minutes each, {runs * cost / 3600:.1f} "
                             "hours in all with 2 MPI ranks on the 2-core machine" if cost else ""))
+    return "\n".join(lines)
+
+
+def read_summary(path: str) -> dict:
+    """The summary JSON :func:`write_report` writes (``{table: {arm: summarize(...)[arm]}}``);
+    ``{}`` when the file does not exist (no run finished yet).
+
+    Raises:
+        ValueError: the file exists but is not such a summary (named).
+    """
+    if not os.path.isfile(path):
+        return {}
+    data = _read_json(path)
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{path}: not an ablation summary ({{table: {{arm: ...}}}})")
+    return data
+
+
+def compare_table(table: str, summary: Mapping[str, Mapping]) -> str:
+    """A plain-text table for the chapters: per arm of ``table``, the paper's mask AP / AP50 /
+    AP75 and ours (mean over the seeds, ± sample std of the mask AP, the number of seeds) from a
+    :func:`read_summary` dict; "-" where the paper has no figure or no run has finished."""
+    tab = get_table(table)
+    ours = summary.get(tab.name, {})
+    width = max(len(a.label) for a in tab.arms)
+    lines = [f"Table {tab.name}: {tab.title}",
+             f"  paper: {tab.paper_setting}; ours: {tab.ours}",
+             f"  {'arm':{width}s}  {'paper mask AP / AP50 / AP75':>28s}   ours (mask AP ± std / "
+             "AP50 / AP75, seeds)"]
+    for arm in tab.arms:
+        paper = _paper_cell(arm.paper.get("segm") if arm.paper else None)
+        s = ours.get(arm.name)
+        if s and "segm.AP" in s:
+            ap = s["segm.AP"]
+            n = s.get("n", len(ap["values"]))
+            mine = (f"{_pts(ap['mean'])} ± {_pts(ap['std'])} / {_pts(s['segm.AP50']['mean'])} / "
+                    f"{_pts(s['segm.AP75']['mean'])}  ({n} seed{'s' if n != 1 else ''})")
+        else:
+            mine = "-"
+        lines.append(f"  {arm.label:{width}s}  {paper:>28s}   {mine}")
     return "\n".join(lines)
