@@ -469,3 +469,21 @@ def test_cli_list_report_and_missing_data(tmp_path, capsys):
     assert "schedule 'shapes'" in capsys.readouterr().out
     assert main(["ablate", "--table", "2b", "--sample", "--out", str(tmp_path / "x")]) == 2
     assert "generated shapes" in capsys.readouterr().err
+
+
+def test_compare_table_for_the_chapters(tmp_path):
+    assert ablations.read_summary(str(tmp_path / "none.json")) == {}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not an ablation summary"):
+        ablations.read_summary(str(bad))
+    write_report(str(tmp_path / "none"), str(tmp_path / "p.md"))  # no results: no summary
+    results = HAND_MADE[:1] + HAND_MADE[3:]  # pool: seed 0 only; align: 3 seeds
+    summary = {"2c": summarize(results)}
+    text = ablations.compare_table("2c", summary)
+    rows = {line.split("  ")[1]: line for line in text.splitlines()[3:]}
+    assert rows["RoIPool (max)"].rstrip().endswith("30.0 ± 0.0 / 60.0 / 20.0  (1 seed)")
+    assert rows["RoIAlign, avg"].rstrip().endswith("41.0 ± 1.0 / 71.0 / 31.0  (3 seeds)")
+    assert "30.3 / 51.2 / 31.5" in rows["RoIAlign, avg"]
+    assert rows["RoIWarp, max"].rstrip().endswith("-")
+    assert ablations.compare_table("2e", {}).count(" -") >= 3
