@@ -59,6 +59,10 @@ def test_numba_kernel_compiles(key):
         assert f".target sm_{cc[0]}{cc[1]}" in code, (key, sig, cc)
         if not ck.is_device_function(DISPATCHERS[key]):
             assert ".entry" in code, (key, sig, cc)
+        if "float64" not in sig:  # float32 stays float32: no silent promotion to double
+            f64 = ck.float64_lines(code)
+            assert not f64, (f"{key} ({sig}, sm_{cc[0]}{cc[1]}) computes in float64: "
+                             f"{f64[:6]}")
 
 
 @pytest.mark.cuda_compile
@@ -74,6 +78,9 @@ def test_cupy_source_compiles(source):
         assert f".target sm_{cc[0]}{cc[1]}" in ptx
         for name, mangled in lowered.items():
             assert re.search(rf"\.entry\s+{re.escape(mangled)}\b", ptx), (source.key, name)
+            if "<float>" in name:  # the float instantiation stays float: no double
+                f64 = ck.float64_lines(ck.ptx_entry(ptx, mangled))
+                assert not f64, f"{source.key} {name} computes in float64: {f64[:6]}"
         if not source.name_expressions:  # extern "C" kernels keep their names
             for k in ck.global_kernels(source.code):
                 assert re.search(rf"\.entry\s+{k}\b", ptx), (source.key, k)
@@ -187,3 +194,26 @@ def test_launch_signatures_are_in_the_table(recorded_launches):
     assert not wrong, f"launched with argument types missing from NUMBA_SIGNATURES: {wrong}"
     unlaunched = sorted(_launched_kernels() - set(recorded_launches))
     assert not unlaunched, f"kernels _exercise_cuda_ops never launched (add a call): {unlaunched}"
+
+
+@pytest.mark.cuda_compile
+@compile_check
+@pytest.mark.skipif(NVVM_REASON is not None, reason=NVVM_REASON or "")
+def test_float64_check_sees_a_silent_promotion():
+    """The float32 check above is not vacuous: a float32 compared with an integer, or added to
+    ``i + 0.5``, is computed in float64 by Numba, and ``float64_lines`` reports it."""
+    from numba import cuda, float32, int64
+
+    def promoted(y, i):
+        return y < -1 or y + (i + 0.5) > 3  # int literal, Python float: float64
+
+    def kept(y, i):
+        return y < np.float32(-1.0) or y + (np.float32(i) + np.float32(0.5)) > np.float32(3.0)
+
+    bad, _ = cuda.compile_ptx(promoted, (float32, int64), device=True, cc=ck.ARCHS[0])
+    good, _ = cuda.compile_ptx(kept, (float32, int64), device=True, cc=ck.ARCHS[0])
+    assert any("f64" in line for line in ck.float64_lines(bad))
+    assert ck.float64_lines(good) == []
+    assert ck.float64_lines("// a comment about .f64\n\tadd.f32 %f1, %f2, %f3;\n") == []
+    assert ck.ptx_entry(".visible .entry k(\n.param .u64 a\n)\n{\n\tret;\n}\n", "k").startswith(
+        ".entry k(")

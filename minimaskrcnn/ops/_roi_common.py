@@ -268,13 +268,14 @@ def sampling_axis(lo, hi, pooled, sampling_ratio, aligned):
     if sampling_ratio > 0:
         grid = sampling_ratio
     else:
-        grid = math.ceil(length / np.float32(pooled))
+        grid = int(math.ceil(length / np.float32(pooled)))  # an integer in every tier
     return lo, bin_size, grid
 
 
 def sample_point(start, bin_size, p, i, grid):
     """Coordinate of sample ``i`` of bin ``p``: ``start + p*bin + (i + 0.5) * bin / grid``."""
-    return start + np.float32(p) * bin_size + np.float32(i + 0.5) * bin_size / np.float32(grid)
+    return (start + np.float32(p) * bin_size
+            + (np.float32(i) + np.float32(0.5)) * bin_size / np.float32(grid))
 
 
 def interp_axis(y, size):
@@ -288,9 +289,9 @@ def interp_axis(y, size):
     Returns:
         ``(valid, low, high, w_low, w_high)`` with ``w_low + w_high == 1`` when valid.
     """
-    if y < -1 or y > size:
+    if y < np.float32(-1.0) or y > np.float32(size):
         return False, 0, 0, np.float32(0.0), np.float32(0.0)
-    if y <= 0:
+    if y <= np.float32(0.0):
         y = y * np.float32(0.0)  # 0, in y's dtype
     low = int(y)
     if low >= size - 1:
@@ -309,15 +310,16 @@ def quantized_span(lo, hi):
         ``(start, length)`` ints: the quantised RoI covers cells ``start .. start + length - 1``
         with ``length = max(round(hi) - round(lo) + 1, 1)`` (Fast R-CNN's inclusive width).
     """
+    half = np.float32(0.5)
     qlo = int(lo)  # truncates toward zero
-    if lo - qlo >= 0.5:
+    if lo - np.float32(qlo) >= half:  # exact: a float minus its integer part
         qlo += 1
-    elif qlo - lo >= 0.5:
+    elif np.float32(qlo) - lo >= half:
         qlo -= 1
     qhi = int(hi)
-    if hi - qhi >= 0.5:
+    if hi - np.float32(qhi) >= half:
         qhi += 1
-    elif qhi - hi >= 0.5:
+    elif np.float32(qhi) - hi >= half:
         qhi -= 1
     return qlo, max(qhi - qlo + 1, 1)
 
@@ -327,8 +329,8 @@ def pool_bin(p, bin_size, start, size):
 
     ``bin_size`` carries the working dtype; an empty bin has ``hi <= lo``.
     """
-    lo = math.floor(np.float32(p) * bin_size) + start
-    hi = math.ceil(np.float32(p + 1) * bin_size) + start
+    lo = int(math.floor(np.float32(p) * bin_size)) + start  # integers in every tier
+    hi = int(math.ceil(np.float32(p + 1) * bin_size)) + start
     lo = min(max(lo, 0), size)
     hi = min(max(hi, 0), size)
     return lo, hi

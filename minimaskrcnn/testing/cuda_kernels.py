@@ -305,6 +305,25 @@ def compile_numba(dispatcher, signatures, archs=ARCHS) -> dict[tuple[str, tuple[
     return out
 
 
+_F64 = re.compile(r"^\s*[^/\s].*\.f64\b.*$", re.M)
+
+
+def float64_lines(ptx: str) -> list[str]:
+    """The PTX lines that declare, convert to or compute in float64 (``.f64``), comments aside.
+
+    A float32 kernel should have none: on most GPUs float64 runs at 1/2 (H100) to 1/64 (consumer
+    cards) of the float32 rate, and Numba / C++ silently promote a float32 value compared with or
+    added to an integer or a Python float (``y < -1``, ``i + 0.5``) to float64.
+    """
+    return [line.strip() for line in _F64.findall(ptx)]
+
+
+def ptx_entry(ptx: str, name: str) -> str:
+    """The text of kernel ``name``'s ``.entry`` block in ``ptx`` (``""`` if absent)."""
+    m = re.search(rf"\.entry\s+{re.escape(name)}\s*\(.*?\n}}\n", ptx, re.S)
+    return m.group(0) if m else ""
+
+
 class NvrtcError(RuntimeError):
     """NVRTC rejected a source; the message holds the compiler log."""
 

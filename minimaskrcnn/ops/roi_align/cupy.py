@@ -37,7 +37,7 @@ __device__ void sampling_axis(T lo, T hi, int pooled, int sampling_ratio, bool a
 // Sample i of bin p (_roi_common.sample_point).
 template <typename T>
 __device__ T sample_point(T start, T bin, int p, int i, int grid) {
-    return start + (T)p * bin + (T)(i + 0.5) * bin / (T)grid;
+    return start + (T)p * bin + ((T)i + (T)0.5) * bin / (T)grid;  // all in T: no double
 }
 
 // Linear interpolation along one axis with torchvision's border rules (_roi_common.interp_axis).

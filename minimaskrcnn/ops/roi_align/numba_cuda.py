@@ -186,8 +186,11 @@ def _backward_gather_kernel(gout, rois, argmax, order, starts, scale, pooled_h, 
             # 1 of it, so farther RoIs contribute nothing.
             end_h = start_h + np.float32(pooled_h) * bin_h
             end_w = start_w + np.float32(pooled_w) * bin_w
-            if (min(start_h, end_h) > h + 1 or max(start_h, end_h) < h - 1
-                    or min(start_w, end_w) > w + 1 or max(start_w, end_w) < w - 1):
+            hf = np.float32(h)  # compared in the float dtype (int vs float32 would be f64)
+            wf = np.float32(w)
+            one = np.float32(1.0)
+            if (min(start_h, end_h) > hf + one or max(start_h, end_h) < hf - one
+                    or min(start_w, end_w) > wf + one or max(start_w, end_w) < wf - one):
                 continue
             count = np.float32(max(grid_h * grid_w, 1))
             for ph in range(pooled_h):
