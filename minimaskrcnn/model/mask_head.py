@@ -111,7 +111,8 @@ class MaskHeadCache(NamedTuple):
 class MaskHead(Stage):
     """The mask branch (parameters ``mask_fcn`` -- torchvision's ``MaskRCNNHeads`` -- and
     ``conv5_mask``, ``mask_fcn_logits`` -- its ``MaskRCNNPredictor``), with its pooler.
-    Init: Kaiming normal (fan_out, ReLU), zero bias.
+    Init: Kaiming normal (fan_out, ReLU), zero bias. With ``mask_head="mlp"`` the parameters
+    are ``mask_fc`` and ``mask_fc_logits`` instead (module docstring).
 
     ``forward_train(features, sampled, image_size, gt_masks)`` -> ``(None, losses, cache)``;
     ``predict(features, detections, image_size, image_sizes)`` -> the detections with masks;
