@@ -198,8 +198,12 @@ def shapes_datasets():
     same images on every machine and every rank)."""
     from minimaskrcnn.data.shapes import shapes_dataset
 
-    return tuple(shapes_dataset(n, seed) for n, seed in (SHAPES_DATA["train"],
-                                                         SHAPES_DATA["val"]))
+    out = []
+    for n, seed in (SHAPES_DATA["train"], SHAPES_DATA["val"]):
+        ds = shapes_dataset(n, seed)
+        ds.source = f"generated shapes ({n} images, seed {seed})"  # what result.json records
+        out.append(ds)
+    return tuple(out)
 
 
 def get_table(name: str) -> Table:

@@ -95,6 +95,10 @@ def test_2b_2d_2e_arms_change_only_their_variant():
         "softmax": {"model.mask_loss": "softmax"}, "sigmoid": {},
         "agnostic": {"model.mask_class_agnostic": True}}
     assert all(a.dataset == "shapes" for a in t2b.arms)
+    train, val = ablations.shapes_datasets()
+    assert (len(train), len(val), train.num_classes) == (400, 200, 3)
+    assert train.source == "generated shapes (400 images, seed 0)"  # recorded in result.json
+    assert len(train.coco.anns) > 400  # several shapes per image
     assert {a.name: _changed(a) for a in t2d.arms} == {
         "pool": {"model.features": "c5", "model.roi_op": "pool"},
         "align": {"model.features": "c5"}}
