@@ -288,15 +288,18 @@ class Schedule:
 SCHEDULES: dict[str, Schedule] = {
     "short": Schedule("short", iterations=600, batch_size=4, crop_size=256, checkpoint_every=100,
                       seconds_per_iteration=0.93, eval_seconds=60.0),
-    "shapes": Schedule("shapes", iterations=600, batch_size=4, crop_size=128,
-                       checkpoint_every=100, preset="shapes-mini"),
+    "shapes": Schedule("shapes", iterations=3000, batch_size=4, crop_size=128,
+                       checkpoint_every=100, preset="shapes-mini",
+                       seconds_per_iteration=0.18, eval_seconds=4.0),
     "smoke": Schedule("smoke", iterations=2, batch_size=2, crop_size=256, checkpoint_every=1),
 }
 """``short``: the nuclei tables' schedule, 600 iterations of batch 4 (2,400 crops: a fifth of the
 preset's 3000 x 4) -- 0.93 s/iteration measured with 2 MPI ranks while other jobs shared the
-two cores, about 10 minutes a run with the evaluation. ``shapes``: Table 2b's, shapes-mini's own
-600 iterations of batch 4 whole 128 x 128 images. ``smoke``: 2 iterations of batch 2, to check
-the machinery end to end."""
+two cores, about 10 minutes a run with the evaluation. ``shapes``: Table 2b's, 3000 iterations
+of batch 4 whole 128 x 128 images (five times shapes-mini's own 600: at 600 the softmax arm's
+masks have not yet crossed the 0.5 threshold, docs/ablations.md), 0.18 s/iteration with 2 MPI
+ranks, about 9.5 minutes a run. ``smoke``: 2 iterations of batch 2, to check the machinery end
+to end."""
 
 
 def arm_config(arm: Arm, seed: int, *, schedule: Schedule, num_classes: int | None = None,

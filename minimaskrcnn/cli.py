@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", help="comma-separated arm names (default: every available arm)")
     p.add_argument("--schedule", choices=("short", "shapes", "smoke"),
                    help="default the table's: short (2c, 2d, 2e: 600 iterations of batch 4 "
-                        "nuclei crops) or shapes (2b: 600 of batch 4 shapes images); smoke: 2 "
+                        "nuclei crops) or shapes (2b: 3000 of batch 4 shapes images); smoke: 2 "
                         "iterations of batch 2")
     p.add_argument("--iters", type=int, help="cut the schedule to N iterations")
     p.add_argument("--val-limit", type=int, help="evaluate on the first N val images only")
