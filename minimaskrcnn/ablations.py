@@ -720,14 +720,17 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
         rs = results
         iters = sorted({int(r.get("iterations", 0)) for r in rs})
         per_it = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]
-        walls = [float(r.get("train_seconds") or 0) + float(r.get("eval_seconds") or 0)
-                 for r in rs]
+        # a run's cost from its median iteration (robust to a run paused or sharing the
+        # machine for a while) plus its evaluation
+        walls = [(int(r.get("iterations", 0)) * float(r["seconds_per_iteration"])
+                  if r.get("seconds_per_iteration") else float(r.get("train_seconds") or 0))
+                 + float(r.get("eval_seconds") or 0) for r in rs]
         ws = sorted({int(r.get("world_size", 1)) for r in rs})
         lines.append(
             f"{len(rs)} runs of {'/'.join(map(str, iters))} iterations on {'/'.join(map(str, ws))}"
             f" MPI rank(s): median {statistics.median(per_it) if per_it else float('nan'):.2f} "
-            f"s/iteration, {statistics.fmean(walls) / 60:.1f} minutes a run (training + "
-            f"evaluation), {sum(walls) / 3600:.1f} hours in all.")
+            f"s/iteration, {statistics.fmean(walls) / 60:.1f} minutes a run (iterations x "
+            f"median s/iteration + evaluation), {sum(walls) / 3600:.1f} hours in all.")
     for n in notes:
         lines.append(f"Warning: {n}.")
     return "\n".join(lines)

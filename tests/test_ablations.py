@@ -491,3 +491,11 @@ def test_compare_table_for_the_chapters(tmp_path):
     assert "30.3 / 51.2 / 31.5" in rows["RoIAlign, avg"]
     assert rows["RoIWarp, max"].rstrip().endswith("-")
     assert ablations.compare_table("2e", {}).count(" -") >= 3
+
+
+def test_footer_cost_ignores_a_paused_run():
+    paused = dict(_result("pool", 0, 0.3), train_seconds=5000.0)  # stopped for over an hour
+    text = format_table("2c", [paused])
+    assert "1 runs of 600 iterations on 2 MPI rank(s): median 0.90 s/iteration, 10.0 minutes" in text
+    no_median = dict(paused, seconds_per_iteration=None)  # then the logged total is all there is
+    assert "84.3 minutes a run" in format_table("2c", [no_median])
