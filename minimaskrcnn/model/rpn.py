@@ -345,7 +345,8 @@ class RegionProposalNetwork(Stage):
 
     With ``features="fpn"`` the levels are P2..P6, one anchor size each (A = the aspect
     ratios); with ``"c5"`` there is one level, P5, carrying every size (A = sizes x ratios,
-    Faster R-CNN's single-map RPN). ``features`` and the returned gradients follow the levels.
+    Faster R-CNN's single-map RPN). The feature maps given to :meth:`forward_train` /
+    :meth:`predict` and the gradients :meth:`backward` returns are one per level, in that order.
     """
 
     LOSSES = ("loss_objectness", "loss_rpn_box_reg")
