@@ -10,7 +10,8 @@ environment are passed on (set ``NUMBA_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` 
 Prints a table (chapter, mode, seconds, status) and, with ``--json FILE``, writes it as JSON.
 Nothing is written into the notebooks. Numba compiles on first call and caches to disk
 (``cache=True``): the first run after an install includes the compile; run twice to time a
-warm cache. The times of README's chapter table come from this script (see docs/performance.md).
+warm cache. The times of README's chapter table come from this script (the paragraph under
+the table says how they were measured).
 """
 
 from __future__ import annotations
