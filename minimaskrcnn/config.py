@@ -125,8 +125,19 @@ class ModelConfig:
     mask_threshold: float = 0.5
     size_divisible: int = 32
     """Images are zero-padded at the bottom and right to a multiple of this."""
+    image_scale: float = 1.0
+    """Every image is resized by this factor before the network (``floor(h * s) x floor(w *
+    s)``, bilinear; masks nearest), as torchvision's ``GeneralizedRCNNTransform`` resizes to
+    ``min_size`` but by a fixed factor: training crops are cut from the scaled images
+    (``crop_size`` in scaled pixels, :mod:`minimaskrcnn.data.transforms`), and ``predict``
+    resizes its inputs and maps boxes, masks and keypoints back to the input image's pixels.
+    Anchor sizes and every other pixel unit of this config are scaled pixels. 1: no
+    resampling (the presets)."""
 
     def __post_init__(self):
+        if (isinstance(self.image_scale, bool) or not isinstance(self.image_scale, (int, float))
+                or not math.isfinite(self.image_scale) or self.image_scale <= 0):
+            raise ValueError(f"image_scale must be a finite number > 0, got {self.image_scale!r}")
         if self.roi_op not in ROI_OPS:
             raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
         if self.features not in FEATURE_MAPS:

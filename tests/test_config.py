@@ -37,6 +37,12 @@ def test_bad_roi_op():
         ModelConfig(roi_op="bilinear")
 
 
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_bad_image_scale(scale):
+    with pytest.raises(ValueError, match="image_scale must be a finite number > 0"):
+        ModelConfig(image_scale=scale)
+
+
 def test_unknown_key_in_dict():
     d = config_to_dict(get_preset("nuclei-mini"))
     d["model"]["depth"] = 50

@@ -39,6 +39,8 @@ class TrainBatches:
         seed: the run's seed.
         indices: the dataset indices to train on; default every image with at least one
             non-crowd instance (as torchvision's reference drops empty images from training).
+        image_scale: crops of the images resized by this factor (``ModelConfig.image_scale``;
+            :func:`~minimaskrcnn.data.transforms.sample_crop`).
 
     ``batches.batch(t)`` -> list of ``batch_size`` pairs ``(image (3, crop, crop) float32,
     target)``; target as :func:`~minimaskrcnn.data.transforms.random_crop_flip` returns it.
@@ -48,7 +50,7 @@ class TrainBatches:
     """
 
     def __init__(self, dataset: CocoDataset, batch_size: int, crop_size: int, hflip_prob: float,
-                 vflip_prob: float, seed: int, indices=None):
+                 vflip_prob: float, seed: int, indices=None, image_scale: float = 1.0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if indices is None:
@@ -62,14 +64,17 @@ class TrainBatches:
         self.hflip_prob = float(hflip_prob)
         self.vflip_prob = float(vflip_prob)
         self.seed = int(seed)
+        self.image_scale = image_scale
         self._perm_epoch = -1
         self._perm = None
 
     @classmethod
-    def from_config(cls, dataset: CocoDataset, train_cfg, indices=None) -> TrainBatches:
-        """Batches as a :class:`~minimaskrcnn.config.TrainConfig` describes them."""
+    def from_config(cls, dataset: CocoDataset, train_cfg, indices=None, *,
+                    image_scale: float = 1.0) -> TrainBatches:
+        """Batches as a :class:`~minimaskrcnn.config.TrainConfig` describes them (and the
+        model's ``image_scale``)."""
         return cls(dataset, train_cfg.batch_size, train_cfg.crop_size, train_cfg.hflip_prob,
-                   train_cfg.vflip_prob, train_cfg.seed, indices)
+                   train_cfg.vflip_prob, train_cfg.seed, indices, image_scale)
 
     def image_index(self, position: int) -> int:
         """Dataset index of sample number ``position`` of the run."""
@@ -100,7 +105,8 @@ class TrainBatches:
         for p in self.positions(iteration, ks):
             image, target = sample_crop(self.dataset, self.image_index(p), self.crop_size,
                                         self.hflip_prob, self.vflip_prob,
-                                        sample_rng(self.seed, 1, p))
+                                        sample_rng(self.seed, 1, p),
+                                        image_scale=self.image_scale)
             out.append((standardize(image), target))
         return out
 

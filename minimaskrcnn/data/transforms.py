@@ -15,6 +15,17 @@ names ``left_x`` / ``right_x``, :func:`minimaskrcnn.data.coco.flip_pairs`; lego-
 ``top-left`` / ``top-right``) exchange places. A dataset without left/right names only mirrors
 coordinates.
 
+Scale (``ModelConfig.image_scale`` s, 1 by default): the network sees every image resized by s,
+``scaled_size``: ``floor(h * s) x floor(w * s)`` (torchvision ``GeneralizedRCNNTransform``'s
+``interpolate(scale_factor=s, recompute_scale_factor=True)``), the image bilinearly
+(``align_corners=False``: output pixel i samples input coordinate ``(i + 0.5) * h / H - 0.5``,
+clamped to the image) and the masks by nearest neighbour (output pixel i takes input pixel
+``floor(i * h / H)``), as torchvision resizes images and masks. A training crop at s != 1 is cut
+from that scaled image (the window is drawn in scaled pixels, ``crop_size`` is in scaled pixels),
+resampling only the source pixels under the window; it comes back as float32 (resampled values,
+not rounded), and keypoints are scaled by ``W / w`` and ``H / h`` before the crop. At s = 1
+nothing is resampled and crops stay uint8.
+
 Both training and inference then standardise per image: ``(x - x.mean()) / (x.std() + 1e-6)``
 over all pixels and channels, and move channels first: ``(3, H, W) float32``.
 
@@ -27,12 +38,15 @@ consume the same draws and return the same crop.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.data.coco import CocoDataset, masks_to_boxes
 
 __all__ = ["standardize", "random_crop_flip", "sample_crop", "crop_keypoints", "flip_keypoints",
-           "MAX_CROP_TRIES"]
+           "MAX_CROP_TRIES", "scaled_size", "bilinear_taps", "nearest_taps", "resize_bilinear"]
 
 MAX_CROP_TRIES = 10
 """Crop windows drawn before giving up on finding an instance."""
@@ -57,6 +71,105 @@ def standardize(image: np.ndarray) -> np.ndarray:
     x = image.astype(np.float64)
     x = (x - x.mean()) / (x.std() + 1e-6)
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    """``(floor(h * scale), floor(w * scale))``, at least 1 x 1: the size the network sees an
+    ``h x w`` image at (torchvision's ``recompute_scale_factor=True`` size).
+
+    Raises:
+        ValueError: ``scale`` not a finite number > 0.
+    """
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"image scale must be a finite number > 0, got {scale!r}")
+    return max(1, int(math.floor(h * scale))), max(1, int(math.floor(w * scale)))
+
+
+def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear resampling of one axis from ``n_in`` to ``n_out`` pixels, ``align_corners=False``
+    (PyTorch ``interpolate(mode="bilinear")``): output pixel i reads input pixels ``lo[i]`` and
+    ``hi[i]`` with weights ``1 - frac[i]`` and ``frac[i]``, where the source coordinate
+    ``(i + 0.5) * n_in / n_out - 0.5`` is clamped at 0 and ``hi`` at ``n_in - 1``.
+
+    Returns:
+        ``(lo (n_out,) int64, hi (n_out,) int64, frac (n_out,) float64)``.
+    """
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, src - lo
+
+
+def nearest_taps(n_in: int, n_out: int) -> np.ndarray:
+    """Nearest-neighbour resampling of one axis (PyTorch ``interpolate(mode="nearest")``):
+    output pixel i reads input pixel ``min(floor(i * n_in / n_out), n_in - 1)``; ``(n_out,)
+    int64``."""
+    return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def _bilinear(x, taps_y, taps_x, axes):
+    """Resample ``x`` along its ``axes = (row axis, column axis)`` with the given taps (NumPy or
+    CuPy ``x``; the taps are NumPy and are moved to ``x``'s module)."""
+    xp = get_array_module(x)
+    out = x
+    for (lo, hi, frac), axis in zip((taps_y, taps_x), axes, strict=True):
+        shape = [1] * out.ndim
+        shape[axis] = -1
+        f = xp.asarray(frac.reshape(shape), dtype=out.dtype)
+        lo_v = xp.take(out, xp.asarray(lo), axis=axis)
+        hi_v = xp.take(out, xp.asarray(hi), axis=axis)
+        out = lo_v + (hi_v - lo_v) * f
+    return out
+
+
+def resize_bilinear(image, size: tuple[int, int]):
+    """Bilinear resize of ``(C, H, W)`` float images (the model's input at ``image_scale``).
+
+    Args:
+        image: ``(C, H, W)`` float32/float64, NumPy or CuPy.
+        size: ``(H_out, W_out)``.
+
+    Returns:
+        ``(C, H_out, W_out)``, same dtype and array module (:func:`bilinear_taps` on each axis,
+        rows first).
+    """
+    _, h, w = image.shape
+    return _bilinear(image, bilinear_taps(h, size[0]), bilinear_taps(w, size[1]), (1, 2))
+
+
+class _ScaledWindow:
+    """The source pixels under a ``crop x crop`` window at ``(y0, x0)`` of the image scaled to
+    ``(H, W)``: ``src = (sy0, sx0, sy1, sx1)`` and the taps relative to it."""
+
+    def __init__(self, h, w, big_h, big_w, y0, x0, crop):
+        ys = slice(y0, min(y0 + crop, big_h))
+        xs = slice(x0, min(x0 + crop, big_w))
+        by, bx = bilinear_taps(h, big_h), bilinear_taps(w, big_w)
+        by = tuple(t[ys] for t in by)
+        bx = tuple(t[xs] for t in bx)
+        ny, nx = nearest_taps(h, big_h)[ys], nearest_taps(w, big_w)[xs]
+        sy0, sy1 = int(min(by[0].min(), ny.min())), int(max(by[1].max(), ny.max())) + 1
+        sx0, sx1 = int(min(bx[0].min(), nx.min())), int(max(bx[1].max(), nx.max())) + 1
+        self.src = (sy0, sx0, sy1, sx1)
+        self.by = (by[0] - sy0, by[1] - sy0, by[2])
+        self.bx = (bx[0] - sx0, bx[1] - sx0, bx[2])
+        self.ny, self.nx = ny - sy0, nx - sx0
+
+    def image(self, cut, crop):
+        """``(sy1 - sy0, sx1 - sx0, 3)`` source pixels -> ``(crop, crop, 3) float32``."""
+        out = _bilinear(cut.astype(np.float32), self.by, self.bx, (0, 1))
+        return _crop_image(out, 0, 0, crop)
+
+    def masks(self, cut, crop):
+        """``(G, sy1 - sy0, sx1 - sx0)`` source masks -> ``(G, crop, crop) uint8``."""
+        return _pad_masks(np.ascontiguousarray(cut[:, self.ny][:, :, self.nx]), crop)
+
+
+def _scale_keypoints(keypoints, fy, fx):
+    kp = np.array(keypoints, dtype=np.float32)
+    kp[..., 0] *= fx
+    kp[..., 1] *= fy
+    return kp
 
 
 def _draw_window(h: int, w: int, crop: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -129,7 +242,7 @@ def _finish(image, masks, labels, image_id, hflip, vflip, keypoints=None, pairs=
 
 def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob: float,
                      vflip_prob: float, rng: np.random.Generator, *,
-                     max_tries: int = MAX_CROP_TRIES, flip_pairs=()):
+                     max_tries: int = MAX_CROP_TRIES, flip_pairs=(), image_scale: float = 1.0):
     """Random crop (zero pad when smaller) and flips of one training image.
 
     Args:
@@ -142,12 +255,21 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
         rng: the generator driving every draw (see the module docstring for the order).
         max_tries: crop windows drawn before accepting one without instances.
         flip_pairs: left/right keypoint pairs ``(i, j)`` swapped by a flip (see the module).
+        image_scale: the crop is cut from the image resized by this factor (see the module;
+            ``crop_size`` in scaled pixels).
 
     Returns:
-        ``(image (crop, crop, 3) uint8, target)`` with ``boxes (G', 4) float32``,
-        ``labels (G',) int64``, ``masks (G', crop, crop) uint8``, ``image_id``, and
-        ``keypoints (G', K, 3) float32`` in crop pixels when the target has keypoints.
+        ``(image (crop, crop, 3) uint8, target)`` (the image float32 when ``image_scale != 1``)
+        with ``boxes (G', 4) float32``, ``labels (G',) int64``, ``masks (G', crop, crop) uint8``,
+        ``image_id``, and ``keypoints (G', K, 3) float32`` in crop pixels when the target has
+        keypoints.
+
+    Raises:
+        ValueError: ``image_scale`` not a finite number > 0.
     """
+    if image_scale != 1:
+        return _scaled_crop_flip(image, target, crop_size, hflip_prob, vflip_prob, rng,
+                                 max_tries, flip_pairs, image_scale)
     h, w = image.shape[:2]
     masks, labels = target["masks"], np.asarray(target["labels"], dtype=np.int64)
     for _ in range(max_tries):
@@ -166,22 +288,28 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
 
 def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: float,
                 vflip_prob: float, rng: np.random.Generator, *,
-                max_tries: int = MAX_CROP_TRIES):
+                max_tries: int = MAX_CROP_TRIES, image_scale: float = 1.0):
     """:func:`random_crop_flip` of ``dataset[index]`` without decoding every mask at full size.
 
     Only annotations whose box meets the crop window are decoded; same draws, same result as
     ``random_crop_flip(*dataset[index], ..., flip_pairs=dataset.keypoint_flip_pairs)``:
     ``(image (crop, crop, 3) uint8, target)``, the target as :func:`random_crop_flip` returns it
-    (with ``keypoints`` when the dataset has keypoints). ``crop_size`` in pixels.
+    (with ``keypoints`` when the dataset has keypoints). ``crop_size`` in pixels (scaled pixels
+    with ``image_scale``: the crop of the image resized by that factor, only the source pixels
+    under the window resampled).
 
     Raises:
         IndexError: ``index`` out of range.
         DatasetError: the image file is missing, unreadable or not of the annotated size.
+        ValueError: ``image_scale`` not a finite number > 0.
     """
     image = dataset.load_image(index)
     h, w = image.shape[:2]
     anns = dataset.annotations(index)
     boxes = np.array([dataset.ann_box(index, a) for a in anns]).reshape(-1, 4)
+    if image_scale != 1:
+        return _scaled_sample_crop(dataset, index, image, anns, boxes, crop_size, hflip_prob,
+                                   vflip_prob, rng, max_tries, image_scale)
     for _ in range(max_tries):
         y0, x0 = _draw_window(h, w, crop_size, rng)
         y1, x1 = min(y0 + crop_size, h), min(x0 + crop_size, w)
@@ -200,4 +328,55 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
                             crop_size)
     return _finish(_crop_image(image, y0, x0, crop_size), _pad_masks(cut[keep], crop_size),
                    labels, int(dataset.image_ids[index]), hflip, vflip, kp,
+                   getattr(dataset, "keypoint_flip_pairs", ()))
+
+
+# -- image_scale != 1: crops of the resized image, resampling only the window -------------------
+
+
+def _scaled_crop_flip(image, target, crop, hflip_prob, vflip_prob, rng, max_tries, pairs, scale):
+    h, w = image.shape[:2]
+    big_h, big_w = scaled_size(h, w, scale)
+    masks, labels = target["masks"], np.asarray(target["labels"], dtype=np.int64)
+    for _ in range(max_tries):
+        y0, x0 = _draw_window(big_h, big_w, crop, rng)
+        win = _ScaledWindow(h, w, big_h, big_w, y0, x0, crop)
+        sy0, sx0, sy1, sx1 = win.src
+        cut = win.masks(masks[:, sy0:sy1, sx0:sx1], crop)
+        keep = cut.reshape(cut.shape[0], crop * crop).any(axis=1)
+        if keep.any() or masks.shape[0] == 0:
+            break
+    hflip = rng.random() < hflip_prob
+    vflip = rng.random() < vflip_prob
+    kp = target.get("keypoints")
+    if kp is not None:
+        kp = crop_keypoints(_scale_keypoints(np.asarray(kp)[keep], big_h / h, big_w / w),
+                            y0, x0, crop)
+    return _finish(win.image(image[sy0:sy1, sx0:sx1], crop), cut[keep], labels[keep],
+                   target.get("image_id"), hflip, vflip, kp, pairs)
+
+
+def _scaled_sample_crop(dataset, index, image, anns, boxes, crop, hflip_prob, vflip_prob, rng,
+                        max_tries, scale):
+    h, w = image.shape[:2]
+    big_h, big_w = scaled_size(h, w, scale)
+    for _ in range(max_tries):
+        y0, x0 = _draw_window(big_h, big_w, crop, rng)
+        win = _ScaledWindow(h, w, big_h, big_w, y0, x0, crop)
+        sy0, sx0, sy1, sx1 = win.src
+        near = np.flatnonzero((boxes[:, 0] < sx1) & (boxes[:, 2] > sx0)
+                              & (boxes[:, 1] < sy1) & (boxes[:, 3] > sy0))
+        cut = win.masks(dataset.decode_masks(index, [anns[i] for i in near], win.src), crop)
+        keep = cut.reshape(cut.shape[0], crop * crop).any(axis=1)
+        if keep.any() or not anns:
+            break
+    labels = np.array([dataset.label_of(anns[i]) for i in near[keep]], dtype=np.int64)
+    hflip = rng.random() < hflip_prob
+    vflip = rng.random() < vflip_prob
+    kp = None
+    if getattr(dataset, "num_keypoints", 0):
+        kp = crop_keypoints(_scale_keypoints(dataset.ann_keypoints([anns[i] for i in near[keep]]),
+                                             big_h / h, big_w / w), y0, x0, crop)
+    return _finish(win.image(image[sy0:sy1, sx0:sx1], crop), cut[keep], labels,
+                   int(dataset.image_ids[index]), hflip, vflip, kp,
                    getattr(dataset, "keypoint_flip_pairs", ()))

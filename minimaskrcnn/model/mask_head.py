@@ -237,7 +237,8 @@ class MaskHead(Stage):
         loss, _ = self._loss(logits, labels, targets, num_fg)
         return None, {"loss_mask": loss}, MaskHeadCache(*caches, logits, labels, targets, num_fg)
 
-    def predict(self, features, detections, image_size, image_sizes, *, mask_format="bool"):
+    def predict(self, features, detections, image_size, image_sizes, *, mask_format="bool",
+                out_sizes=None):
         """Masks of the detections (torchvision's mask branch in eval mode), pasted into each
         image and thresholded at ``mask_threshold``.
 
@@ -247,6 +248,10 @@ class MaskHead(Stage):
             mask_format: ``"bool"``: ``masks (D, h, w) bool``; ``"rle"``: ``masks`` a list of D
                 COCO run-length encodings (pycocotools), pasted a few masks at a time so that
                 memory is bounded by the image, not by detections x image.
+            out_sizes: the N ``(h_i, w_i)`` to paste into instead of ``image_sizes`` (the input
+                images when the network saw them resized, ``image_scale``): each box is scaled
+                by ``out / image`` per axis for the paste, as torchvision's ``postprocess``
+                resizes boxes before pasting; the detections' ``boxes`` are left as they are.
 
         Returns:
             the detections, each dict with ``masks`` added.
@@ -257,14 +262,20 @@ class MaskHead(Stage):
         if sum(b.shape[0] for b in boxes):
             mask_logits, _ = self._logits(features, boxes, image_size)  # (D_all, K+1, M, M)
         start = 0
-        for d, (h, w) in zip(detections, image_sizes, strict=True):
+        for i, (d, (h, w)) in enumerate(zip(detections, image_sizes, strict=True)):
             n = d["boxes"].shape[0]
             logits = mask_logits[start:start + n] if n else None
             start += n
             probs = (mask_probabilities(logits, self._channels(d["labels"]),
                                         self.loss_mode).astype(np.float32)
                      if n else xp.zeros((0, self.mask_size, self.mask_size), np.float32))
-            d["masks"] = ops.paste_binary_masks(probs, d["boxes"], (h, w), self.threshold,
+            paste_boxes = d["boxes"]
+            if out_sizes is not None:
+                (ho, wo), paste_boxes = out_sizes[i], d["boxes"].copy()
+                paste_boxes[:, 0::2] *= wo / w
+                paste_boxes[:, 1::2] *= ho / h
+                h, w = ho, wo
+            d["masks"] = ops.paste_binary_masks(probs, paste_boxes, (h, w), self.threshold,
                                                 rle=(mask_format == "rle"))
         return detections
 

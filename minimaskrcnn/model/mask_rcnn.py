@@ -8,7 +8,7 @@ Each stage is one file, read in this order (``docs/model.md``); every one has th
 :mod:`minimaskrcnn.model.stage` (``forward_train`` -> outputs, losses, cache; ``predict``;
 ``backward(d_outputs, cache, loss_weights)`` -> d_inputs)::
 
-    images -> pad to (N, 3, H, W)                               (this file, transform)
+    images -> [predict: resize by image_scale] -> pad to (N, 3, H, W)   (this file, transform)
       -> backbone.py  ResNetGN             -> C2..C5
       -> fpn.py       FPN                  -> P2..P6  (features="c5": C5 -> P5 alone)
       -> rpn.py       RegionProposalNetwork -> proposals           + loss_objectness, loss_rpn_box_reg
@@ -20,6 +20,12 @@ Each stage is one file, read in this order (``docs/model.md``); every one has th
 weighted losses into gradients of the pyramid levels, which add up; the FPN turns them into
 dC2..dC5, the backbone into every parameter and d images. Every gradient accumulates (``+=``) in
 ``Param.grad``.
+
+``image_scale`` (1 in the presets): ``predict`` resizes each image by it (bilinear, as
+torchvision's transform resizes to ``min_size``), and maps the boxes, masks and keypoints back
+to the input image (masks are pasted at the input size from the rescaled boxes, as torchvision's
+``postprocess`` does); ``forward_train`` takes crops that the data path already cut from the
+scaled images (:mod:`minimaskrcnn.data.transforms`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 
 from minimaskrcnn import backend
 from minimaskrcnn.config import Config, ModelConfig, get_preset
+from minimaskrcnn.data.transforms import resize_bilinear, scaled_size
 from minimaskrcnn.model.backbone import ResNetGN
 from minimaskrcnn.model.box_head import BoxHead
 from minimaskrcnn.model.fpn import FPN
@@ -168,9 +175,27 @@ class MaskRCNN(Stage):
             TypeError: not a non-empty list of float NumPy (or CuPy) arrays.
             ValueError: an element not of shape ``(3, h, w)``.
         """
+        dtype = self.backbone.conv1.weight.data.dtype
+        sizes = self.image_sizes(images)
+        d = self.config.size_divisible
+        hp = -(-max(h for h, _ in sizes) // d) * d
+        wp = -(-max(w for _, w in sizes) // d) * d
+        xp_in = backend.get_array_module(*images)  # pad where the images are
+        batch = xp_in.zeros((len(images), 3, hp, wp), dtype)
+        for i, im in enumerate(images):
+            batch[i, :, : im.shape[1], : im.shape[2]] = backend.to_device(im, xp_in)
+        return backend.to_device(batch, self.xp), sizes
+
+    @staticmethod
+    def image_sizes(images):
+        """Validate a list of images; returns their ``(h_i, w_i)``.
+
+        Raises:
+            TypeError: not a non-empty list of float NumPy (or CuPy) arrays.
+            ValueError: an element not of shape ``(3, h, w)``.
+        """
         if not isinstance(images, (list, tuple)) or len(images) == 0:
             raise TypeError("images must be a non-empty list of (3, H, W) float arrays")
-        dtype = self.backbone.conv1.weight.data.dtype
         sizes = []
         for i, im in enumerate(images):
             if not isinstance(im, np.ndarray) and not backend.is_cupy_array(im):
@@ -180,14 +205,7 @@ class MaskRCNN(Stage):
             if not np.issubdtype(im.dtype, np.floating):
                 raise TypeError(f"images[{i}] must be a float array (standardised), got {im.dtype}")
             sizes.append((int(im.shape[1]), int(im.shape[2])))
-        d = self.config.size_divisible
-        hp = -(-max(h for h, _ in sizes) // d) * d
-        wp = -(-max(w for _, w in sizes) // d) * d
-        xp_in = backend.get_array_module(*images)  # pad where the images are
-        batch = xp_in.zeros((len(images), 3, hp, wp), dtype)
-        for i, im in enumerate(images):
-            batch[i, :, : im.shape[1], : im.shape[2]] = backend.to_device(im, xp_in)
-        return backend.to_device(batch, self.xp), sizes
+        return sizes
 
     def check_targets(self, targets, sizes):
         """Validate the targets against the images (see :meth:`forward_train`); returns them
@@ -363,6 +381,10 @@ class MaskRCNN(Stage):
         if mask_format not in ("bool", "rle"):
             raise ValueError(f"mask_format must be 'bool' or 'rle', got {mask_format!r}")
         timer = timer or NullTimer()
+        input_sizes, scale = self.image_sizes(images), self.config.image_scale
+        if scale != 1:  # the network sees the images resized; results go back to input pixels
+            images = [resize_bilinear(im, scaled_size(h, w, scale))
+                      for im, (h, w) in zip(images, input_sizes, strict=True)]
         batch, image_sizes = self.transform(images)
         image_size = batch.shape[-2:]
         with timer("backbone_fpn"):
@@ -374,11 +396,30 @@ class MaskRCNN(Stage):
             detections = self.box_head.predict(roi_maps, proposals, image_size, image_sizes)
         with timer("mask_head"):
             detections = self.mask_head.predict(roi_maps, detections, image_size,
-                                                image_sizes, mask_format=mask_format)
+                                                image_sizes, mask_format=mask_format,
+                                                out_sizes=input_sizes if scale != 1 else None)
         if self.keypoint_head is not None:
             with timer("keypoint_head"):
                 detections = self.keypoint_head.predict(roi_maps, detections, image_size)
+        if scale != 1:
+            for d, (h, w), (hs, ws) in zip(detections, input_sizes, image_sizes, strict=True):
+                _to_input_pixels(d, w / ws, h / hs)
         return backend.to_device(detections, np)  # host results (a no-op on the CPU)
+
+
+def _to_input_pixels(det, fx, fy):
+    """Boxes ``[x1, y1, x2, y2]`` and keypoints ``[x, y, v]`` of one image's detections, from
+    the scaled image's pixels to the input image's (x times ``fx``, y times ``fy``: torchvision's
+    ``resize_boxes`` / ``resize_keypoints`` ratios, original size over resized size)."""
+    boxes = det["boxes"].copy()
+    boxes[:, 0::2] *= fx
+    boxes[:, 1::2] *= fy
+    det["boxes"] = boxes
+    if "keypoints" in det:
+        kp = det["keypoints"].copy()
+        kp[..., 0] *= fx
+        kp[..., 1] *= fy
+        det["keypoints"] = kp
 
 
 def build_model(preset_or_config, rng: np.random.Generator) -> MaskRCNN:

@@ -517,7 +517,7 @@ def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume
 
     if model_factory is None:
         from minimaskrcnn import build_model as model_factory
-    batches = TrainBatches.from_config(train_dataset, tc)
+    batches = TrainBatches.from_config(train_dataset, tc, image_scale=cfg.model.image_scale)
     model = model_factory(cfg, sample_rng(tc.seed, MODEL_INIT_STREAM, 0))
     if xp is not np:
         model.to(xp)  # parameters and gradients on the device; the SGD's buffers follow them

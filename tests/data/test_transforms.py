@@ -200,3 +200,70 @@ def test_shape_masks_by_hand():
     # row 0 (y 0.5): |x - 4| <= 0.25 holds for no centre; row 1 (y 1.5): <= 0.75 -> cols 3, 4
     assert not t[0].any()
     np.testing.assert_array_equal(np.flatnonzero(t[1]), [3, 4])
+
+
+# -- image_scale: crops of the resized image ----------------------------------------------------
+
+
+@pytest.mark.parametrize("h,w,scale", [(7, 9, 4.0), (13, 5, 2.5), (31, 17, 1.7), (20, 20, 0.6)])
+def test_resize_bilinear_reproduces_linear_functions(h, w, scale):
+    # bilinear interpolation is exact on a linear function: output pixel i must hold f at the
+    # source coordinate (i + 0.5) * h / H - 0.5, clamped to the image (align_corners=False)
+    from minimaskrcnn.data.transforms import resize_bilinear, scaled_size
+
+    big_h, big_w = scaled_size(h, w, scale)
+    assert (big_h, big_w) == (int(h * scale), int(w * scale))
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    image = np.stack([1.0 + 2.0 * yy - 3.0 * xx, 0.5 * xx, np.full((h, w), 7.0)])
+    out = resize_bilinear(image, (big_h, big_w))
+    sy = np.clip((np.arange(big_h) + 0.5) * h / big_h - 0.5, 0, h - 1)[:, None]
+    sx = np.clip((np.arange(big_w) + 0.5) * w / big_w - 0.5, 0, w - 1)[None, :]
+    np.testing.assert_allclose(out[0], 1.0 + 2.0 * sy - 3.0 * sx, atol=1e-9)
+    np.testing.assert_allclose(out[1], np.broadcast_to(0.5 * sx, (big_h, big_w)), atol=1e-9)
+    np.testing.assert_allclose(out[2], 7.0, atol=1e-12)
+
+
+def test_scaled_crop_is_the_crop_of_the_scaled_image():
+    # integer scale 3: the masks' nearest-neighbour resize is np.repeat; the image is the whole
+    # image resized (resize_bilinear) and then cut, while the crop resamples only the window
+    from minimaskrcnn.data.transforms import resize_bilinear
+
+    image, target = _toy()
+    target["keypoints"] = np.array([[[1.0, 1.0, 2]], [[4.0, 5.0, 2]]], np.float32)
+    big = resize_bilinear(image.transpose(2, 0, 1).astype(np.float32), (18, 18)).transpose(1, 2, 0)
+    big_masks = target["masks"].repeat(3, axis=1).repeat(3, axis=2)
+    for y0, x0, crop in ((0, 0, 9), (7, 5, 8), (8, 6, 10), (0, 0, 20)):
+        img, t = random_crop_flip(image, target, crop, 0.0, 0.0, _FixedRng([y0, x0], [0.9, 0.9]),
+                                  image_scale=3.0)
+        assert img.dtype == np.float32 and img.shape == (crop, crop, 3)
+        want = big[y0:y0 + crop, x0:x0 + crop]
+        np.testing.assert_allclose(img[:want.shape[0], :want.shape[1]], want, atol=1e-4)
+        assert not img[want.shape[0]:].any() and not img[:, want.shape[1]:].any()
+        cut = big_masks[:, y0:y0 + crop, x0:x0 + crop]
+        keep = cut.reshape(2, -1).any(axis=1)
+        np.testing.assert_array_equal(t["masks"][:, :cut.shape[1], :cut.shape[2]], cut[keep])
+        np.testing.assert_array_equal(t["labels"], target["labels"][keep])
+        # keypoints scale with the image: (x, y) -> (3x - x0, 3y - y0), dropped outside the crop
+        kp = target["keypoints"][keep, 0]
+        for (x, y, _), got in zip(kp, t["keypoints"][:, 0], strict=True):
+            inside = 0 <= 3 * x - x0 <= crop and 0 <= 3 * y - y0 <= crop
+            np.testing.assert_array_equal(got, [3 * x - x0, 3 * y - y0, 2] if inside else 0)
+
+
+def test_scaled_sample_crop_equals_random_crop_flip_and_scale_one_is_untouched():
+    ds = load_sample("val")
+    for i in range(len(ds)):
+        for seed, scale in ((0, 2.5), (1, 0.75)):
+            a_img, a = random_crop_flip(*ds[i], 96, 0.5, 0.5, np.random.default_rng(seed),
+                                        image_scale=scale)
+            b_img, b = sample_crop(ds, i, 96, 0.5, 0.5, np.random.default_rng(seed),
+                                   image_scale=scale)
+            np.testing.assert_array_equal(a_img, b_img)
+            for key in ("boxes", "labels", "masks"):
+                np.testing.assert_array_equal(a[key], b[key])
+        one, _ = sample_crop(ds, i, 96, 0.5, 0.5, np.random.default_rng(0), image_scale=1.0)
+        plain, _ = sample_crop(ds, i, 96, 0.5, 0.5, np.random.default_rng(0))
+        assert one.dtype == np.uint8
+        np.testing.assert_array_equal(one, plain)
+    with pytest.raises(ValueError, match="image scale must be a finite number > 0"):
+        sample_crop(ds, 0, 96, 0.5, 0.5, np.random.default_rng(0), image_scale=-2.0)

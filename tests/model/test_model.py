@@ -429,3 +429,29 @@ def test_older_checkpoint_names_load():
     b.load_state_dict(old)
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         np.testing.assert_array_equal(pa.data, pb.data, err_msg=n)
+
+
+def test_image_scale_predicts_on_the_resized_image_in_input_pixels():
+    # a model with image_scale=2 on an image == the same weights at scale 1 on the image resized
+    # 2x (resize_bilinear, itself checked in tests/data/test_transforms.py), boxes and keypoints
+    # halved, masks pasted at the input size
+    from minimaskrcnn.data.transforms import resize_bilinear
+
+    cfg = dataclasses.replace(TINY, box_score_thresh=0.0, num_keypoints=2, keypoint_head_convs=1,
+                              keypoint_head_channels=8, keypoint_roi_size=4,
+                              keypoint_heatmap_size=16)
+    base = build_model(cfg, np.random.default_rng(0))
+    scaled = build_model(dataclasses.replace(cfg, image_scale=2.0), np.random.default_rng(0))
+    images, _ = tiny_batch()
+    ref = base.predict([resize_bilinear(im, (2 * im.shape[1], 2 * im.shape[2])) for im in images])
+    out = scaled.predict(images)
+    for r, o, im in zip(ref, out, images, strict=True):
+        assert len(o["boxes"]) > 0
+        np.testing.assert_array_equal(o["scores"], r["scores"])
+        np.testing.assert_array_equal(o["labels"], r["labels"])
+        np.testing.assert_array_equal(o["boxes"], r["boxes"] / 2)
+        np.testing.assert_array_equal(o["keypoints"][..., :2], r["keypoints"][..., :2] / 2)
+        assert o["masks"].shape == (len(o["boxes"]),) + im.shape[1:]
+        # the same masks at half the resolution: they differ along their edges only
+        coarse = r["masks"][:, ::2, ::2]
+        assert coarse.any() and (coarse != o["masks"]).mean() < 0.05
