@@ -99,9 +99,10 @@ def test_2b_2d_2e_arms_change_only_their_variant():
     assert (len(train), len(val), train.num_classes) == (400, 200, 3)
     assert train.source == "generated shapes (400 images, seed 0)"  # recorded in result.json
     assert len(train.coco.anns) > 400  # several shapes per image
+    c5 = {"model.features": "c5", "model.image_scale": 4.0,
+          "model.anchor_sizes": (32, 64, 128, 256, 512)}
     assert {a.name: _changed(a) for a in t2d.arms} == {
-        "pool": {"model.features": "c5", "model.roi_op": "pool"},
-        "align": {"model.features": "c5"}}
+        "pool": {**c5, "model.roi_op": "pool"}, "align": c5}
     assert {a.name: _changed(a) for a in t2e.arms} == {
         "mlp": {"model.mask_head": "mlp"},  # mask_mlp_dims: the default (256, 256)
         "mlp3": {"model.mask_head": "mlp", "model.mask_mlp_dims": (256, 256, 256)},
