@@ -112,6 +112,9 @@ class Table:
         against; arms: the rows, in the paper's order; schedule: the name of the table's
         schedule in :data:`SCHEDULES` (``"short"`` on the nuclei, ``"shapes"`` for 2b);
         preset: the network the arms change (``"nuclei-mini"``, ``"shapes-mini"`` for 2b).
+        run_seconds: measured seconds of one of the table's runs (training and evaluation, 2
+            MPI ranks on the 2-core machine) where its network costs other than the schedule's
+            estimate (``Schedule.run_seconds``); ``None``: the schedule's.
     """
 
     name: str
@@ -122,6 +125,7 @@ class Table:
     arms: tuple[Arm, ...] = field(default_factory=tuple)
     schedule: str = "short"
     preset: str = "nuclei-mini"
+    run_seconds: float | None = None
 
     def arm(self, name: str) -> Arm:
         """The arm called ``name``. Raises ValueError (listing the arms) for another name."""
@@ -179,7 +183,8 @@ TABLES: dict[str, Table] = {
         (Arm("pool", "RoIPool", {**_C5, **_roi("pool")},
              paper={"segm": (23.6, 46.5, 21.6), "bbox": (28.2, 52.7, 26.9)}),
          Arm("align", "RoIAlign", {**_C5, **_roi("align")},
-             paper={"segm": (30.9, 51.8, 32.1), "bbox": (34.0, 55.3, 36.4)}))),
+             paper={"segm": (30.9, 51.8, 32.1), "bbox": (34.0, 55.3, 36.4)})),
+        run_seconds=600 * 0.40 + 110.0),  # 0.40 s/iteration (few nuclei a crop), 110 s eval
     "2e": Table(
         "2e", "Mask branch: MLP vs. FCN", "ResNet-50-FPN, COCO",
         "nuclei-mini on the DSB2018 nuclei; MLP widths 256 (the paper's 1024 / 4, as our FCN's "
@@ -191,7 +196,8 @@ TABLES: dict[str, Table] = {
              {"model.mask_head": "mlp", "model.mask_mlp_dims": _MLP_DIMS + (256,)},
              paper={"segm": (31.5, 54.0, 32.6)}),
          Arm("fcn", "FCN (the default; = 2c's RoIAlign avg)", {},
-             paper={"segm": (33.6, 55.2, 35.3)}, same_as=("2c", "align")))),
+             paper={"segm": (33.6, 55.2, 35.3)}, same_as=("2c", "align"))),
+        run_seconds=600 * 0.41 + 56.0),  # the MLP arms: 0.41 s/iteration, 56 s eval
 }
 """The paper's Table 2 sub-tables as arms (every arm runs)."""
 
@@ -817,7 +823,8 @@ def describe(tables: Sequence[str] = tuple(TABLES), seeds: int = 3,
             lines.append(f"  {a.name:14s} {a.label}: {what}")
         runs = sum(1 for a in tab.arms if not a.unavailable and not a.same_as) * seeds
         if runs:
-            cost = sched.run_seconds()
+            cost = (tab.run_seconds if tab.run_seconds and sched.name == tab.schedule
+                    else sched.run_seconds())
             lines.append(f"  {runs} runs ({seeds} seeds) of schedule {sched.name!r} "
                          f"({sched.iterations} iterations of batch {sched.batch_size}, preset "
                          f"{tab.preset})"
