@@ -670,6 +670,16 @@ def _paper_cell(triple) -> str:
     return " / ".join("-" if not math.isfinite(v) else f"{v:.1f}" for v in triple)
 
 
+def _ranking(points: Mapping[str, float]) -> str:
+    """``"a > b = c"``: names by decreasing AP points, ``=`` where the values shown (0.1 points)
+    tie."""
+    order = sorted(points, key=lambda n: -points[n])
+    out = order[0]
+    for prev, name in zip(order, order[1:], strict=False):
+        out += (" = " if round(points[prev], 1) == round(points[name], 1) else " > ") + name
+    return out
+
+
 def format_table(table: str | Table, results: Sequence[dict]) -> str:
     """The markdown of one table: a row per arm (in the paper's order) with, over the seeds,
     mask AP / AP50 / AP75, box AP / AP50 / AP75 and the DSB score as ``mean ± std`` in AP points
@@ -722,14 +732,13 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
                          f"{s['schedules']} mixed")
     ran = [a for a in tab.arms if a.name in summary]
     if ran:
-        ours_rank = sorted(ran, key=lambda a: -summary[a.name]["segm.AP"]["mean"])
         lines.append("")
-        lines.append("Ranking by mask AP, ours: " + " > ".join(a.name for a in ours_rank) + ".")
+        lines.append("Ranking by mask AP, ours: " + _ranking(
+            {a.name: 100 * summary[a.name]["segm.AP"]["mean"] for a in ran}) + ".")
         with_paper = [a for a in ran if a.paper and math.isfinite(a.paper["segm"][0])]
         if with_paper:
-            paper_rank = sorted(with_paper, key=lambda a: -a.paper["segm"][0])
-            lines.append("The paper's (same arms): " + " > ".join(a.name for a in paper_rank)
-                         + ".")
+            lines.append("The paper's (same arms): " + _ranking(
+                {a.name: a.paper["segm"][0] for a in with_paper}) + ".")
         rs = results
         iters = sorted({int(r.get("iterations", 0)) for r in rs})
         per_it = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]

@@ -431,6 +431,12 @@ def test_format_table_rows():
     assert "The paper's (same arms): align > pool." in text
     assert "6 runs of 600 iterations on 2 MPI rank(s): median 0.90 s/iteration, 10.0 minutes" in text
     assert "| RoIAlign | 0 | not run yet |" in format_table("2d", HAND_MADE)  # 2c results not in 2d
+    # the paper's two MLP rows of 2e tie at 31.5; ours tie where the shown means (0.1 points) do
+    two_e = format_table("2e", [_result("mlp", 0, 0.3004, table="2e"),
+                                _result("mlp3", 0, 0.2996, table="2e"),
+                                _result("align", 0, 0.33, table="2c")])
+    assert "The paper's (same arms): fcn > mlp = mlp3." in two_e
+    assert "Ranking by mask AP, ours: fcn > mlp = mlp3." in two_e
 
 
 def test_write_report_replaces_only_its_blocks(tmp_path):
