@@ -364,7 +364,9 @@ class MaskRCNN(Stage):
         """Detections for each image (torchvision ``MaskRCNN`` in eval mode).
 
         Args:
-            images: list of N ``(3, h_i, w_i)`` float arrays (standardised).
+            images: list of N ``(3, h_i, w_i)`` float arrays (standardised). With
+                ``config.image_scale != 1`` the network sees each resized by it (bilinear) and
+                everything returned is mapped back to these images' pixels.
             mask_format: ``"bool"`` (dense masks) or ``"rle"`` (COCO run-length encodings,
                 pasted a few at a time: memory bounded by the image, for very large images).
 
