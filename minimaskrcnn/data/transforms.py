@@ -165,6 +165,27 @@ class _ScaledWindow:
         return _pad_masks(np.ascontiguousarray(cut[:, self.ny][:, :, self.nx]), crop)
 
 
+class _Window:
+    """A ``crop x crop`` window at ``(y0, x0)`` of the image at its own size: ``src`` is the
+    window itself (clipped to the image), and the cut is zero-padded, not resampled."""
+
+    def __init__(self, h, w, y0, x0, crop):
+        self.src = (y0, x0, min(y0 + crop, h), min(x0 + crop, w))
+
+    def image(self, cut, crop):
+        return _crop_image(cut, 0, 0, crop)
+
+    def masks(self, cut, crop):
+        return _pad_masks(cut, crop)
+
+
+def _window(h, w, big_h, big_w, y0, x0, crop):
+    """The window at ``(y0, x0)`` of the image scaled to ``(big_h, big_w)``."""
+    if (big_h, big_w) == (h, w):
+        return _Window(h, w, y0, x0, crop)
+    return _ScaledWindow(h, w, big_h, big_w, y0, x0, crop)
+
+
 def _scale_keypoints(keypoints, fy, fx):
     kp = np.array(keypoints, dtype=np.float32)
     kp[..., 0] *= fx
@@ -267,23 +288,25 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
     Raises:
         ValueError: ``image_scale`` not a finite number > 0.
     """
-    if image_scale != 1:
-        return _scaled_crop_flip(image, target, crop_size, hflip_prob, vflip_prob, rng,
-                                 max_tries, flip_pairs, image_scale)
     h, w = image.shape[:2]
+    big_h, big_w = (h, w) if image_scale == 1 else scaled_size(h, w, image_scale)
     masks, labels = target["masks"], np.asarray(target["labels"], dtype=np.int64)
     for _ in range(max_tries):
-        y0, x0 = _draw_window(h, w, crop_size, rng)
-        cut = masks[:, y0:y0 + crop_size, x0:x0 + crop_size]
-        keep = cut.reshape(cut.shape[0], cut.shape[1] * cut.shape[2]).any(axis=1)
+        y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
+        win = _window(h, w, big_h, big_w, y0, x0, crop_size)
+        sy0, sx0, sy1, sx1 = win.src
+        cut = win.masks(masks[:, sy0:sy1, sx0:sx1], crop_size)
+        keep = cut.reshape(cut.shape[0], crop_size * crop_size).any(axis=1)
         if keep.any() or masks.shape[0] == 0:
             break
     hflip = rng.random() < hflip_prob
     vflip = rng.random() < vflip_prob
     kp = target.get("keypoints")
-    kp = None if kp is None else crop_keypoints(np.asarray(kp)[keep], y0, x0, crop_size)
-    return _finish(_crop_image(image, y0, x0, crop_size), _pad_masks(cut[keep], crop_size),
-                   labels[keep], target.get("image_id"), hflip, vflip, kp, flip_pairs)
+    if kp is not None:
+        kp = _scale_keypoints(np.asarray(kp)[keep], big_h / h, big_w / w)
+        kp = crop_keypoints(kp, y0, x0, crop_size)
+    return _finish(win.image(image[sy0:sy1, sx0:sx1], crop_size), cut[keep], labels[keep],
+                   target.get("image_id"), hflip, vflip, kp, flip_pairs)
 
 
 def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: float,
@@ -307,67 +330,15 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     h, w = image.shape[:2]
     anns = dataset.annotations(index)
     boxes = np.array([dataset.ann_box(index, a) for a in anns]).reshape(-1, 4)
-    if image_scale != 1:
-        return _scaled_sample_crop(dataset, index, image, anns, boxes, crop_size, hflip_prob,
-                                   vflip_prob, rng, max_tries, image_scale)
+    big_h, big_w = (h, w) if image_scale == 1 else scaled_size(h, w, image_scale)
     for _ in range(max_tries):
-        y0, x0 = _draw_window(h, w, crop_size, rng)
-        y1, x1 = min(y0 + crop_size, h), min(x0 + crop_size, w)
-        near = np.flatnonzero((boxes[:, 0] < x1) & (boxes[:, 2] > x0)
-                              & (boxes[:, 1] < y1) & (boxes[:, 3] > y0))
-        cut = dataset.decode_masks(index, [anns[i] for i in near], (y0, x0, y1, x1))
-        keep = cut.reshape(cut.shape[0], cut.shape[1] * cut.shape[2]).any(axis=1)
-        if keep.any() or not anns:
-            break
-    labels = np.array([dataset.label_of(anns[i]) for i in near[keep]], dtype=np.int64)
-    hflip = rng.random() < hflip_prob
-    vflip = rng.random() < vflip_prob
-    kp = None
-    if getattr(dataset, "num_keypoints", 0):
-        kp = crop_keypoints(dataset.ann_keypoints([anns[i] for i in near[keep]]), y0, x0,
-                            crop_size)
-    return _finish(_crop_image(image, y0, x0, crop_size), _pad_masks(cut[keep], crop_size),
-                   labels, int(dataset.image_ids[index]), hflip, vflip, kp,
-                   getattr(dataset, "keypoint_flip_pairs", ()))
-
-
-# -- image_scale != 1: crops of the resized image, resampling only the window -------------------
-
-
-def _scaled_crop_flip(image, target, crop, hflip_prob, vflip_prob, rng, max_tries, pairs, scale):
-    h, w = image.shape[:2]
-    big_h, big_w = scaled_size(h, w, scale)
-    masks, labels = target["masks"], np.asarray(target["labels"], dtype=np.int64)
-    for _ in range(max_tries):
-        y0, x0 = _draw_window(big_h, big_w, crop, rng)
-        win = _ScaledWindow(h, w, big_h, big_w, y0, x0, crop)
-        sy0, sx0, sy1, sx1 = win.src
-        cut = win.masks(masks[:, sy0:sy1, sx0:sx1], crop)
-        keep = cut.reshape(cut.shape[0], crop * crop).any(axis=1)
-        if keep.any() or masks.shape[0] == 0:
-            break
-    hflip = rng.random() < hflip_prob
-    vflip = rng.random() < vflip_prob
-    kp = target.get("keypoints")
-    if kp is not None:
-        kp = crop_keypoints(_scale_keypoints(np.asarray(kp)[keep], big_h / h, big_w / w),
-                            y0, x0, crop)
-    return _finish(win.image(image[sy0:sy1, sx0:sx1], crop), cut[keep], labels[keep],
-                   target.get("image_id"), hflip, vflip, kp, pairs)
-
-
-def _scaled_sample_crop(dataset, index, image, anns, boxes, crop, hflip_prob, vflip_prob, rng,
-                        max_tries, scale):
-    h, w = image.shape[:2]
-    big_h, big_w = scaled_size(h, w, scale)
-    for _ in range(max_tries):
-        y0, x0 = _draw_window(big_h, big_w, crop, rng)
-        win = _ScaledWindow(h, w, big_h, big_w, y0, x0, crop)
+        y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
+        win = _window(h, w, big_h, big_w, y0, x0, crop_size)
         sy0, sx0, sy1, sx1 = win.src
         near = np.flatnonzero((boxes[:, 0] < sx1) & (boxes[:, 2] > sx0)
                               & (boxes[:, 1] < sy1) & (boxes[:, 3] > sy0))
-        cut = win.masks(dataset.decode_masks(index, [anns[i] for i in near], win.src), crop)
-        keep = cut.reshape(cut.shape[0], crop * crop).any(axis=1)
+        cut = win.masks(dataset.decode_masks(index, [anns[i] for i in near], win.src), crop_size)
+        keep = cut.reshape(cut.shape[0], crop_size * crop_size).any(axis=1)
         if keep.any() or not anns:
             break
     labels = np.array([dataset.label_of(anns[i]) for i in near[keep]], dtype=np.int64)
@@ -375,8 +346,9 @@ def _scaled_sample_crop(dataset, index, image, anns, boxes, crop, hflip_prob, vf
     vflip = rng.random() < vflip_prob
     kp = None
     if getattr(dataset, "num_keypoints", 0):
-        kp = crop_keypoints(_scale_keypoints(dataset.ann_keypoints([anns[i] for i in near[keep]]),
-                                             big_h / h, big_w / w), y0, x0, crop)
-    return _finish(win.image(image[sy0:sy1, sx0:sx1], crop), cut[keep], labels,
+        kp = _scale_keypoints(dataset.ann_keypoints([anns[i] for i in near[keep]]),
+                              big_h / h, big_w / w)
+        kp = crop_keypoints(kp, y0, x0, crop_size)
+    return _finish(win.image(image[sy0:sy1, sx0:sx1], crop_size), cut[keep], labels,
                    int(dataset.image_ids[index]), hflip, vflip, kp,
                    getattr(dataset, "keypoint_flip_pairs", ()))
