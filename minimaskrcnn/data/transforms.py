@@ -46,7 +46,8 @@ from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.data.coco import CocoDataset, masks_to_boxes
 
 __all__ = ["standardize", "random_crop_flip", "sample_crop", "crop_keypoints", "flip_keypoints",
-           "MAX_CROP_TRIES", "scaled_size", "bilinear_taps", "nearest_taps", "resize_bilinear"]
+           "MAX_CROP_TRIES", "scaled_size", "bilinear_taps", "nearest_taps", "resize_bilinear",
+           "resize_boxes"]
 
 MAX_CROP_TRIES = 10
 """Crop windows drawn before giving up on finding an instance."""
@@ -135,6 +136,23 @@ def resize_bilinear(image, size: tuple[int, int]):
     """
     _, h, w = image.shape
     return _bilinear(image, bilinear_taps(h, size[0]), bilinear_taps(w, size[1]), (1, 2))
+
+
+def resize_boxes(boxes, original_size: tuple[int, int], new_size: tuple[int, int]):
+    """Boxes of an image resized from ``original_size`` to ``new_size`` (torchvision
+    ``transform.resize_boxes``): x times ``new_w / orig_w``, y times ``new_h / orig_h``.
+
+    Args:
+        boxes: ``(N, 4)`` float ``[x1, y1, x2, y2]`` pixels of the original image, NumPy or CuPy.
+        original_size, new_size: ``(h, w)`` in pixels.
+
+    Returns:
+        a new ``(N, 4)`` array of the same dtype and array module.
+    """
+    out = boxes.copy()
+    out[:, 0::2] *= new_size[1] / original_size[1]
+    out[:, 1::2] *= new_size[0] / original_size[0]
+    return out
 
 
 class _ScaledWindow:

@@ -41,6 +41,7 @@ import numpy as np
 
 from minimaskrcnn import nn, ops
 from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.data.transforms import resize_boxes
 from minimaskrcnn.model.stage import Stage, identity_count, weighted
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Sequential
@@ -271,10 +272,8 @@ class MaskHead(Stage):
                      if n else xp.zeros((0, self.mask_size, self.mask_size), np.float32))
             paste_boxes = d["boxes"]
             if out_sizes is not None:
-                (ho, wo), paste_boxes = out_sizes[i], d["boxes"].copy()
-                paste_boxes[:, 0::2] *= wo / w
-                paste_boxes[:, 1::2] *= ho / h
-                h, w = ho, wo
+                paste_boxes = resize_boxes(d["boxes"], (h, w), out_sizes[i])
+                h, w = out_sizes[i]
             d["masks"] = ops.paste_binary_masks(probs, paste_boxes, (h, w), self.threshold,
                                                 rle=(mask_format == "rle"))
         return detections

@@ -36,7 +36,7 @@ import numpy as np
 
 from minimaskrcnn import backend
 from minimaskrcnn.config import Config, ModelConfig, get_preset
-from minimaskrcnn.data.transforms import resize_bilinear, scaled_size
+from minimaskrcnn.data.transforms import resize_bilinear, resize_boxes, scaled_size
 from minimaskrcnn.model.backbone import ResNetGN
 from minimaskrcnn.model.box_head import BoxHead
 from minimaskrcnn.model.fpn import FPN
@@ -404,23 +404,20 @@ class MaskRCNN(Stage):
             with timer("keypoint_head"):
                 detections = self.keypoint_head.predict(roi_maps, detections, image_size)
         if scale != 1:
-            for d, (h, w), (hs, ws) in zip(detections, input_sizes, image_sizes, strict=True):
-                _to_input_pixels(d, w / ws, h / hs)
+            for d, size, net_size in zip(detections, input_sizes, image_sizes, strict=True):
+                _to_input_pixels(d, size, net_size)
         return backend.to_device(detections, np)  # host results (a no-op on the CPU)
 
 
-def _to_input_pixels(det, fx, fy):
+def _to_input_pixels(det, input_size, net_size):
     """Boxes ``[x1, y1, x2, y2]`` and keypoints ``[x, y, v]`` of one image's detections, from
-    the scaled image's pixels to the input image's (x times ``fx``, y times ``fy``: torchvision's
-    ``resize_boxes`` / ``resize_keypoints`` ratios, original size over resized size)."""
-    boxes = det["boxes"].copy()
-    boxes[:, 0::2] *= fx
-    boxes[:, 1::2] *= fy
-    det["boxes"] = boxes
+    the pixels of the scaled image the network saw (``net_size``) to the input image's
+    (``input_size``): torchvision's ``resize_boxes`` / ``resize_keypoints``."""
+    det["boxes"] = resize_boxes(det["boxes"], net_size, input_size)
     if "keypoints" in det:
         kp = det["keypoints"].copy()
-        kp[..., 0] *= fx
-        kp[..., 1] *= fy
+        kp[..., 0] *= input_size[1] / net_size[1]
+        kp[..., 1] *= input_size[0] / net_size[0]
         det["keypoints"] = kp
 
 
