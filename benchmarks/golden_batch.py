@@ -33,7 +33,7 @@ def _variants():
     base = get_preset("nuclei-mini")
     m = base.model
     yield "nuclei-mini", base, load_sample("train"), load_sample("val")
-    for name, over in (("c5", {"features": "c5"}), ("mlp", {"mask_head": "mlp"}),
+    for name, over in (("c5", {"features": "c5"}), ("mlp", {"mask_head_type": "mlp"}),
                        ("agnostic", {"mask_class_agnostic": True}),
                        ("roipool", {"roi_op": "pool"})):
         try:

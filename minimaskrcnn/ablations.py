@@ -190,10 +190,10 @@ TABLES: dict[str, Table] = {
         "nuclei-mini on the DSB2018 nuclei; MLP widths 256 (the paper's 1024 / 4, as our FCN's "
         "64 channels are its 256 / 4)", "fcn",
         (Arm("mlp", "MLP, fc 256-256 (paper: 1024-1024)",
-             {"model.mask_head": "mlp", "model.mask_mlp_dims": _MLP_DIMS},
+             {"model.mask_head_type": "mlp", "model.mask_mlp_dims": _MLP_DIMS},
              paper={"segm": (31.5, 53.7, 32.8)}),
          Arm("mlp3", "MLP, fc 256-256-256 (paper: 1024 x 3)",
-             {"model.mask_head": "mlp", "model.mask_mlp_dims": _MLP_DIMS + (256,)},
+             {"model.mask_head_type": "mlp", "model.mask_mlp_dims": _MLP_DIMS + (256,)},
              paper={"segm": (31.5, 54.0, 32.6)}),
          Arm("fcn", "FCN (the default; = 2c's RoIAlign avg)", {},
              paper={"segm": (33.6, 55.2, 35.3)}, same_as=("2c", "align"))),

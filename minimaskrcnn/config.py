@@ -20,8 +20,8 @@ from minimaskrcnn.ops.poolers import ROI_OPS  # the heads' RoI ops (paper Table 
 
 FEATURE_MAPS = ("fpn", "c5")
 """``ModelConfig.features``: the FPN pyramid, or one stride-32 map (paper Table 2d)."""
-MASK_HEADS = ("fcn", "mlp")
-"""``ModelConfig.mask_head``: the FCN mask head, or fully connected layers (paper Table 2e)."""
+MASK_HEAD_TYPES = ("fcn", "mlp")
+"""``ModelConfig.mask_head_type``: the FCN mask head, or fully connected layers (paper Table 2e)."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,9 @@ class ModelConfig:
     """M: mask head output and mask target resolution."""
     mask_loss: str = "sigmoid"
     """One of :data:`MASK_LOSS_MODES`."""
-    mask_head: str = "fcn"
-    """One of :data:`MASK_HEADS`: ``"fcn"`` (``mask_head_convs`` 3x3 convs, a 2x2 deconv, a
+    mask_head_type: str = "fcn"
+    """One of :data:`MASK_HEAD_TYPES` (Detectron2's ``ROI_MASK_HEAD.NAME``; ``model.roi_heads.mask_head``
+    is the module it builds): ``"fcn"`` (``mask_head_convs`` 3x3 convs, a 2x2 deconv, a
     1x1 conv: the paper's Figure 4) or ``"mlp"`` (fully connected layers of widths
     ``mask_mlp_dims`` on the flattened RoI features, then one to (K+1) M x M logits: the
     paper's Table 2e ablation)."""
@@ -142,9 +143,9 @@ class ModelConfig:
             raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
         if self.features not in FEATURE_MAPS:
             raise ValueError(f"features must be one of {FEATURE_MAPS}, got {self.features!r}")
-        if self.mask_head not in MASK_HEADS:
-            raise ValueError(f"mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
-        if self.mask_head == "mlp" and (not self.mask_mlp_dims or min(self.mask_mlp_dims) < 1):
+        if self.mask_head_type not in MASK_HEAD_TYPES:
+            raise ValueError(f"mask_head_type must be one of {MASK_HEAD_TYPES}, got {self.mask_head_type!r}")
+        if self.mask_head_type == "mlp" and (not self.mask_mlp_dims or min(self.mask_mlp_dims) < 1):
             raise ValueError("mask_mlp_dims must be one or more widths >= 1 for the mlp mask "
                              f"head, got {self.mask_mlp_dims}")
         if self.mask_loss not in MASK_LOSS_MODES:
@@ -298,10 +299,18 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+RENAMED_KEYS = {ModelConfig: {"mask_head": "mask_head_type"}}
+"""Config keys renamed since checkpoints and ``result.json`` files were first written (``old ->
+new`` per section); :func:`config_from_dict` reads the old spelling too."""
+
+
 def config_from_dict(d: dict) -> Config:
-    """Inverse of :func:`config_to_dict`; unknown keys raise ``ValueError`` naming them."""
+    """Inverse of :func:`config_to_dict`; unknown keys raise ``ValueError`` naming them. Keys of
+    :data:`RENAMED_KEYS` are read under their new names."""
 
     def build(cls, values):
+        renamed = RENAMED_KEYS.get(cls, {})
+        values = {renamed.get(k, k): v for k, v in values.items()}
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(names)
         if unknown:

@@ -104,8 +104,8 @@ def test_2b_2d_2e_arms_change_only_their_variant():
     assert {a.name: _changed(a) for a in t2d.arms} == {
         "pool": {**c5, "model.roi_op": "pool"}, "align": c5}
     assert {a.name: _changed(a) for a in t2e.arms} == {
-        "mlp": {"model.mask_head": "mlp"},  # mask_mlp_dims: the default (256, 256)
-        "mlp3": {"model.mask_head": "mlp", "model.mask_mlp_dims": (256, 256, 256)},
+        "mlp": {"model.mask_head_type": "mlp"},  # mask_mlp_dims: the default (256, 256)
+        "mlp3": {"model.mask_head_type": "mlp", "model.mask_mlp_dims": (256, 256, 256)},
         "fcn": {}}
     # 2e's FCN row is 2c's RoIAlign row: the same config, so the same runs
     fcn = t2e.arm("fcn")
@@ -316,7 +316,7 @@ def test_a_result_written_before_a_config_field_existed_is_still_done(tmp_path):
     _sweep(tmp_path, fakes, seeds=(0,), arms=["pool"])
     path = os.path.join(run_dir(str(tmp_path), "2c", "pool", 0), RESULT_FILE)
     r = json.load(open(path))
-    for name in ("features", "mask_head", "mask_mlp_dims", "mask_class_agnostic"):
+    for name in ("features", "mask_head_type", "mask_mlp_dims", "mask_class_agnostic"):
         del r["config"]["model"][name]  # as a result.json of an older version stores it
     json.dump(r, open(path, "w"))
     fakes.calls.clear()

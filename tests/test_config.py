@@ -71,3 +71,14 @@ def test_every_config_field_is_read_somewhere():
               if not re.search(rf"\b(?:cfg|tc|eval_cfg|train_cfg|config)(?:\.model|\.train|\.eval)?"
                                rf"\.{re.escape(f.name)}\b", source)]
     assert not unread, f"config fields that nothing reads: {unread}"
+
+
+def test_renamed_key_is_read_under_its_new_name():
+    # checkpoints and result.json files written before the rename say "mask_head": "mlp"
+    d = config_to_dict(get_preset("nuclei-mini"))
+    d["model"]["mask_head"] = d["model"].pop("mask_head_type")
+    d["model"]["mask_head"] = "mlp"
+    assert config_from_dict(d).model.mask_head_type == "mlp"
+    d["model"]["mask_head"] = "transformer"
+    with pytest.raises(ValueError, match="mask_head_type must be one of"):
+        config_from_dict(d)

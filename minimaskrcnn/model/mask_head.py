@@ -24,7 +24,7 @@ deconv -> 4 x (ReLU, conv) -> (Rf, C, 14, 14) -> the pooler's backward -> dP2..d
 
 Two variants of the paper's Table 2 (config fields; the default is the FCN above, per class):
 
-- ``mask_head="mlp"`` (Table 2e): the pooled ``(Rf, C, 14, 14)`` features flattened, fully
+- ``mask_head_type="mlp"`` (Table 2e): the pooled ``(Rf, C, 14, 14)`` features flattened, fully
   connected layers of widths ``mask_mlp_dims`` each with ReLU, then one fully connected layer
   to ``(K+1) M M`` logits reshaped to ``(Rf, K+1, M, M)``: no spatial structure is kept, which is
   what the paper's FCN-vs-MLP comparison measures. Init: torch's ``Linear`` default.
@@ -112,7 +112,7 @@ class MaskHeadCache(NamedTuple):
 class MaskHead(Stage):
     """The mask branch (parameters ``mask_fcn`` -- torchvision's ``MaskRCNNHeads`` -- and
     ``conv5_mask``, ``mask_fcn_logits`` -- its ``MaskRCNNPredictor``), with its pooler.
-    Init: Kaiming normal (fan_out, ReLU), zero bias. With ``mask_head="mlp"`` the parameters
+    Init: Kaiming normal (fan_out, ReLU), zero bias. With ``mask_head_type="mlp"`` the parameters
     are ``mask_fc`` and ``mask_fc_logits`` instead (module docstring).
 
     ``forward_train(features, sampled, image_size, gt_masks)`` -> ``(None, losses, cache)``;
@@ -133,7 +133,7 @@ class MaskHead(Stage):
                                                roi_op=cfg.roi_op, aligned=cfg.roi_aligned,
                                                canonical_scale=cfg.canonical_scale,
                                                canonical_level=cfg.canonical_level)
-        self.kind = cfg.mask_head
+        self.kind = cfg.mask_head_type
         self.class_agnostic = cfg.mask_class_agnostic
         self.mask_size = cfg.mask_size
         self.loss_mode = cfg.mask_loss

@@ -107,7 +107,7 @@ MLP_STAGES = ["mask_head.mask_fc.", "mask_head.mask_fc_logits"]
 VARIANTS = {  # the paper's Table 2 model variants next to the default
     "default": ({}, FCN_STAGES),
     "c5": ({"features": "c5"}, FCN_STAGES),  # Table 2d: one stride-32 map, no FPN
-    "mlp": ({"mask_head": "mlp", "mask_mlp_dims": (12, 10)}, MLP_STAGES),  # Table 2e
+    "mlp": ({"mask_head_type": "mlp", "mask_mlp_dims": (12, 10)}, MLP_STAGES),  # Table 2e
     "agnostic": ({"mask_class_agnostic": True}, FCN_STAGES),  # section 4.2
 }
 

@@ -1,5 +1,5 @@
 """The model variants of the paper's Table 2 ablations: one stride-32 map without FPN
-(``features="c5"``, Table 2d), the MLP mask head (``mask_head="mlp"``, Table 2e) and
+(``features="c5"``, Table 2d), the MLP mask head (``mask_head_type="mlp"``, Table 2e) and
 class-agnostic masks (``mask_class_agnostic``, section 4.2). Their gradients are checked with the
 whole network in ``test_model.py``; here: their structure, predictions and config errors."""
 
@@ -53,7 +53,7 @@ def test_c5_features_are_one_stride_32_map_with_every_anchor_size():
 
 
 def test_mlp_mask_head_has_no_convolution_and_gives_k_plus_1_channels():
-    model = _variant(mask_head="mlp", mask_mlp_dims=(12, 10))
+    model = _variant(mask_head_type="mlp", mask_mlp_dims=(12, 10))
     names = sorted(n for n, _ in model.named_parameters() if n.startswith("mask_head."))
     assert names == ["mask_head.mask_fc.0.bias", "mask_head.mask_fc.0.weight",
                      "mask_head.mask_fc.2.bias", "mask_head.mask_fc.2.weight",
@@ -96,9 +96,9 @@ def test_class_agnostic_masks_read_one_channel_for_every_class():
 
 @pytest.mark.parametrize("change, match", [
     ({"features": "c4"}, "features must be one of"),
-    ({"mask_head": "transformer"}, "mask_head must be one of"),
-    ({"mask_head": "mlp", "mask_mlp_dims": ()}, "mask_mlp_dims"),
-    ({"mask_head": "mlp", "mask_mlp_dims": (0,)}, "mask_mlp_dims"),
+    ({"mask_head_type": "transformer"}, "mask_head_type must be one of"),
+    ({"mask_head_type": "mlp", "mask_mlp_dims": ()}, "mask_mlp_dims"),
+    ({"mask_head_type": "mlp", "mask_mlp_dims": (0,)}, "mask_mlp_dims"),
     ({"features": "c5", "anchor_sizes": ()}, "anchor_sizes"),
     ({"anchor_sizes": (8, 16)}, "one size per RPN level"),
 ])
@@ -114,7 +114,7 @@ def test_c5_takes_any_number_of_anchor_sizes():
 
 
 def test_variant_checkpoint_round_trip(tmp_path):
-    cfg = dataclasses.replace(TINY, features="c5", mask_head="mlp", mask_mlp_dims=(12, 10),
+    cfg = dataclasses.replace(TINY, features="c5", mask_head_type="mlp", mask_mlp_dims=(12, 10),
                               mask_class_agnostic=True)
     config = Config(model=cfg)
     model = build_model(config, np.random.default_rng(0))
