@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from minimaskrcnn.backend import get_array_module
 
 
@@ -78,8 +80,6 @@ def check_float_array(name: str, x, expected: str, ndim: int):
     Raises:
         TypeError: not an array, or another dtype. ValueError: wrong rank, NaN or inf.
     """
-    import numpy as np
-
     check_array(name, x, ndim=ndim, float_only=True, finite=True, expected=expected)
     if np.dtype(x.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")

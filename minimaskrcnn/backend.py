@@ -59,7 +59,7 @@ class TierUnavailableError(RuntimeError):
 
 def _cupy_module() -> ModuleType | None:
     try:
-        import cupy  # noqa: PLC0415
+        import cupy  # noqa: PLC0415  (optional: only on a GPU machine)
     except Exception:  # ImportError, or a broken CUDA install raising at import
         return None
     return cupy
@@ -77,7 +77,7 @@ def get_array_module(*arrays) -> ModuleType:
     """
     for a in arrays:
         if is_cupy_array(a):
-            import cupy  # noqa: PLC0415
+            import cupy  # noqa: PLC0415  (optional: only on a GPU machine)
 
             return cupy
     return np
@@ -112,7 +112,7 @@ def device_module(name: str) -> ModuleType:
     reason = _cupy_reason()
     if reason is not None:
         raise TierUnavailableError(f"--device cuda needs CuPy and a CUDA GPU: {reason}")
-    import cupy  # noqa: PLC0415
+    import cupy  # noqa: PLC0415  (optional: only on a GPU machine)
 
     return cupy
 
@@ -154,7 +154,7 @@ def blas_threads(n: int | None):
     ``blas_threads(1)``; Numba kernels keep their own threads. ``None`` leaves BLAS as it is.
     Uses threadpoolctl (the library scikit-learn uses for the same purpose).
     """
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415  (loaded when limits are set)
 
     return threadpool_limits(limits=n, user_api="blas")
 
@@ -167,7 +167,7 @@ def blas_threads(n: int | None):
 @functools.cache
 def _numba_reason() -> str | None:
     try:
-        import numba  # noqa: F401, PLC0415
+        import numba  # noqa: F401, PLC0415  (the probe: is Numba importable here)
     except Exception as e:  # pragma: no cover - numba is a dependency
         return f"Numba is not importable ({e})"
     return None
@@ -181,7 +181,7 @@ def cuda_simulator_enabled() -> bool:
 @functools.cache
 def _cuda_reason() -> str | None:
     try:
-        from numba import cuda  # noqa: PLC0415
+        from numba import cuda  # noqa: PLC0415  (the probe: Numba's CUDA target, slow to import)
     except Exception as e:
         return f"numba.cuda is not importable ({e}); install numba-cuda"
     try:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from minimaskrcnn._validate import shape_str
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import device_module, get_array_module, to_numpy
 
 
 class Param:
@@ -150,8 +150,6 @@ class Module:
                                  f"the state has {shape_str(value.shape)}")
             xp = get_array_module(p.data)
             if xp is np:  # a CuPy value (a model moved to the GPU) is copied to the host
-                from minimaskrcnn.backend import to_numpy  # noqa: PLC0415
-
                 value = to_numpy(value)
             p.data[...] = xp.asarray(value, dtype=p.data.dtype)
 
@@ -171,13 +169,9 @@ class Module:
         ``cupy``), or to a device by name (``"cpu"``, ``"cuda"``:
         :func:`minimaskrcnn.backend.device_module`); returns self."""
         if isinstance(xp, str):
-            from minimaskrcnn.backend import device_module  # noqa: PLC0415
-
             xp = device_module(xp)
         for p in self.parameters():
             if xp is np:
-                from minimaskrcnn.backend import to_numpy  # noqa: PLC0415
-
                 p.data, p.grad = to_numpy(p.data), to_numpy(p.grad)
             else:
                 p.data, p.grad = xp.asarray(p.data), xp.asarray(p.grad)

@@ -25,6 +25,7 @@ import numbers
 import numpy as np
 
 from minimaskrcnn._validate import check_array, check_scalar
+from minimaskrcnn.backend import get_array_module, to_numpy
 
 # --------------------------------------------------------------------------------------------
 # Arguments shared by the public functions
@@ -107,8 +108,6 @@ def check_sampling_ratio(sampling_ratio) -> int:
 
 
 def _xp(x):
-    from minimaskrcnn.backend import get_array_module
-
     return get_array_module(x)
 
 
@@ -183,8 +182,6 @@ def check_roi_extent(op: str, rois, spatial_scale: float, pooled_h: int = 0, poo
     """
     if rois.shape[0] == 0:
         return
-    from minimaskrcnn.backend import to_numpy
-
     r = to_numpy(rois).astype(np.float64)
     cells = r[:, 1:] * float(spatial_scale)
     big = np.nonzero(np.abs(cells).max(axis=1) > MAX_CELL_COORDINATE)[0]

@@ -195,7 +195,7 @@ def numba_cuda_dispatchers() -> dict[str, object]:
 def _all_dispatchers() -> tuple:
     """Every module-level ``CUDADispatcher`` object (duplicates of one function included)."""
     try:
-        from numba.cuda.dispatcher import CUDADispatcher  # noqa: PLC0415
+        from numba.cuda.dispatcher import CUDADispatcher  # noqa: PLC0415  (Numba's CUDA target: slow, optional)
     except ImportError:  # the simulator has no dispatchers
         return []
     found = []
@@ -220,7 +220,7 @@ def is_device_function(dispatcher) -> bool:
 def nvvm_unavailable_reason() -> str | None:
     """``None`` when Numba can find libNVVM, else why not (and what to install)."""
     try:
-        from numba.cuda.cudadrv import nvvm  # noqa: PLC0415
+        from numba.cuda.cudadrv import nvvm  # noqa: PLC0415  (libNVVM probe: the cuda-compile extra)
 
         if nvvm.is_available():
             return None
@@ -234,7 +234,7 @@ def nvvm_unavailable_reason() -> str | None:
 def nvrtc_unavailable_reason() -> str | None:
     """``None`` when ``cuda.bindings.nvrtc`` can load libNVRTC, else why not."""
     try:
-        from cuda.bindings import nvrtc  # noqa: PLC0415
+        from cuda.bindings import nvrtc  # noqa: PLC0415  (NVRTC: the cuda-compile extra, optional)
 
         result, *_ = nvrtc.nvrtcVersion()
         if result == nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -248,7 +248,7 @@ def nvrtc_unavailable_reason() -> str | None:
 
 def parse_signature(args: str) -> tuple:
     """``"float32[:, ::1], int64"`` -> a tuple of Numba types."""
-    from numba.core import types  # noqa: PLC0415
+    from numba.core import types  # noqa: PLC0415  (Numba's type system, loaded with the compiler)
 
     sig = eval(f"({args},)", {"__builtins__": {}}, vars(types))  # noqa: S307 (our own table)
     return tuple(sig)
@@ -269,7 +269,7 @@ def _device_functions_for(cc: tuple[int, int]):
     overloads the callees gain are removed on exit, so a later real launch in the same process
     compiles them afresh for its own device.
     """
-    from numba.cuda import dispatcher as dispatcher_module  # noqa: PLC0415
+    from numba.cuda import dispatcher as dispatcher_module  # noqa: PLC0415  (Numba's CUDA target: slow, optional)
 
     callees = [d for d in _all_dispatchers() if is_device_function(d)]
     saved = [(d, dict(d.overloads)) for d in callees]
@@ -293,7 +293,7 @@ def compile_numba(dispatcher, signatures, archs=ARCHS) -> dict[tuple[str, tuple[
     Returns:
         ``{(signature, cc): ptx}``.
     """
-    from numba import cuda  # noqa: PLC0415
+    from numba import cuda  # noqa: PLC0415  (Numba's CUDA target: slow, optional)
 
     out = {}
     for cc in archs:
@@ -329,7 +329,7 @@ class NvrtcError(RuntimeError):
 
 
 def _check(result, what: str):
-    from cuda.bindings import nvrtc  # noqa: PLC0415
+    from cuda.bindings import nvrtc  # noqa: PLC0415  (NVRTC: the cuda-compile extra, optional)
 
     err, *rest = result
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -347,7 +347,7 @@ def compile_nvrtc(code: str, options, name_expressions, cc: tuple[int, int],
     Raises:
         NvrtcError: compilation failed (the message holds NVRTC's log).
     """
-    from cuda.bindings import nvrtc  # noqa: PLC0415
+    from cuda.bindings import nvrtc  # noqa: PLC0415  (NVRTC: the cuda-compile extra, optional)
 
     prog = _check(nvrtc.nvrtcCreateProgram(code.encode(), filename.encode(), 0, [], []),
                   "nvrtcCreateProgram")

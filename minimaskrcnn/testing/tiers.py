@@ -12,7 +12,7 @@ from minimaskrcnn import backend
 
 def tier_params(tiers=backend.TIERS):
     """``pytest.param`` objects for ``tiers``, with marks and skip reasons."""
-    import pytest
+    import pytest  # noqa: PLC0415  (a test-only dependency; notebooks import this module too)
 
     params = []
     for t in tiers:

@@ -364,7 +364,7 @@ def paste_binary_masks(masks, boxes, image_shape, threshold=0.5, padding=1, *, r
         binary = backend.to_numpy(part >= part.dtype.type(threshold))  # (d, H, W) bool
         if rle:
             if binary.shape[0]:
-                from pycocotools import mask as mask_util  # noqa: PLC0415
+                from pycocotools import mask as mask_util  # noqa: PLC0415  (RLE output only)
 
                 encoded += mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)
                                                               .astype(np.uint8)))
