@@ -1,31 +1,59 @@
 """Seeded training batches: a pure function of (seed, iteration), so a resumed run sees exactly
 the data an uninterrupted one would.
 
-Data order: the training images are visited in epochs, each a permutation drawn from
-``np.random.default_rng([seed, 0, epoch])``; sample number ``p = iteration * batch_size + k``
-(k-th image of the batch) is image ``perm(p // n)[p % n]``. Its crop and flips are drawn from
-``np.random.default_rng([seed, 1, p])``, and the model samples its anchors and RoIs for that
-image from ``np.random.default_rng([seed, 2, p])``. Nothing else is consumed, so the batch of
-iteration t needs no state from iterations 0..t-1 (the checkpoint stores ``seed`` and
-``iteration``, which is the whole data RNG state), and every image's draws depend on its sample
-number alone: a data-parallel rank that takes images ``ks`` of each batch sees exactly what one
-process sees of them.
+Every random draw of a run comes from ``sample_rng(seed, stream, counter) =
+np.random.default_rng([seed, stream, counter])``, one :class:`Stream` per purpose.
+
+Data order: the training images are visited in epochs, each a permutation drawn from stream
+``DATA_ORDER`` (counter: the epoch); sample number ``p = iteration * batch_size + k`` (k-th image
+of the batch) is image ``perm(p // n)[p % n]``. Its crop and flips are drawn from stream
+``CROPS`` (counter ``p``), and the model samples its anchors and RoIs for that image from stream
+``SAMPLING`` (counter ``p``); the initial weights come from ``MODEL_INIT`` (counter 0). Nothing
+else is consumed, so the batch of iteration t needs no state from iterations 0..t-1 (the
+checkpoint stores ``seed`` and ``iteration``, which is the whole data RNG state), and every
+image's draws depend on its sample number alone: a data-parallel rank that takes images ``ks``
+of each batch sees exactly what one process sees of them.
 """
 
 from __future__ import annotations
+
+import enum
 
 import numpy as np
 
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.transforms import sample_crop, standardize
 
-__all__ = ["TrainBatches", "sample_rng"]
+__all__ = ["Stream", "TrainBatches", "sample_rng"]
 
 
-def sample_rng(seed: int, stream: int, counter: int) -> np.random.Generator:
-    """The generator of one counter of one stream: 0 data order (counter: epoch), 1 crops and
-    flips (counter: sample number), 2 the model's anchor and RoI sampling of one image (counter:
-    sample number), 3 the initial weights (counter 0)."""
+class Stream(enum.IntEnum):
+    """The random streams of a run, by purpose. The numbers are part of every run's data (a
+    checkpoint resumes on them, the golden batch is drawn from them): never renumber."""
+
+    DATA_ORDER = 0
+    """The permutation of the training images in each epoch (counter: the epoch)."""
+    CROPS = 1
+    """One image's crop window and flips (counter: its sample number)."""
+    SAMPLING = 2
+    """The model's anchor and RoI sampling for one image (counter: its sample number)."""
+    MODEL_INIT = 3
+    """The initial weights (counter 0)."""
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line naming the streams and their counters (stored in checkpoints)."""
+        counters = {cls.DATA_ORDER: "epoch", cls.CROPS: "sample", cls.SAMPLING: "sample",
+                    cls.MODEL_INIT: "0"}
+        return ("np.random.default_rng([seed, stream, counter]); "
+                + ", ".join(f"stream {s.value} {s.name.lower()} (counter {counters[s]})"
+                            for s in cls))
+
+
+def sample_rng(seed: int, stream: Stream | int, counter: int) -> np.random.Generator:
+    """The generator of one counter of one :class:`Stream`: ``np.random.default_rng([seed,
+    stream, counter])`` (``DATA_ORDER``: counter the epoch; ``CROPS`` and ``SAMPLING``: the
+    sample number; ``MODEL_INIT``: 0)."""
     return np.random.default_rng([int(seed), int(stream), int(counter)])
 
 
@@ -81,7 +109,8 @@ class TrainBatches:
         n = self.indices.size
         epoch, offset = divmod(int(position), n)
         if epoch != self._perm_epoch:
-            self._perm = sample_rng(self.seed, 0, epoch).permutation(self.indices)
+            rng = sample_rng(self.seed, Stream.DATA_ORDER, epoch)
+            self._perm = rng.permutation(self.indices)
             self._perm_epoch = epoch
         return int(self._perm[offset])
 
@@ -105,7 +134,7 @@ class TrainBatches:
         for p in self.positions(iteration, ks):
             image, target = sample_crop(self.dataset, self.image_index(p), self.crop_size,
                                         self.hflip_prob, self.vflip_prob,
-                                        sample_rng(self.seed, 1, p),
+                                        sample_rng(self.seed, Stream.CROPS, p),
                                         image_scale=self.image_scale)
             out.append((standardize(image), target))
         return out
