@@ -52,7 +52,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from minimaskrcnn.config import Config, config_to_dict, get_preset
+from minimaskrcnn.config import (
+    Config,
+    apply_overrides,
+    config_to_dict,
+    get_preset,
+    shorten_schedule,
+)
 
 __all__ = [
     "METRIC_KEYS", "RESULT_FILE", "SCHEDULES", "SHAPES_DATA", "TABLES", "Arm", "Schedule",
@@ -227,24 +233,6 @@ def get_table(name: str) -> Table:
         raise ValueError(f"unknown table {name!r}; tables: {', '.join(TABLES)}") from None
 
 
-def apply_overrides(cfg: Config, overrides: Mapping[str, object]) -> Config:
-    """``cfg`` with ``{"model.roi_op": "pool", "train.seed": 3, ...}`` set.
-
-    Raises:
-        ValueError: a key that is not ``<model|train|eval>.<field of that section>``, or a value
-            the section refuses (its ``__post_init__`` check).
-    """
-    sections: dict[str, dict] = {}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        part = getattr(cfg, section, None) if section in ("model", "train", "eval") else None
-        if part is None or name not in {f.name for f in dataclasses.fields(part)}:
-            raise ValueError(f"override {key!r}: not a field of Config.model, .train or .eval")
-        sections.setdefault(section, {})[name] = value
-    changes = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
-    return dataclasses.replace(cfg, **changes)
-
-
 # --------------------------------------------------------------------------------------------
 # Schedules
 # --------------------------------------------------------------------------------------------
@@ -275,13 +263,11 @@ class Schedule:
     def apply(self, cfg: Config, seed: int) -> Config:
         """``cfg`` with this schedule and ``seed`` (model init, crops and samples)."""
         it = self.iterations
-        milestones = tuple(sorted({max(1, round(it * 2 / 3)), max(2, round(it * 8 / 9))}))
-        train = dataclasses.replace(
-            cfg.train, iterations=it, batch_size=self.batch_size, crop_size=self.crop_size,
-            warmup_iters=max(1, it // 10), milestones=milestones,
-            checkpoint_every=min(self.checkpoint_every, it), val_every=it,
-            log_every=max(1, min(20, it // 10)), seed=int(seed))
-        return dataclasses.replace(cfg, name=f"{cfg.name}-ablate-{self.name}", train=train)
+        cfg = apply_overrides(shorten_schedule(cfg, it), {
+            "train.batch_size": self.batch_size, "train.crop_size": self.crop_size,
+            "train.checkpoint_every": min(self.checkpoint_every, it),
+            "train.log_every": max(1, min(20, it // 10)), "train.seed": int(seed)})
+        return dataclasses.replace(cfg, name=f"{cfg.name}-ablate-{self.name}")
 
     def with_iterations(self, iterations: int) -> Schedule:
         """The same schedule cut to ``iterations`` (warm-up and lr steps scaled)."""

@@ -61,17 +61,13 @@ def demo_config(iterations: int = DEMO_ITERATIONS, *, batch_size: int = 2, crop_
     ``preset`` (``shapes-mini``: a smaller network, for a smoke test) is cut the same way, with
     one class.
     """
-    from minimaskrcnn.config import get_preset
+    from minimaskrcnn.config import apply_overrides, get_preset, shorten_schedule
 
-    base = get_preset(preset)
-    if base.model.num_classes != 1:  # the nuclei sample has one class
-        base = dataclasses.replace(base, model=dataclasses.replace(base.model, num_classes=1))
-    milestones = tuple(sorted({max(1, round(iterations * 2 / 3)), max(2, round(iterations * 8 / 9))}))
-    train = dataclasses.replace(
-        base.train, iterations=iterations, batch_size=batch_size, crop_size=crop_size,
-        warmup_iters=max(1, iterations // 10), milestones=milestones,
-        checkpoint_every=iterations, val_every=iterations, log_every=max(1, iterations // 15))
-    return dataclasses.replace(base, name=f"{preset}-demo", train=train)
+    cfg = apply_overrides(shorten_schedule(get_preset(preset), iterations), {
+        "model.num_classes": 1,  # the nuclei sample has one class
+        "train.batch_size": batch_size, "train.crop_size": crop_size,
+        "train.checkpoint_every": iterations, "train.log_every": max(1, iterations // 15)})
+    return dataclasses.replace(cfg, name=f"{preset}-demo")
 
 
 # --------------------------------------------------------------------------------------------

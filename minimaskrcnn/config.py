@@ -6,13 +6,16 @@ Presets are plain functions returning a ``Config``; ``get_preset(name)`` looks o
 number of ``nuclei-mini`` is listed in ``docs/nuclei-mini.md``.
 
 Configs round-trip through JSON (:func:`config_to_dict` / :func:`config_from_dict`), which is how
-checkpoints store them.
+checkpoints store them. :func:`apply_overrides` sets fields by dotted name (``"model.roi_op"``:
+the ablation arms, the command line) and :func:`shorten_schedule` cuts a preset's schedule to
+fewer iterations (the demo, the ablation sweeps).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from minimaskrcnn.ops.mask_ops import MASK_LOSS_MODES  # the mask losses (paper Table 2b)
@@ -292,6 +295,46 @@ def get_preset(name: str) -> Config:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, object]) -> Config:
+    """``cfg`` with ``{"model.roi_op": "pool", "train.seed": 3, ...}`` set (the ablation arms'
+    and the command line's one way of changing a config; Detectron2's ``cfg.merge_from_list``).
+
+    Raises:
+        ValueError: a key that is not ``<model|train|eval>.<field of that section>``, or a value
+            the section refuses (its ``__post_init__`` check).
+    """
+    sections: dict[str, dict] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        part = getattr(cfg, section, None) if section in ("model", "train", "eval") else None
+        if part is None or name not in {f.name for f in dataclasses.fields(part)}:
+            raise ValueError(f"override {key!r}: not a field of Config.model, .train or .eval")
+        sections.setdefault(section, {})[name] = value
+    changes = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
+    return dataclasses.replace(cfg, **changes)
+
+
+def shorten_schedule(cfg: Config, iterations: int) -> Config:
+    """``cfg`` with its schedule cut to ``iterations`` (the demo's and the ablations' cut).
+
+    ``train.iterations = iterations``; the linear warm-up lasts ``iterations // 10`` iterations
+    (at least 1); the lr drops x ``gamma`` at 2/3 and 8/9 of the run (``nuclei-mini``'s 2000 and
+    2666 of 3000), at iterations 1 and 2 at the least; every validation at the end
+    (``val_every = iterations``). The optimiser, the transforms, the batch and the periods of
+    checkpoints and log lines are the caller's (:func:`apply_overrides`).
+
+    Raises:
+        ValueError: ``iterations < 1``.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    it = int(iterations)
+    milestones = tuple(sorted({max(1, round(it * 2 / 3)), max(2, round(it * 8 / 9))}))
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, iterations=it, warmup_iters=max(1, it // 10), milestones=milestones,
+        val_every=it))
 
 
 def config_to_dict(cfg: Config) -> dict:

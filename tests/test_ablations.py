@@ -14,7 +14,6 @@ from minimaskrcnn.ablations import (
     SCHEDULES,
     TABLES,
     Schedule,
-    apply_overrides,
     arm_config,
     format_table,
     run_dir,
@@ -129,17 +128,6 @@ def test_an_unavailable_arm_says_why(tmp_path):
     with pytest.raises(ValueError, match="not available yet"):
         arm_config(arm, 0, schedule=SHORT)
     assert "not available yet: needs a head not built" in format_table(tab, [])
-
-
-def test_apply_overrides_refuses_unknown_fields_and_bad_values():
-    cfg = get_preset("nuclei-mini")
-    assert apply_overrides(cfg, {"model.roi_op": "pool", "train.seed": 5}).train.seed == 5
-    with pytest.raises(ValueError, match="model.mlp_head"):
-        apply_overrides(cfg, {"model.mlp_head": True})
-    with pytest.raises(ValueError, match="not a field"):
-        apply_overrides(cfg, {"roi_op": "pool"})
-    with pytest.raises(ValueError, match="roi_op must be one of"):
-        apply_overrides(cfg, {"model.roi_op": "roialign"})
 
 
 # --------------------------------------------------------------------------------------------

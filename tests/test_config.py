@@ -4,9 +4,11 @@ import pytest
 
 from minimaskrcnn.config import (
     ModelConfig,
+    apply_overrides,
     config_from_dict,
     config_to_dict,
     get_preset,
+    shorten_schedule,
 )
 
 
@@ -82,3 +84,33 @@ def test_renamed_key_is_read_under_its_new_name():
     d["model"]["mask_head"] = "transformer"
     with pytest.raises(ValueError, match="mask_head_type must be one of"):
         config_from_dict(d)
+
+
+def test_apply_overrides_refuses_unknown_fields_and_bad_values():
+    cfg = get_preset("nuclei-mini")
+    assert apply_overrides(cfg, {"model.roi_op": "pool", "train.seed": 5}).train.seed == 5
+    assert apply_overrides(cfg, {}) == cfg
+    with pytest.raises(ValueError, match="model.mlp_head"):
+        apply_overrides(cfg, {"model.mlp_head": True})
+    with pytest.raises(ValueError, match="not a field"):
+        apply_overrides(cfg, {"roi_op": "pool"})
+    with pytest.raises(ValueError, match="roi_op must be one of"):
+        apply_overrides(cfg, {"model.roi_op": "roialign"})
+
+
+@pytest.mark.parametrize("iterations, warmup, milestones", [
+    (3000, 300, (2000, 2667)), (600, 60, (400, 533)), (90, 9, (60, 80)), (6, 1, (4, 5)),
+    (2, 1, (1, 2)), (1, 1, (1, 2))])
+def test_shorten_schedule_cuts_warmup_and_milestones_in_proportion(iterations, warmup,
+                                                                   milestones):
+    base = get_preset("nuclei-mini")
+    cfg = shorten_schedule(base, iterations)
+    t = cfg.train
+    assert (t.iterations, t.warmup_iters, t.milestones) == (iterations, warmup, milestones)
+    assert t.val_every == iterations
+    # everything else is the preset's
+    assert cfg.model == base.model and cfg.eval == base.eval and cfg.name == base.name
+    assert (t.base_lr, t.batch_size, t.crop_size, t.checkpoint_every, t.gamma) == (
+        0.01, 4, 256, 500, 0.1)
+    with pytest.raises(ValueError, match="iterations must be >= 1, got 0"):
+        shorten_schedule(base, 0)
