@@ -13,7 +13,7 @@ Subcommands:
 Errors are printed as one line on stderr with a non-zero exit status, never a traceback.
 
 Data parallelism: ``mpiexec -n W minimaskrcnn train|evaluate|predict ...`` runs W processes (on
-one machine or several) that share the work (:mod:`minimaskrcnn.training.distributed`); rank 0
+one machine or several) that share the work (:mod:`minimaskrcnn.distributed`); rank 0
 alone prints and writes files, and an error on any rank stops all of them with its line on
 stderr (prefixed ``[rank r]``). ``minimaskrcnn demo`` starts itself under ``mpiexec`` with one
 process per core (``--workers``).
@@ -30,8 +30,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 
@@ -162,7 +160,7 @@ def _holds_demo_run(out: str) -> bool:
 def _figure(model, dataset, path: str, n: int, results=None) -> None:
     """Predictions next to ground truth for the first ``n`` images of ``dataset``."""
     from minimaskrcnn.data import standardize
-    from minimaskrcnn.viz_detections import plot_predictions_vs_gt
+    from minimaskrcnn.viz import plot_predictions_vs_gt
 
     images, targets, preds, titles = [], [], [], []
     for i in range(min(n, len(dataset))):
@@ -199,52 +197,17 @@ def _cmd_tiers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _mpiexec() -> str | None:
-    """The ``mpiexec`` of this Python's environment (mpich's wheel puts it beside the
-    interpreter), else the one on ``PATH``; ``None`` without one or without mpi4py."""
-    import importlib.util
-
-    if importlib.util.find_spec("mpi4py") is None:
-        return None
-    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return local if os.access(local, os.X_OK) else shutil.which("mpiexec")
-
-
-def demo_workers(requested: int | None, batch_size: int, cores: int) -> int:
-    """Processes for the demo: ``requested``, or (``None``) the most that the cores allow and
-    that divide the batch (each rank takes an equal share of every batch).
-
-    Raises:
-        CLIError: a requested number that does not divide the batch size.
-    """
-    if requested is not None:
-        if requested < 1 or batch_size % requested:
-            raise CLIError(f"--workers must divide the demo's batch size {batch_size}, got "
-                           f"{requested}")
-        return requested
-    return max(w for w in range(1, batch_size + 1) if batch_size % w == 0 and w <= max(cores, 1))
-
-
-def _relaunch_under_mpi(args, workers: int, cores: int) -> int:
-    """Run this very command under ``mpiexec -n workers`` (Numba threads split among them)."""
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(max(1, cores // workers)))
-    cmd = [_mpiexec(), "-n", str(workers), sys.executable, "-m", "minimaskrcnn", *args.argv]
-    print(f"minimaskrcnn demo: {workers} processes on {cores} cores (mpiexec -n {workers}: "
-          f"data-parallel, {max(1, cores // workers)} Numba thread(s) each)", flush=True)
-    return subprocess.run(cmd, env=env, check=False).returncode
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from minimaskrcnn.data import load_sample
+    from minimaskrcnn.distributed import (
+        choose_workers,
+        find_mpiexec,
+        get_comm,
+        launched_by_mpi,
+        relaunch_under_mpi,
+        usable_cores,
+    )
     from minimaskrcnn.evaluation import evaluate_model, format_metrics
-    from minimaskrcnn.training.distributed import get_comm, launched_by_mpi
     from minimaskrcnn.training.loop import train
 
     _check_model_available()
@@ -252,7 +215,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     iterations = args.iters if args.iters is not None else (
         DEMO_QUICK_ITERATIONS if args.quick else DEMO_ITERATIONS)
     cfg = demo_config(iterations, crop_size=args.crop_size or 256, preset=args.preset)
-    cores = _usable_cores()
+    cores = usable_cores()
     out = args.out
     # a previous demo's folder is the demo's to replace; any other run needs --overwrite
     overwrite = args.overwrite or _holds_demo_run(out)
@@ -266,10 +229,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         device_module(args.device)  # one line without a GPU, before anything starts
     if not launched_by_mpi():
-        workers = demo_workers(args.workers if args.device == "cpu" else (args.workers or 1),
-                               cfg.train.batch_size, cores)
-        if workers > 1 and _mpiexec() is not None:
-            return _relaunch_under_mpi(args, workers, cores)
+        workers = choose_workers(args.workers if args.device == "cpu" else (args.workers or 1),
+                                 cfg.train.batch_size, cores)
+        if workers > 1 and find_mpiexec() is not None:  # run this very command on every rank
+            print(f"minimaskrcnn demo: {workers} processes on {cores} cores (mpiexec -n "
+                  f"{workers}: data-parallel, {max(1, cores // workers)} Numba thread(s) each)",
+                  flush=True)
+            return relaunch_under_mpi(args.argv, workers, cores)
         if workers > 1:
             print("minimaskrcnn demo: 1 process (no mpiexec: pip install mpi4py mpich to use "
                   f"all {cores} cores)")
@@ -382,7 +348,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
                        f"checkpoint's model was trained on {list(category_ids)}")
-    from minimaskrcnn.training.distributed import get_comm
+    from minimaskrcnn.distributed import get_comm
 
     comm = get_comm()  # under mpiexec: the images are shared among the ranks
     metrics = evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
@@ -404,7 +370,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from minimaskrcnn.data import read_image, standardize
     from minimaskrcnn.evaluation import coco_results, write_results_json
-    from minimaskrcnn.viz_detections import save_overlay
+    from minimaskrcnn.viz import save_overlay
 
     for path in args.images:
         if not os.path.isfile(path):
@@ -414,7 +380,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     cfg, model, category_ids, class_names, skeleton = _load_model(args.checkpoint, args.device)
     from pycocotools import mask as mask_utils
 
-    from minimaskrcnn.training.distributed import gather_to_main, get_comm, shard
+    from minimaskrcnn.distributed import gather_to_main, get_comm, shard
 
     comm = get_comm()  # under mpiexec: the images are shared among the ranks
     mine = []
@@ -641,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from minimaskrcnn.backend import blas_threads
-    from minimaskrcnn.training.distributed import abort_on_error, get_comm
+    from minimaskrcnn.distributed import abort_on_error, get_comm
 
     comm = get_comm()  # one process unless started by mpiexec (then mpi4py is imported)
     prefix = f"[rank {comm.rank}] " if comm.size > 1 else ""

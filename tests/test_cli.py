@@ -119,18 +119,6 @@ def test_demo_smoke(tmp_path, capsys):
     assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint_")) == ["checkpoint_000002.npz"]
 
 
-def test_demo_workers_divide_the_batch_and_fit_the_cores():
-    from minimaskrcnn.cli import CLIError, demo_workers
-
-    assert demo_workers(None, 2, 2) == 2  # README's demo on a 2-core machine: both cores
-    assert demo_workers(None, 2, 16) == 2  # no more ranks than images in a batch
-    assert demo_workers(None, 4, 3) == 2  # the most that divide the batch and fit the cores
-    assert demo_workers(None, 2, 1) == 1
-    assert demo_workers(1, 2, 8) == 1
-    with pytest.raises(CLIError, match="must divide"):
-        demo_workers(3, 2, 8)
-
-
 @pytest.mark.skipif(shutil.which("mpiexec", path=os.path.dirname(sys.executable)) is None,
                     reason="needs mpich's mpiexec beside the interpreter")
 def test_demo_runs_on_every_core_through_mpiexec(tmp_path, capfd):
@@ -435,7 +423,7 @@ def test_train_and_predict_keypoints_mini(tmp_path, capsys):
 
 
 def test_overlay_draws_keypoints_and_the_skeleton():
-    from minimaskrcnn.viz_detections import overlay
+    from minimaskrcnn.viz import overlay
 
     image = np.zeros((40, 40, 3), np.uint8)
     inst = {"boxes": np.array([[5, 5, 35, 35]], np.float32), "scores": np.array([0.9]),

@@ -15,7 +15,7 @@ One iteration ``t`` (0-based), on each of W data-parallel ranks (W = 1 without `
     optimizer.step() at lr(t) (linear warm-up, x gamma at each milestone); scheduler.step()
     guard: every parameter and momentum buffer finite
 
-Data parallelism (MPI, :mod:`minimaskrcnn.training.distributed`; launch with
+Data parallelism (MPI, :mod:`minimaskrcnn.distributed`; launch with
 ``mpiexec -n W minimaskrcnn train ...``): every rank holds the whole model (broadcast from rank
 0 at the start and checked equal by checksum), runs its contiguous share of every global batch,
 and applies the same SGD step to the summed gradient. Each image's crops and samples are drawn
@@ -78,8 +78,7 @@ import numpy as np
 from minimaskrcnn.backend import device_module, get_array_module
 from minimaskrcnn.config import Config, config_to_dict
 from minimaskrcnn.data.loader import TrainBatches, sample_rng
-from minimaskrcnn.model import LOSS_KEYS
-from minimaskrcnn.training.distributed import (
+from minimaskrcnn.distributed import (
     abort_on_error,
     allreduce_gradients,
     allreduce_sum,
@@ -89,6 +88,7 @@ from minimaskrcnn.training.distributed import (
     get_comm,
     split_batch,
 )
+from minimaskrcnn.model import LOSS_KEYS
 
 __all__ = ["LOSS_KEYS", "RESUME_FIXED_FIELDS", "NonFiniteLossError", "RunFolderError",
            "checkpoint_config", "find_last_checkpoint", "stored_config", "train"]
@@ -429,7 +429,7 @@ def train(cfg: Config, train_dataset, out_dir: str, *, val_dataset=None,
             ``cfg.train.log_every`` iterations); without it, print one line every
             ``log_every`` iterations.
         on_validation: called with ``(iteration, metrics)`` after each validation (rank 0).
-        comm: the data-parallel communicator (:mod:`minimaskrcnn.training.distributed`);
+        comm: the data-parallel communicator (:mod:`minimaskrcnn.distributed`);
             default the process's: every rank of ``mpiexec -n W``, or one process.
         device: ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy: the parameters, activations, gradients
             and momentum buffers live on the GPU; each batch is copied there once by the
@@ -658,7 +658,7 @@ def _train_locked(cfg, train_dataset, out_dir, total, ks, *, val_dataset, resume
         check_parameters_equal(model, comm)  # the ranks still hold one model
 
     if main:
-        from minimaskrcnn.viz_detections import plot_loss_curve
+        from minimaskrcnn.viz import plot_loss_curve
 
         plot_loss_curve(_read_jsonl(log_path), os.path.join(out_dir, CURVE_FILE),
                         val_records=vals)

@@ -1,9 +1,9 @@
-"""Pictures of detections: mask overlays, predictions next to the ground truth, the loss curve.
+"""Pictures of detections: mask overlays and predictions next to the ground truth.
 
 Overlays are plain NumPy (no plotting state): each instance gets a colour, its mask is blended
-into the image and its box outline drawn. Figures use matplotlib's object API with the Agg
-canvas (``matplotlib.figure.Figure``), so nothing touches pyplot's global state or needs a
-display.
+into the image and its box outline drawn; keypoints and skeletons are drawn with Pillow. Figures
+use matplotlib's object API with the Agg canvas (:func:`minimaskrcnn.viz.figure.agg_figure`), so
+nothing touches pyplot's global state or needs a display.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import colorsys
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-__all__ = ["instance_colours", "overlay", "plot_loss_curve", "plot_predictions_vs_gt",
-           "save_overlay"]
+from minimaskrcnn.viz.figure import agg_figure
+
+__all__ = ["instance_colours", "overlay", "plot_predictions_vs_gt", "save_overlay"]
 
 
 def instance_colours(n: int) -> np.ndarray:
@@ -71,8 +73,6 @@ def overlay(image: np.ndarray, instances: dict, *, score_thresh: float = 0.5,
 
 def _draw_keypoints(image, keypoints, keep, colours, skeleton):
     """Skeleton lines and keypoint dots of the kept instances (Pillow's ImageDraw)."""
-    from PIL import Image, ImageDraw
-
     pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
     r = max(1.5, min(image.shape[:2]) / 150)
@@ -90,18 +90,7 @@ def _draw_keypoints(image, keypoints, keep, colours, skeleton):
 
 def save_overlay(path: str, image: np.ndarray, instances: dict, **kwargs) -> None:
     """Write :func:`overlay` as a PNG (Pillow)."""
-    from PIL import Image
-
     Image.fromarray(overlay(image, instances, **kwargs)).save(path)
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=None,
@@ -117,7 +106,7 @@ def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=No
         score_thresh: predictions below it are not drawn.
     """
     n = len(images)
-    fig = _figure(9.0, 3.0 * n + 0.3)
+    fig = agg_figure(9.0, 3.0 * n + 0.3)
     axes = fig.subplots(n, 3, squeeze=False)
     for r in range(n):
         panels = [
@@ -131,45 +120,5 @@ def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=No
             ax.imshow(picture, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def plot_loss_curve(records: list[dict], path: str, *, val_records=None, window: int = 20) -> None:
-    """Loss terms against the iteration (trailing mean over the last ``window`` iterations),
-    log scale; val mask AP on a second axis when ``val_records`` are given.
-
-    Args:
-        records: the training log (``log.jsonl`` records: iteration, loss, loss_* terms).
-        path: output PNG.
-        val_records: optional ``val.jsonl`` records (iteration, segm AP).
-    """
-    fig = _figure(8.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    if records:
-        it = np.array([r["iteration"] for r in records])
-        keys = ["loss"] + sorted(k for k in records[0] if k.startswith("loss_"))
-        for k in keys:
-            y = np.array([r[k] for r in records], dtype=np.float64)
-            # trailing mean over the last `window` iterations (fewer at the start)
-            c = np.concatenate([[0.0], np.cumsum(y)])
-            lo = np.maximum(np.arange(len(y)) + 1 - window, 0)
-            smooth = (c[1:] - c[lo]) / (np.arange(len(y)) + 1 - lo)
-            ax.plot(it, np.maximum(smooth, 1e-6), label=k, linewidth=2.0 if k == "loss" else 1.0)
-        ax.set_yscale("log")
-        ax.legend(fontsize=8, loc="upper right")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(f"loss (moving average over {window})")
-    ax.grid(True, alpha=0.3)
-    # the validation's headline AP: masks, else keypoints (a keypoint-only data set), else boxes
-    kind = next((k for k in ("segm", "keypoints", "bbox")
-                 if val_records and all(k in v for v in val_records)), None)
-    if kind is not None:
-        name = {"segm": "mask", "keypoints": "keypoint", "bbox": "box"}[kind]
-        ax2 = ax.twinx()
-        ax2.plot([v["iteration"] for v in val_records], [v[kind]["AP"] for v in val_records],
-                 "ko-", label=f"val {name} AP")
-        ax2.set_ylabel(f"val {name} AP")
-        ax2.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)

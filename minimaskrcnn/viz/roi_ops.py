@@ -1,4 +1,5 @@
-"""Figures for the notebooks and docs (matplotlib, imported lazily).
+"""Where the RoI ops sample: a figure for the notebooks and docs (matplotlib, imported when
+drawing).
 
 :func:`plot_roi_sampling` shows, on a small feature grid, where RoIPool, RoIWarp and RoIAlign
 (``aligned=False`` / ``True``) take their values for the same box: the paper's Figure 3 and the
@@ -52,6 +53,7 @@ def plot_roi_sampling(box, feature_shape, output_size, spatial_scale=1.0, sampli
         ValueError: ``box`` is not 4 finite numbers, ``feature_shape`` not 2 positive ints, or
             ``ax`` is not 4 axes.
     """
+    # pyplot (a notebook shows the figure inline) costs about 0.3 s to import: only here
     import matplotlib.pyplot as plt  # noqa: PLC0415
     from matplotlib.patches import Rectangle  # noqa: PLC0415
 

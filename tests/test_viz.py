@@ -1,8 +1,8 @@
-"""Overlays and figures (viz_detections): what is drawn where, and that the PNGs are written."""
+"""Overlays and figures (minimaskrcnn.viz): what is drawn where, and that the PNGs are written."""
 
 import numpy as np
 
-from minimaskrcnn.viz_detections import (
+from minimaskrcnn.viz import (
     instance_colours,
     overlay,
     plot_loss_curve,
