@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,9 +42,36 @@ import time
 
 import numpy as np
 
-from minimaskrcnn.training import distributed as dist
+from minimaskrcnn import distributed as dist
 
 NUCLEI_MINI_PARAMS = 2_479_803
+
+
+def ring_allreduce_seconds(nbytes: float, ranks: int, bandwidth_bits_per_s: float,
+                           latency_s: float = 25e-6) -> float:
+    """Time of one ring allreduce of ``nbytes`` over ``ranks`` ranks (Patarasuk & Yuan 2009):
+    ``2 (W-1)/W * nbytes * 8 / bandwidth + 2 (W-1) * latency`` (a reduce-scatter then an
+    allgather, each W-1 steps of nbytes/W per link). 0 for one rank.
+
+    Args:
+        nbytes: bytes reduced (float32 gradients: 4 per parameter).
+        ranks: W >= 1.
+        bandwidth_bits_per_s: per-link bandwidth, e.g. ``10e9`` for 10 Gb/s Ethernet.
+        latency_s: per-step latency (default 25 us, TCP over a data-centre Ethernet).
+
+    Returns:
+        seconds.
+
+    Raises:
+        ValueError: ``ranks < 1``, ``nbytes < 0``, bandwidth <= 0 or latency < 0.
+    """
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    if nbytes < 0 or not bandwidth_bits_per_s > 0 or latency_s < 0:
+        raise ValueError(f"need nbytes >= 0, bandwidth > 0, latency >= 0; got {nbytes}, "
+                         f"{bandwidth_bits_per_s}, {latency_s}")
+    w = ranks
+    return 2 * (w - 1) / w * nbytes * 8 / bandwidth_bits_per_s + 2 * (w - 1) * latency_s
 
 
 def parse_args(argv=None):
@@ -105,11 +131,12 @@ def measure(comm, args):
     grads = [p.grad for _, p in named]
     flat = np.ones(n, np.float32)
     fused = timed(comm, lambda: dist.allreduce_gradients(named, comm), args.repeats, args.warmup)
-    bare = timed(comm, lambda: comm.Allreduce_inplace(flat), args.repeats, args.warmup)
+    bare = timed(comm, lambda: comm.Allreduce(dist.IN_PLACE, flat, op=dist.SUM), args.repeats,
+                 args.warmup)
 
     def per_tensor():
         for g in grads:
-            comm.Allreduce_inplace(g.reshape(-1))
+            comm.Allreduce(dist.IN_PLACE, g.reshape(-1), op=dist.SUM)
 
     unfused = timed(comm, per_tensor, args.repeats, args.warmup)
     dist.bind_gradient_buffer(named, comm)
@@ -157,7 +184,7 @@ def report(m, w, args):
           f"{base_ips:.1f} | 1.0x | 0 |")
     for ranks in (8, 32, 128):
         for gbps in (10, 100):
-            t_ar = dist.ring_allreduce_seconds(m["nbytes"], ranks, gbps * 1e9, lat)
+            t_ar = ring_allreduce_seconds(m["nbytes"], ranks, gbps * 1e9, lat)
             # unfused: the same bytes, but every tensor pays the 2(W-1) latency steps
             t_unf = t_ar + (m["tensors"] - 1) * 2 * (ranks - 1) * lat
             it = args.compute_s + t_ar
@@ -171,8 +198,7 @@ def report(m, w, args):
 def main(argv=None):
     args = parse_args(argv)
     if not dist.launched_by_mpi():
-        bindir = os.path.dirname(sys.executable)
-        mpiexec = shutil.which("mpiexec", path=bindir + os.pathsep + os.environ.get("PATH", ""))
+        mpiexec = dist.find_mpiexec()
         if mpiexec is None:
             sys.exit("bench_allreduce: no mpiexec; pip install 'minimaskrcnn[mpi]'")
         cmd = [mpiexec, "-n", str(args.ranks), sys.executable, os.path.abspath(__file__),

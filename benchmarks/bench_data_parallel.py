@@ -39,14 +39,14 @@ def worker(iters: int, batches: int) -> None:
 
     from minimaskrcnn.config import get_preset
     from minimaskrcnn.data.loader import sample_rng
-    from minimaskrcnn.model import build_model
-    from minimaskrcnn.training.distributed import (
+    from minimaskrcnn.distributed import (
         allreduce_gradients,
         allreduce_sum,
         bind_gradient_buffer,
         get_comm,
         split_batch,
     )
+    from minimaskrcnn.model import build_model
     from minimaskrcnn.training.optim import SGD
 
     comm = get_comm()

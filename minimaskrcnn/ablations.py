@@ -471,7 +471,7 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
         RunFolderError: a run folder locked by another training, or a resume that changes the
             model or the schedule (from ``train``).
     """
-    from minimaskrcnn.training.distributed import get_comm
+    from minimaskrcnn.distributed import get_comm
 
     if train_fn is None:
         from minimaskrcnn.training.loop import train as train_fn

@@ -122,7 +122,7 @@ class TrainBatches:
 
     def batch(self, iteration: int, ks=None) -> list[tuple[np.ndarray, dict]]:
         """The batch of ``iteration``, or only its images ``ks`` (a data-parallel rank's share,
-        :func:`minimaskrcnn.training.distributed.split_batch`): each image is a function of its
+        :func:`minimaskrcnn.distributed.split_batch`): each image is a function of its
         sample number alone, so a share is exactly those images of the whole batch.
 
         Raises:

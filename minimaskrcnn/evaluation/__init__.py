@@ -15,7 +15,11 @@ import os
 import time
 
 import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
 
+from minimaskrcnn.data import standardize
+from minimaskrcnn.distributed import gather_to_main, get_comm, shard
 from minimaskrcnn.evaluation.coco_eval import coco_results, evaluate_coco, write_results_json
 from minimaskrcnn.evaluation.dsb import DSB_IOU_THRESHOLDS, dsb_image_score, dsb_score
 from minimaskrcnn.evaluation.keypoints import keypoint_sigmas
@@ -34,7 +38,7 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
                     comm=None):
     """Run ``model.predict`` on each image of a dataset at native size, one image at a time.
 
-    With a data-parallel communicator of W ranks (:mod:`minimaskrcnn.training.distributed`),
+    With a data-parallel communicator of W ranks (:mod:`minimaskrcnn.distributed`),
     rank r predicts its contiguous share of the images (``shard``) and rank 0 gathers them all
     in image order; the masks travel as COCO run-length encodings and are decoded on rank 0, so
     the results equal one process's exactly.
@@ -55,16 +59,10 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
         ValueError: ``limit`` < 1, or a dataset without images (nothing to evaluate: AP would
             be -1 and the timings NaN).
     """
-    from tqdm import tqdm
-
-    from minimaskrcnn.data import standardize
-
     if limit is not None and not (isinstance(limit, int) and limit >= 1):
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
     if len(dataset) == 0:
         raise ValueError(f"{getattr(dataset, 'source', 'the dataset')}: no images to evaluate")
-    from minimaskrcnn.training.distributed import gather_to_main, get_comm, shard
-
     comm = get_comm() if comm is None else comm
     n = len(dataset) if limit is None else min(limit, len(dataset))
     results, seconds = {}, []
@@ -77,7 +75,6 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
         results[int(dataset.image_ids[i])] = pred
     if comm.size == 1:
         return results, np.asarray(seconds)
-    from pycocotools import mask as mask_utils
 
     def encoded(pred):  # dense masks -> RLEs for the trip to rank 0 (lossless)
         m = np.asarray(pred["masks"], dtype=np.uint8)
@@ -133,8 +130,6 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         raise ValueError(f"{getattr(dataset, 'source', 'the dataset')} has category ids "
                          f"{list(dataset.category_ids)}, the model's labels are "
                          f"{list(category_ids)}")
-    from minimaskrcnn.training.distributed import get_comm
-
     comm = get_comm() if comm is None else comm
     results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress, comm=comm)
     if not comm.is_main:

@@ -17,7 +17,7 @@ import numpy as np
 
 from minimaskrcnn.config import Config, EvalConfig, ModelConfig, TrainConfig
 from minimaskrcnn.data import shapes
-from minimaskrcnn.training.distributed import get_comm
+from minimaskrcnn.distributed import get_comm
 
 TINY = ModelConfig(
     num_classes=3, stem_channels=8, stage_channels=(8, 8, 16, 16), gn_groups=4, fpn_channels=8,

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from minimaskrcnn.training.distributed import FORCE_ENV_VAR, MPI_LAUNCHER_ENV_VARS
+from minimaskrcnn.distributed import FORCE_ENV_VAR, MPI_LAUNCHER_ENV_VARS
 
 WORKER = os.path.join(os.path.dirname(__file__), "mpi_train_worker.py")
 BINDIR = os.path.dirname(sys.executable)

@@ -1,5 +1,6 @@
-"""minimaskrcnn.training.distributed: the single-process stub, the work-splitting arithmetic, the
-cost model, and (in subprocesses under ``mpiexec -n 2``) the collectives and the abort path.
+"""minimaskrcnn.distributed: the single-process stub, the work-splitting arithmetic, the launcher's
+choices, the allreduce cost model of benchmarks/bench_allreduce.py, and (in subprocesses under
+``mpiexec -n 2``) the collectives and the abort path.
 
 The MPI tests spawn ``mpiexec -n 2 python <script> <scenario>`` with a timeout: a hang fails the
 test instead of the suite. They skip when mpi4py or mpiexec is missing (``pip install
@@ -16,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
+from minimaskrcnn import distributed as dist
 from minimaskrcnn.nn.module import Param
-from minimaskrcnn.training import distributed as dist
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -36,7 +37,8 @@ class DoublingComm(FakeComm):
         super().__init__(0, 2)
         self.calls = 0
 
-    def Allreduce_inplace(self, buf):  # noqa: N802
+    def Allreduce(self, sendbuf, buf, op=dist.SUM):  # noqa: N802
+        assert sendbuf is dist.IN_PLACE and op is dist.SUM
         assert buf.flags.c_contiguous and buf.ndim == 1
         self.calls += 1
         buf *= 2
@@ -77,7 +79,7 @@ def test_one_process_does_not_import_mpi4py():
         import sys
         import numpy as np
         from minimaskrcnn.nn.module import Param
-        from minimaskrcnn.training import distributed as d
+        from minimaskrcnn import distributed as d
         c = d.get_comm()
         assert isinstance(c, d.SingleProcessComm), c
         assert (c.rank, c.size, c.is_main, c.is_distributed) == (0, 1, True, False)
@@ -275,21 +277,66 @@ def test_split_batch_errors():
         dist.split_batch(0, FakeComm(0, 1))
 
 
-# -- cost model --------------------------------------------------------------------------------
+# -- the launcher's choices ---------------------------------------------------------------------
+
+
+def test_choose_workers_divides_the_batch_and_fits_the_cores():
+    assert dist.choose_workers(None, 2, 2) == 2  # README's demo on a 2-core machine: both cores
+    assert dist.choose_workers(None, 2, 16) == 2  # no more ranks than images in a batch
+    assert dist.choose_workers(None, 4, 3) == 2  # the most that divide the batch and fit the cores
+    assert dist.choose_workers(None, 2, 1) == 1
+    assert dist.choose_workers(1, 2, 8) == 1
+    for bad in (3, 0):
+        with pytest.raises(ValueError, match="must divide the batch size 2"):
+            dist.choose_workers(bad, 2, 8)
+
+
+def test_usable_cores_and_mpiexec():
+    assert 1 <= dist.usable_cores() <= (os.cpu_count() or 1)
+    found = dist.find_mpiexec()
+    assert found is None or os.access(found, os.X_OK)
+    if not _have_mpi4py():
+        assert found is None  # mpiexec without mpi4py is of no use here
+
+
+def test_single_process_allreduce_spelling():
+    c = dist.SingleProcessComm()
+    buf = np.arange(3.0)
+    c.Allreduce(dist.IN_PLACE, buf, op=dist.SUM)  # one rank: the sum is the buffer itself
+    assert buf.tolist() == [0, 1, 2]
+    out = np.zeros(3)
+    c.Allreduce(buf, out)  # a send buffer: copied into the receive buffer
+    assert out.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="only op=SUM"):
+        c.Allreduce(dist.IN_PLACE, buf, op="max")
+
+
+# -- cost model (benchmarks/bench_allreduce.py) ------------------------------------------------
+
+
+def _bench_allreduce():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_allreduce.py")
+    spec = importlib.util.spec_from_file_location("bench_allreduce", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_ring_allreduce_cost_model():
+    ring_allreduce_seconds = _bench_allreduce().ring_allreduce_seconds
     nbytes = 4 * 2_479_803
-    assert dist.ring_allreduce_seconds(nbytes, 1, 10e9) == 0
-    t = dist.ring_allreduce_seconds(nbytes, 8, 10e9, latency_s=0)
+    assert ring_allreduce_seconds(nbytes, 1, 10e9) == 0
+    t = ring_allreduce_seconds(nbytes, 8, 10e9, latency_s=0)
     assert t == pytest.approx(2 * 7 / 8 * nbytes * 8 / 10e9)
-    assert dist.ring_allreduce_seconds(0, 4, 1e9, latency_s=1e-3) == pytest.approx(6e-3)
+    assert ring_allreduce_seconds(0, 4, 1e9, latency_s=1e-3) == pytest.approx(6e-3)
     # bandwidth term tends to 2 * nbytes / bandwidth as W grows
-    assert dist.ring_allreduce_seconds(nbytes, 10**6, 1e9, 0) == pytest.approx(
+    assert ring_allreduce_seconds(nbytes, 10**6, 1e9, 0) == pytest.approx(
         2 * nbytes * 8 / 1e9, rel=1e-5)
     for bad in [(-1, 2, 1e9), (1, 0, 1e9), (1, 2, 0), (1, 2, 1e9, -1)]:
         with pytest.raises(ValueError):
-            dist.ring_allreduce_seconds(*bad)
+            ring_allreduce_seconds(*bad)
 
 
 # -- under mpiexec -n 2 ------------------------------------------------------------------------
@@ -298,7 +345,7 @@ SCRIPT = r'''
 import sys
 import numpy as np
 from minimaskrcnn.nn.module import Param
-from minimaskrcnn.training import distributed as d
+from minimaskrcnn import distributed as d
 
 c = d.get_comm()
 assert isinstance(c, d.MPIComm) and c.size == 2, c
@@ -408,7 +455,7 @@ elif scenario in ("abort", "excepthook"):
         if c.rank == 1:
             raise ValueError("bad image 7: annotation has no polygon")
         x = np.ones(4)
-        c.Allreduce_inplace(x)                  # would wait forever without the abort
+        c.Allreduce(d.IN_PLACE, x, op=d.SUM)    # would wait forever without the abort
     say("NOT REACHED")
 '''
 

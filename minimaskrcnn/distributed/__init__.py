@@ -1,0 +1,68 @@
+"""Data-parallel processes over MPI: the communicator, the collectives, the consistency checks
+and the launcher (Detectron2's ``utils/comm.py`` and ``engine/launch.py``).
+
+    comm.py         Comm (mpi4py's spelling), SingleProcessComm, MPIComm, get_comm,
+                    launched_by_mpi, main_only; abort_on_error / install_excepthook / error_line
+    collectives.py  shard_range, shard, split_batch (splitting the work); allreduce_gradients,
+                    bind_gradient_buffer (one fused MPI_Allreduce); allreduce_sum,
+                    gather_to_main, broadcast_parameters
+    consistency.py  parameter_digests / parameter_checksum / check_parameters_equal,
+                    ParameterMismatchError
+    launch.py       usable_cores, find_mpiexec, choose_workers, relaunch_under_mpi
+
+``mpiexec -n W minimaskrcnn train ...`` starts W ranks; each holds the whole model, runs its
+share of every batch, and the gradients are summed (the scheme: :mod:`.collectives`). One
+process (no launcher) gets :class:`SingleProcessComm` and never imports mpi4py. The floor just
+above the backend: imports only :mod:`minimaskrcnn.backend`, NumPy and the standard library
+(mpi4py on first use under MPI).
+"""
+
+from __future__ import annotations
+
+from minimaskrcnn.distributed.collectives import (
+    allreduce_gradients,
+    allreduce_sum,
+    bind_gradient_buffer,
+    broadcast_parameters,
+    gather_to_main,
+    shard,
+    shard_range,
+    split_batch,
+)
+from minimaskrcnn.distributed.comm import (
+    FORCE_ENV_VAR,
+    IN_PLACE,
+    MPI_LAUNCHER_ENV_VARS,
+    SUM,
+    Comm,
+    MPIComm,
+    SingleProcessComm,
+    abort_on_error,
+    error_line,
+    get_comm,
+    install_excepthook,
+    launched_by_mpi,
+    main_only,
+)
+from minimaskrcnn.distributed.consistency import (
+    ParameterMismatchError,
+    check_parameters_equal,
+    parameter_checksum,
+    parameter_digests,
+)
+from minimaskrcnn.distributed.launch import (
+    choose_workers,
+    find_mpiexec,
+    relaunch_under_mpi,
+    usable_cores,
+)
+
+__all__ = [
+    "FORCE_ENV_VAR", "IN_PLACE", "MPI_LAUNCHER_ENV_VARS", "SUM", "Comm", "MPIComm",
+    "ParameterMismatchError", "SingleProcessComm", "abort_on_error", "allreduce_gradients",
+    "allreduce_sum", "bind_gradient_buffer", "broadcast_parameters", "check_parameters_equal",
+    "choose_workers", "error_line", "find_mpiexec", "gather_to_main", "get_comm",
+    "install_excepthook", "launched_by_mpi", "main_only", "parameter_checksum",
+    "parameter_digests", "relaunch_under_mpi", "shard", "shard_range", "split_batch",
+    "usable_cores",
+]
