@@ -16,8 +16,9 @@ names ``left_x`` / ``right_x``, :func:`minimaskrcnn.data.coco.flip_pairs`; lego-
 coordinates.
 
 Scale (``ModelConfig.image_scale`` s, 1 by default): the network sees every image resized by s,
-``scaled_size``: ``floor(h * s) x floor(w * s)`` (torchvision ``GeneralizedRCNNTransform``'s
-``interpolate(scale_factor=s, recompute_scale_factor=True)``), the image bilinearly
+``scaled_size`` (:mod:`minimaskrcnn.model.transform`, with the bilinear taps): ``floor(h * s) x
+floor(w * s)`` (torchvision ``GeneralizedRCNNTransform``'s ``interpolate(scale_factor=s,
+recompute_scale_factor=True)``), the image bilinearly
 (``align_corners=False``: output pixel i samples input coordinate ``(i + 0.5) * h / H - 0.5``,
 clamped to the image) and the masks by nearest neighbour (output pixel i takes input pixel
 ``floor(i * h / H)``), as torchvision resizes images and masks. A training crop at s != 1 is cut
@@ -38,16 +39,13 @@ consume the same draws and return the same crop.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.data.coco import CocoDataset, masks_to_boxes
+from minimaskrcnn.model.transform import bilinear_taps, resample_bilinear, scaled_size
 
 __all__ = ["standardize", "random_crop_flip", "sample_crop", "crop_keypoints", "flip_keypoints",
-           "MAX_CROP_TRIES", "scaled_size", "bilinear_taps", "nearest_taps", "resize_bilinear",
-           "resize_boxes"]
+           "MAX_CROP_TRIES", "nearest_taps"]
 
 MAX_CROP_TRIES = 10
 """Crop windows drawn before giving up on finding an instance."""
@@ -74,85 +72,11 @@ def standardize(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
-def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
-    """``(floor(h * scale), floor(w * scale))``, at least 1 x 1: the size the network sees an
-    ``h x w`` image at (torchvision's ``recompute_scale_factor=True`` size).
-
-    Raises:
-        ValueError: ``scale`` not a finite number > 0.
-    """
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"image scale must be a finite number > 0, got {scale!r}")
-    return max(1, int(math.floor(h * scale))), max(1, int(math.floor(w * scale)))
-
-
-def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear resampling of one axis from ``n_in`` to ``n_out`` pixels, ``align_corners=False``
-    (PyTorch ``interpolate(mode="bilinear")``): output pixel i reads input pixels ``lo[i]`` and
-    ``hi[i]`` with weights ``1 - frac[i]`` and ``frac[i]``, where the source coordinate
-    ``(i + 0.5) * n_in / n_out - 0.5`` is clamped at 0 and ``hi`` at ``n_in - 1``.
-
-    Returns:
-        ``(lo (n_out,) int64, hi (n_out,) int64, frac (n_out,) float64)``.
-    """
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, src - lo
-
-
 def nearest_taps(n_in: int, n_out: int) -> np.ndarray:
     """Nearest-neighbour resampling of one axis (PyTorch ``interpolate(mode="nearest")``):
     output pixel i reads input pixel ``min(floor(i * n_in / n_out), n_in - 1)``; ``(n_out,)
     int64``."""
     return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.int64), n_in - 1)
-
-
-def _bilinear(x, taps_y, taps_x, axes):
-    """Resample ``x`` along its ``axes = (row axis, column axis)`` with the given taps (NumPy or
-    CuPy ``x``; the taps are NumPy and are moved to ``x``'s module)."""
-    xp = get_array_module(x)
-    out = x
-    for (lo, hi, frac), axis in zip((taps_y, taps_x), axes, strict=True):
-        shape = [1] * out.ndim
-        shape[axis] = -1
-        f = xp.asarray(frac.reshape(shape), dtype=out.dtype)
-        lo_v = xp.take(out, xp.asarray(lo), axis=axis)
-        hi_v = xp.take(out, xp.asarray(hi), axis=axis)
-        out = lo_v + (hi_v - lo_v) * f
-    return out
-
-
-def resize_bilinear(image, size: tuple[int, int]):
-    """Bilinear resize of ``(C, H, W)`` float images (the model's input at ``image_scale``).
-
-    Args:
-        image: ``(C, H, W)`` float32/float64, NumPy or CuPy.
-        size: ``(H_out, W_out)``.
-
-    Returns:
-        ``(C, H_out, W_out)``, same dtype and array module (:func:`bilinear_taps` on each axis,
-        rows first).
-    """
-    _, h, w = image.shape
-    return _bilinear(image, bilinear_taps(h, size[0]), bilinear_taps(w, size[1]), (1, 2))
-
-
-def resize_boxes(boxes, original_size: tuple[int, int], new_size: tuple[int, int]):
-    """Boxes of an image resized from ``original_size`` to ``new_size`` (torchvision
-    ``transform.resize_boxes``): x times ``new_w / orig_w``, y times ``new_h / orig_h``.
-
-    Args:
-        boxes: ``(N, 4)`` float ``[x1, y1, x2, y2]`` pixels of the original image, NumPy or CuPy.
-        original_size, new_size: ``(h, w)`` in pixels.
-
-    Returns:
-        a new ``(N, 4)`` array of the same dtype and array module.
-    """
-    out = boxes.copy()
-    out[:, 0::2] *= new_size[1] / original_size[1]
-    out[:, 1::2] *= new_size[0] / original_size[0]
-    return out
 
 
 class _ScaledWindow:
@@ -175,7 +99,7 @@ class _ScaledWindow:
 
     def image(self, cut, crop):
         """``(sy1 - sy0, sx1 - sx0, 3)`` source pixels -> ``(crop, crop, 3) float32``."""
-        out = _bilinear(cut.astype(np.float32), self.by, self.bx, (0, 1))
+        out = resample_bilinear(cut.astype(np.float32), self.by, self.bx, (0, 1))
         return _crop_image(out, 0, 0, crop)
 
     def masks(self, cut, crop):

@@ -41,7 +41,6 @@ import numpy as np
 
 from minimaskrcnn import nn, ops
 from minimaskrcnn.backend import get_array_module, to_numpy
-from minimaskrcnn.data.transforms import resize_boxes
 from minimaskrcnn.model.stage import Stage, identity_count, weighted
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Sequential
@@ -238,44 +237,23 @@ class MaskHead(Stage):
         loss, _ = self._loss(logits, labels, targets, num_fg)
         return None, {"loss_mask": loss}, MaskHeadCache(*caches, logits, labels, targets, num_fg)
 
-    def predict(self, features, detections, image_size, image_sizes, *, mask_format="bool",
-                out_sizes=None):
-        """Masks of the detections (torchvision's mask branch in eval mode), pasted into each
-        image and thresholded at ``mask_threshold``.
-
-        Args:
-            features: P2..P5; detections: the box head's per-image dicts (``boxes``, ``labels``).
-            image_size: padded ``(H, W)``; image_sizes: the N unpadded ``(h_i, w_i)``.
-            mask_format: ``"bool"``: ``masks (D, h, w) bool``; ``"rle"``: ``masks`` a list of D
-                COCO run-length encodings (pycocotools), pasted a few masks at a time so that
-                memory is bounded by the image, not by detections x image.
-            out_sizes: the N ``(h_i, w_i)`` to paste into instead of ``image_sizes`` (the input
-                images when the network saw them resized, ``image_scale``): each box is scaled
-                by ``out / image`` per axis for the paste, as torchvision's ``postprocess``
-                resizes boxes before pasting; the detections' ``boxes`` are left as they are.
-
-        Returns:
-            the detections, each dict with ``masks`` added.
-        """
+    def predict(self, features, detections, image_size):
+        """Mask probabilities of the detections (torchvision's mask branch in eval mode,
+        ``maskrcnn_inference``): each dict gets ``masks (D, M, M) float32``, the probability of
+        its class at each cell, pasted into the image by the transform's postprocess."""
         dtype = features[0].dtype
         xp = get_array_module(features[0])
         boxes = [d["boxes"].astype(dtype) for d in detections]
         if sum(b.shape[0] for b in boxes):
             mask_logits, _ = self._logits(features, boxes, image_size)  # (D_all, K+1, M, M)
         start = 0
-        for i, (d, (h, w)) in enumerate(zip(detections, image_sizes, strict=True)):
+        for d in detections:
             n = d["boxes"].shape[0]
             logits = mask_logits[start:start + n] if n else None
             start += n
-            probs = (mask_probabilities(logits, self._channels(d["labels"]),
-                                        self.loss_mode).astype(np.float32)
-                     if n else xp.zeros((0, self.mask_size, self.mask_size), np.float32))
-            paste_boxes = d["boxes"]
-            if out_sizes is not None:
-                paste_boxes = resize_boxes(d["boxes"], (h, w), out_sizes[i])
-                h, w = out_sizes[i]
-            d["masks"] = ops.paste_binary_masks(probs, paste_boxes, (h, w), self.threshold,
-                                                rle=(mask_format == "rle"))
+            d["masks"] = (mask_probabilities(logits, self._channels(d["labels"]),
+                                             self.loss_mode).astype(np.float32)
+                          if n else xp.zeros((0, self.mask_size, self.mask_size), np.float32))
         return detections
 
     def backward(self, dy, cache: MaskHeadCache, loss_weights=None):

@@ -36,7 +36,6 @@ import numpy as np
 
 from minimaskrcnn import backend
 from minimaskrcnn.config import Config, ModelConfig, get_preset
-from minimaskrcnn.data.transforms import resize_bilinear, resize_boxes, scaled_size
 from minimaskrcnn.model.backbone import ResNetGN
 from minimaskrcnn.model.box_head import BoxHead
 from minimaskrcnn.model.fpn import FPN
@@ -45,6 +44,7 @@ from minimaskrcnn.model.mask_head import MaskHead
 from minimaskrcnn.model.rpn import RegionProposalNetwork
 from minimaskrcnn.model.stage import Stage, identity_count
 from minimaskrcnn.model.timing import NullTimer
+from minimaskrcnn.model.transform import GeneralizedRCNNTransform
 
 LOSS_KEYS = RegionProposalNetwork.LOSSES + BoxHead.LOSSES + MaskHead.LOSSES
 """torchvision's names of the five Mask R-CNN losses (the total is their weighted sum). A model
@@ -103,6 +103,9 @@ class MaskRCNN(Stage):
 
     def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
         self.config = cfg
+        self.transform = GeneralizedRCNNTransform(cfg.size_divisible, cfg.image_scale,
+                                                  cfg.num_classes, cfg.num_keypoints,
+                                                  cfg.mask_threshold)
         self.backbone = ResNetGN(cfg.stem_channels, cfg.stage_channels, cfg.blocks_per_stage,
                                  cfg.gn_groups, rng)
         if cfg.features == "c5":  # one stride-32 map (paper Table 2d): FPN's top level only
@@ -120,27 +123,17 @@ class MaskRCNN(Stage):
         head (``num_keypoints > 0``)."""
         return LOSS_KEYS + (KeypointHead.LOSSES if self.keypoint_head is not None else ())
 
-    def keypoint_targets(self, targets, n: int):
-        """The ground-truth keypoints of each image, ``(G_i, K, 3) float32`` ``[x, y, v]``
-        (``None`` without a keypoint head). Raises ``ValueError`` naming the image when one has no
-        ``keypoints`` or a wrong shape (a wrong number of keypoint types K included)."""
-        if self.keypoint_head is None:
-            return None
-        if not isinstance(targets, (list, tuple)) or len(targets) != n:
-            raise ValueError(f"targets must be a list of {n} dicts (one per image)")
-        for i, t in enumerate(targets):
-            if not isinstance(t, dict) or "keypoints" not in t or "boxes" not in t:
-                raise ValueError(f"targets[{i}] needs 'boxes' and 'keypoints' (G, K, 3): the "
-                                 "model has a keypoint head (num_keypoints > 0)")
-        return self.keypoint_head.check_keypoints([t["keypoints"] for t in targets],
-                                                  [len(t["boxes"]) for t in targets])
-
     # -- parameters ---------------------------------------------------------------------------
 
     @property
     def xp(self):
         """The array module of the parameters: ``numpy``, or ``cupy`` after ``to(cupy)``."""
         return backend.get_array_module(self.backbone.conv1.weight.data)
+
+    @property
+    def dtype(self):
+        """The parameters' dtype (float32; float64 after ``astype`` for gradient checks)."""
+        return self.backbone.conv1.weight.data.dtype
 
     @property
     def device(self) -> str:
@@ -161,88 +154,6 @@ class MaskRCNN(Stage):
             super().load_state_dict(upgrade_state_names(state), strict=strict)
         except KeyError as e:  # Module raises KeyError for missing/unexpected names
             raise ValueError(e.args[0]) from None
-
-    # -- input --------------------------------------------------------------------------------
-
-    def transform(self, images):
-        """Validate and zero-pad images to ``(N, 3, H, W)``, H and W multiples of
-        ``size_divisible``, at the bottom and right (torchvision ``GeneralizedRCNNTransform``,
-        without resizing). Returns ``(batch, image_sizes)``: the padded batch in the
-        parameters' dtype and array module (NumPy images are padded on the host and copied to
-        the parameters' device in one transfer) and the N unpadded ``(h_i, w_i)``.
-
-        Raises:
-            TypeError: not a non-empty list of float NumPy (or CuPy) arrays.
-            ValueError: an element not of shape ``(3, h, w)``.
-        """
-        dtype = self.backbone.conv1.weight.data.dtype
-        sizes = self.image_sizes(images)
-        d = self.config.size_divisible
-        hp = -(-max(h for h, _ in sizes) // d) * d
-        wp = -(-max(w for _, w in sizes) // d) * d
-        xp_in = backend.get_array_module(*images)  # pad where the images are
-        batch = xp_in.zeros((len(images), 3, hp, wp), dtype)
-        for i, im in enumerate(images):
-            batch[i, :, : im.shape[1], : im.shape[2]] = backend.to_device(im, xp_in)
-        return backend.to_device(batch, self.xp), sizes
-
-    @staticmethod
-    def image_sizes(images):
-        """Validate a list of images; returns their ``(h_i, w_i)``.
-
-        Raises:
-            TypeError: not a non-empty list of float NumPy (or CuPy) arrays.
-            ValueError: an element not of shape ``(3, h, w)``.
-        """
-        if not isinstance(images, (list, tuple)) or len(images) == 0:
-            raise TypeError("images must be a non-empty list of (3, H, W) float arrays")
-        sizes = []
-        for i, im in enumerate(images):
-            if not isinstance(im, np.ndarray) and not backend.is_cupy_array(im):
-                raise TypeError(f"images[{i}] must be a numpy array (3, H, W), got {type(im).__name__}")
-            if im.ndim != 3 or im.shape[0] != 3 or im.shape[1] < 1 or im.shape[2] < 1:
-                raise ValueError(f"images[{i}] must have shape (3, H, W), got {im.shape}")
-            if not np.issubdtype(im.dtype, np.floating):
-                raise TypeError(f"images[{i}] must be a float array (standardised), got {im.dtype}")
-            sizes.append((int(im.shape[1]), int(im.shape[2])))
-        return sizes
-
-    def check_targets(self, targets, sizes):
-        """Validate the targets against the images (see :meth:`forward_train`); returns them
-        with float32 boxes and int64 labels, on the parameters' device (targets are checked on
-        the host: NumPy targets, as the loader makes them, cost no synchronisation; CuPy
-        targets are copied to the host for the checks)."""
-        if not isinstance(targets, (list, tuple)) or len(targets) != len(sizes):
-            raise ValueError(f"targets must be a list of {len(sizes)} dicts (one per image)")
-        out = []
-        k = self.config.num_classes
-        for i, (t, (h, w)) in enumerate(zip(targets, sizes, strict=True)):
-            if not isinstance(t, dict) or not {"boxes", "labels", "masks"} <= set(t):
-                raise ValueError(f"targets[{i}] must be a dict with boxes, labels and masks")
-            boxes = backend.to_numpy(t["boxes"])
-            labels = backend.to_numpy(t["labels"])
-            masks = backend.to_numpy(t["masks"])
-            if boxes.ndim != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"targets[{i}]['boxes'] must have shape (G, 4), got {boxes.shape}")
-            g = boxes.shape[0]
-            if labels.shape != (g,) or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"targets[{i}]['labels'] must be ({g},) integers, got "
-                                 f"{labels.shape} {labels.dtype}")
-            if g and (labels.min() < 1 or labels.max() > k):
-                raise ValueError(f"targets[{i}]['labels'] must lie in 1..{k}, got "
-                                 f"{labels.min()}..{labels.max()}")
-            if masks.shape != (g, h, w):
-                raise ValueError(f"targets[{i}]['masks'] must have shape (G, H, W) = {(g, h, w)} "
-                                 f"to match boxes and images[{i}], got {masks.shape}")
-            if not np.isfinite(boxes).all():
-                raise ValueError(f"targets[{i}]['boxes'] contains NaN or inf")
-            bad = np.nonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[0]
-            if bad.size:  # torchvision raises too ("All bounding boxes should have positive ...")
-                raise ValueError(f"targets[{i}]['boxes'][{bad[0]}] = {boxes[bad[0]].tolist()} has "
-                                 "zero or negative width or height: remove degenerate boxes first")
-            out.append({"boxes": boxes.astype(np.float32), "labels": labels.astype(np.int64),
-                        "masks": masks})
-        return backend.to_device(out, self.xp)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -276,18 +187,15 @@ class MaskRCNN(Stage):
             or height, a list of generators whose length is not N.
         """
         timer = timer or NullTimer()
-        batch, image_sizes = self.transform(images)  # (N, 3, H, W)
-        gt_keypoints = self.keypoint_targets(targets, len(image_sizes))
-        targets = self.check_targets(targets, image_sizes)
-        image_size = batch.shape[-2:]
+        images, targets = self.transform(images, targets, dtype=self.dtype, xp=self.xp)
+        image_size = images.tensors.shape[-2:]
         with timer("backbone_fpn"):
-            feats, _, c_backbone = self.backbone.forward_train(batch)  # C2..C5
+            feats, _, c_backbone = self.backbone.forward_train(images.tensors)  # C2..C5
             pyramid, _, c_fpn = self.fpn.forward_train(self._fpn_inputs(feats))  # P2..P6
             roi_maps = self._roi_maps(pyramid)  # P2..P5
         with timer("rpn"):
             proposals, rpn_losses, c_rpn = self.rpn.forward_train(
-                pyramid, image_size, image_sizes, targets, rng, proposals=proposals,
-                sum_counts=sum_counts)
+                pyramid, images, targets, rng, proposals=proposals, sum_counts=sum_counts)
         with timer("roi_heads"):
             sampled, box_losses, c_box = self.box_head.forward_train(
                 roi_maps, proposals, image_size, targets, rng, sum_counts=sum_counts)
@@ -300,7 +208,8 @@ class MaskRCNN(Stage):
         if self.keypoint_head is not None:
             with timer("keypoint_head"):
                 _, kp_losses, c_kp = self.keypoint_head.forward_train(
-                    roi_maps, sampled, image_size, gt_keypoints, sum_counts=sum_counts)
+                    roi_maps, sampled, image_size, [t["keypoints"] for t in targets],
+                    sum_counts=sum_counts)
             losses.update(kp_losses)
         return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_box, c_mask, c_kp)
 
@@ -383,42 +292,26 @@ class MaskRCNN(Stage):
         if mask_format not in ("bool", "rle"):
             raise ValueError(f"mask_format must be 'bool' or 'rle', got {mask_format!r}")
         timer = timer or NullTimer()
-        input_sizes, scale = self.image_sizes(images), self.config.image_scale
-        if scale != 1:  # the network sees the images resized; results go back to input pixels
-            images = [resize_bilinear(im, scaled_size(h, w, scale))
-                      for im, (h, w) in zip(images, input_sizes, strict=True)]
-        batch, image_sizes = self.transform(images)
-        image_size = batch.shape[-2:]
+        original_sizes = self.transform.image_sizes(images)
+        images, _ = self.transform(images, dtype=self.dtype, xp=self.xp)
+        image_size = images.tensors.shape[-2:]
         with timer("backbone_fpn"):
-            pyramid = self.fpn.predict(self._fpn_inputs(self.backbone.predict(batch)))
+            pyramid = self.fpn.predict(self._fpn_inputs(self.backbone.predict(images.tensors)))
             roi_maps = self._roi_maps(pyramid)
         with timer("rpn"):
-            proposals = self.rpn.predict(pyramid, image_size, image_sizes)
+            proposals = self.rpn.predict(pyramid, images)
         with timer("roi_heads"):
-            detections = self.box_head.predict(roi_maps, proposals, image_size, image_sizes)
+            detections = self.box_head.predict(roi_maps, proposals, image_size,
+                                               images.image_sizes)
         with timer("mask_head"):
-            detections = self.mask_head.predict(roi_maps, detections, image_size,
-                                                image_sizes, mask_format=mask_format,
-                                                out_sizes=input_sizes if scale != 1 else None)
+            detections = self.mask_head.predict(roi_maps, detections, image_size)
         if self.keypoint_head is not None:
             with timer("keypoint_head"):
                 detections = self.keypoint_head.predict(roi_maps, detections, image_size)
-        if scale != 1:
-            for d, size, net_size in zip(detections, input_sizes, image_sizes, strict=True):
-                _to_input_pixels(d, size, net_size)
+        with timer("postprocess"):
+            detections = self.transform.postprocess(detections, images.image_sizes,
+                                                    original_sizes, mask_format=mask_format)
         return backend.to_device(detections, np)  # host results (a no-op on the CPU)
-
-
-def _to_input_pixels(det, input_size, net_size):
-    """Boxes ``[x1, y1, x2, y2]`` and keypoints ``[x, y, v]`` of one image's detections, from
-    the pixels of the scaled image the network saw (``net_size``) to the input image's
-    (``input_size``): torchvision's ``resize_boxes`` / ``resize_keypoints``."""
-    det["boxes"] = resize_boxes(det["boxes"], net_size, input_size)
-    if "keypoints" in det:
-        kp = det["keypoints"].copy()
-        kp[..., 0] *= input_size[1] / net_size[1]
-        kp[..., 1] *= input_size[0] / net_size[0]
-        det["keypoints"] = kp
 
 
 def build_model(preset_or_config, rng: np.random.Generator) -> MaskRCNN:

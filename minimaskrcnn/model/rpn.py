@@ -334,8 +334,9 @@ class RegionProposalNetwork(Stage):
     """The RPN stage (torchvision ``RegionProposalNetwork``): anchors, the shared head, box coder,
     matcher, sampler, targets, losses and proposal filtering. Parameters: ``head``.
 
-    ``forward_train(features, image_size, image_sizes, targets, rng)`` ->
-    ``(proposals, losses, cache)``; ``predict(features, image_size, image_sizes)`` -> proposals;
+    ``forward_train(features, images, targets, rng)`` -> ``(proposals, losses, cache)``;
+    ``predict(features, images)`` -> proposals (``images`` the
+    :class:`~minimaskrcnn.model.transform.ImageList`);
     ``backward(None, cache, loss_weights)`` -> ``[dP2..dP6]``.
 
     Args:
@@ -370,13 +371,14 @@ class RegionProposalNetwork(Stage):
         self.min_size = cfg.rpn_min_size
         self.smooth_l1_beta = cfg.rpn_smooth_l1_beta
 
-    def _head(self, features, image_size):
-        """Head outputs flattened in anchor order, the anchors, the level sizes."""
+    def _head(self, features, images):
+        """Head outputs flattened in anchor order, the anchors (laid on the padded batch), the
+        level sizes."""
         (obj_levels, delta_levels), head_cache = self.head.forward(features)
         objectness, deltas = flatten_head_outputs(obj_levels, delta_levels)  # (N, T), (N, T, 4)
         xp = get_array_module(features[0])
-        anchors = xp.concatenate(self.anchor_generator(image_size, [f.shape[-2:] for f in features],
-                                                       xp=xp))
+        anchors = xp.concatenate(self.anchor_generator(images.tensors.shape[-2:],
+                                                       [f.shape[-2:] for f in features], xp=xp))
         level_shapes = [o.shape for o in obj_levels]
         return objectness, deltas, anchors, level_shapes, head_cache
 
@@ -387,14 +389,14 @@ class RegionProposalNetwork(Stage):
                                     self.post_nms_top_n[training], self.nms_thresh, self.min_size)
         return boxes
 
-    def forward_train(self, features, image_size, image_sizes, targets, rng, *, proposals=None,
+    def forward_train(self, features, images, targets, rng, *, proposals=None,
                       sum_counts=identity_count):
         """Proposals and the two RPN losses.
 
         Args:
             features: P2..P6, list of ``(N, C, H_l, W_l)``.
-            image_size: ``(H, W)`` of the padded batch (the anchors are laid on it).
-            image_sizes: N unpadded ``(h_i, w_i)`` (proposals are clipped to them).
+            images: the :class:`~minimaskrcnn.model.transform.ImageList`: the anchors are laid
+                on its padded ``(H, W)``, proposals clipped to its ``image_sizes``.
             targets: N dicts with ``boxes (G_i, 4)`` float32.
             rng: a Generator, or one per image, for the anchor sampler.
             proposals: optional list of N ``(P_i, 4)`` returned instead of the RPN's own (the
@@ -405,7 +407,7 @@ class RegionProposalNetwork(Stage):
             ``(proposals, losses, cache)``: proposals a list of N ``(P_i, 4)`` arrays (no
             gradient), losses ``{"loss_objectness", "loss_rpn_box_reg"}``, an :class:`RPNCache`.
         """
-        objectness, deltas, anchors, level_shapes, head_cache = self._head(features, image_size)
+        objectness, deltas, anchors, level_shapes, head_cache = self._head(features, images)
         labels, reg_targets = [], []
         for t in targets:
             lab, reg = assign_anchor_targets(anchors, t["boxes"], self.matcher, self.box_coder)
@@ -418,17 +420,18 @@ class RegionProposalNetwork(Stage):
         loss_obj, loss_box, _, _ = rpn_losses(objectness, deltas, labels, reg_targets, sampled,
                                               positive, self.smooth_l1_beta, num_sampled)
         if proposals is None:
-            proposals = self._proposals(objectness, deltas, anchors, level_shapes, image_sizes,
-                                        True)
+            proposals = self._proposals(objectness, deltas, anchors, level_shapes,
+                                        images.image_sizes, True)
         losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
         cache = RPNCache(head_cache, level_shapes, objectness, deltas, labels, reg_targets,
                          sampled, positive, num_sampled)
         return proposals, losses, cache
 
-    def predict(self, features, image_size, image_sizes):
+    def predict(self, features, images):
         """Proposals of each image: list of N ``(P_i, 4)`` arrays, highest objectness first."""
-        objectness, deltas, anchors, level_shapes, _ = self._head(features, image_size)
-        return self._proposals(objectness, deltas, anchors, level_shapes, image_sizes, False)
+        objectness, deltas, anchors, level_shapes, _ = self._head(features, images)
+        return self._proposals(objectness, deltas, anchors, level_shapes, images.image_sizes,
+                               False)
 
     def backward(self, d_proposals, cache: RPNCache, loss_weights=None):
         """Gradients of the weighted RPN losses w.r.t. P2..P6 (list of ``(N, C, H_l, W_l)``).

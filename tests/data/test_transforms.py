@@ -205,28 +205,10 @@ def test_shape_masks_by_hand():
 # -- image_scale: crops of the resized image ----------------------------------------------------
 
 
-@pytest.mark.parametrize("h,w,scale", [(7, 9, 4.0), (13, 5, 2.5), (31, 17, 1.7), (20, 20, 0.6)])
-def test_resize_bilinear_reproduces_linear_functions(h, w, scale):
-    # bilinear interpolation is exact on a linear function: output pixel i must hold f at the
-    # source coordinate (i + 0.5) * h / H - 0.5, clamped to the image (align_corners=False)
-    from minimaskrcnn.data.transforms import resize_bilinear, scaled_size
-
-    big_h, big_w = scaled_size(h, w, scale)
-    assert (big_h, big_w) == (int(h * scale), int(w * scale))
-    yy, xx = np.mgrid[:h, :w].astype(np.float64)
-    image = np.stack([1.0 + 2.0 * yy - 3.0 * xx, 0.5 * xx, np.full((h, w), 7.0)])
-    out = resize_bilinear(image, (big_h, big_w))
-    sy = np.clip((np.arange(big_h) + 0.5) * h / big_h - 0.5, 0, h - 1)[:, None]
-    sx = np.clip((np.arange(big_w) + 0.5) * w / big_w - 0.5, 0, w - 1)[None, :]
-    np.testing.assert_allclose(out[0], 1.0 + 2.0 * sy - 3.0 * sx, atol=1e-9)
-    np.testing.assert_allclose(out[1], np.broadcast_to(0.5 * sx, (big_h, big_w)), atol=1e-9)
-    np.testing.assert_allclose(out[2], 7.0, atol=1e-12)
-
-
 def test_scaled_crop_is_the_crop_of_the_scaled_image():
     # integer scale 3: the masks' nearest-neighbour resize is np.repeat; the image is the whole
     # image resized (resize_bilinear) and then cut, while the crop resamples only the window
-    from minimaskrcnn.data.transforms import resize_bilinear
+    from minimaskrcnn.model.transform import resize_bilinear
 
     image, target = _toy()
     target["keypoints"] = np.array([[[1.0, 1.0, 2]], [[4.0, 5.0, 2]]], np.float32)

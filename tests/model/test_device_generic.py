@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 
 from minimaskrcnn import backend
+from minimaskrcnn.checkpoint import load_checkpoint, save_checkpoint
 from minimaskrcnn.model import build_model
 from minimaskrcnn.testing import fake_device
 from minimaskrcnn.testing.tiny import TINY, disc, target_from_masks, tiny_batch  # noqa: F401
-from minimaskrcnn.training.checkpoint import load_checkpoint, save_checkpoint
 from minimaskrcnn.training.optim import SGD
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -62,7 +62,7 @@ PREDICT_SYNCS = {
     "model/box_head.py:_predictions": "pooler: RoI checks",
     "model/box_head.py:postprocess_detections": "score threshold, small boxes, NMS",
     "model/mask_head.py:_logits": "pooler: RoI checks",
-    "model/mask_head.py:predict": "pasted masks -> host (chunk by chunk)",
+    "model/transform.py:postprocess": "pasted masks -> host (chunk by chunk)",
     "model/mask_rcnn.py:predict": "detections -> host",
 }
 

@@ -433,9 +433,9 @@ def test_older_checkpoint_names_load():
 
 def test_image_scale_predicts_on_the_resized_image_in_input_pixels():
     # a model with image_scale=2 on an image == the same weights at scale 1 on the image resized
-    # 2x (resize_bilinear, itself checked in tests/data/test_transforms.py), boxes and keypoints
-    # halved, masks pasted at the input size
-    from minimaskrcnn.data.transforms import resize_bilinear
+    # 2x (resize_bilinear, itself checked in test_transform.py), boxes and keypoints halved,
+    # masks pasted at the input size
+    from minimaskrcnn.model.transform import resize_bilinear
 
     cfg = dataclasses.replace(TINY, box_score_thresh=0.0, num_keypoints=2, keypoint_head_convs=1,
                               keypoint_head_channels=8, keypoint_roi_size=4,

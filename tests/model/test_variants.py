@@ -10,14 +10,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from minimaskrcnn.config import Config, ModelConfig, config_to_dict
-from minimaskrcnn.model import build_model
-from minimaskrcnn.testing.tiny import TINY, tiny_batch
-from minimaskrcnn.training.checkpoint import (
+from minimaskrcnn.checkpoint import (
     config_from_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from minimaskrcnn.config import Config, ModelConfig, config_to_dict
+from minimaskrcnn.model import build_model
+from minimaskrcnn.testing.tiny import TINY, tiny_batch
 
 
 def _variant(**change):
@@ -32,7 +32,7 @@ def test_c5_features_are_one_stride_32_map_with_every_anchor_size():
     # the lateral conv reads C5 (the last stage's width)
     assert model.fpn.inner_blocks[0].weight.shape[1] == TINY.stage_channels[-1]
     images, targets = tiny_batch()
-    batch, _ = model.transform(images)
+    batch = model.transform(images)[0].tensors
     feats, _ = model.backbone.forward(batch)
     maps, _ = model.fpn.forward(model._fpn_inputs(feats))
     assert len(maps) == 1 and maps[0].shape[-2:] == (batch.shape[2] // 32, batch.shape[3] // 32)
@@ -62,7 +62,7 @@ def test_mlp_mask_head_has_no_convolution_and_gives_k_plus_1_channels():
     assert model.mask_head.mask_fc[0].weight.shape == (12, TINY.fpn_channels * s * s)
     assert model.mask_head.mask_fc_logits.weight.shape == (k1 * m * m, 10)
     images, _ = tiny_batch()
-    batch, _ = model.transform(images)
+    batch = model.transform(images)[0].tensors
     pyramid = model.fpn.predict(model.backbone.predict(batch))
     rois = [np.array([[4, 4, 30, 30], [10, 8, 40, 44]], np.float32)]
     logits, _ = model.mask_head._logits(pyramid[:-1], rois, batch.shape[-2:])
@@ -75,7 +75,7 @@ def test_class_agnostic_masks_read_one_channel_for_every_class():
     model = _variant(mask_class_agnostic=True)
     assert model.mask_head.mask_fcn_logits.weight.shape[0] == 2  # background + one mask
     images, _ = tiny_batch()
-    batch, sizes = model.transform(images)
+    batch, sizes = model.transform(images)[0]
     pyramid = model.fpn.predict(model.backbone.predict(batch))
     box = np.array([[6, 5, 40, 38]], np.float32)
     dets = [{"boxes": np.concatenate([box, box]), "labels": np.array([1, 2], np.int64),
