@@ -17,10 +17,10 @@ import sys
 import numpy as np
 
 from minimaskrcnn import ablations, ops
+from minimaskrcnn.checkpoint import config_from_checkpoint, load_checkpoint
 from minimaskrcnn.data import standardize
 from minimaskrcnn.model import build_model
 from minimaskrcnn.model.mask_head import mask_probabilities
-from minimaskrcnn.training.checkpoint import config_from_checkpoint, load_checkpoint
 
 N_IMAGES = 50
 

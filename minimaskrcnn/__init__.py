@@ -4,17 +4,30 @@ CUDA and CuPy kernels checked against the reference, and hand-written backward p
 Public API:
     minimaskrcnn.ops        detection ops (box_iou, nms, roi_align, ...), torchvision-compatible
     minimaskrcnn.backend    the dispatch point for kernel tiers
-    minimaskrcnn.build_model(preset_or_config, rng)   the Mask R-CNN (minimaskrcnn.model)
+    minimaskrcnn.build_model(preset_or_config, rng)   an untrained Mask R-CNN (minimaskrcnn.model)
+    minimaskrcnn.load_model(name_or_path, device="cpu")
+                            a trained one: shipped weights by name ("nuclei-mini-dsb2018") or a
+                            checkpoint of ``minimaskrcnn train`` (minimaskrcnn.model_zoo)
 """
 
 __version__ = "0.1.0"
 
+__all__ = ["__version__", "build_model", "load_model"]
+
 
 def __getattr__(name: str):
-    # minimaskrcnn.build_model(preset_or_config, rng) -> MaskRCNN, imported on first use so that
-    # `import minimaskrcnn` stays cheap
+    # build_model and load_model are imported on first use: importing the package (which every
+    # `import minimaskrcnn.backend` does) must not import the model (0.4 s of imports)
     if name == "build_model":
-        from minimaskrcnn.model import build_model  # noqa: PLC0415
+        from minimaskrcnn.model import build_model  # noqa: PLC0415  (heavy: the model, on first use)
 
         return build_model
+    if name == "load_model":
+        from minimaskrcnn.model_zoo import load_model  # noqa: PLC0415  (heavy: the model, on first use)
+
+        return load_model
     raise AttributeError(f"module 'minimaskrcnn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

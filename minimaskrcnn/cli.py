@@ -83,45 +83,6 @@ def _dataset(json_path: str, images: str):
     return CocoDataset(json_path, images)
 
 
-def _load_model(checkpoint: str, device: str = "cpu"):
-    """(config, model, category_ids, class_names, skeleton) from a checkpoint written by
-    ``train`` (``skeleton``: the keypoint skeleton of the training data, ``[]`` without one).
-
-    ``category_ids`` are the stored ``config["dataset"]["category_ids"]`` (``1..K`` for a
-    checkpoint without them); every field of the config and every parameter is checked
-    (:func:`~minimaskrcnn.training.checkpoint.config_from_checkpoint`, ``restore``).
-    """
-    import numpy as np
-
-    from minimaskrcnn import build_model
-    from minimaskrcnn.training.checkpoint import (
-        CheckpointError,
-        config_from_checkpoint,
-        load_checkpoint,
-        restore,
-    )
-
-    if not os.path.isfile(checkpoint):
-        raise CLIError(f"{checkpoint}: checkpoint not found")
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(ckpt)
-    ds = ckpt.config.get("dataset") or {}
-    k = cfg.model.num_classes
-    category_ids = ds.get("category_ids") or list(range(1, k + 1))
-    class_names = ds.get("class_names") or [str(c) for c in category_ids]
-    if len(category_ids) != k:
-        raise CheckpointError(f"{checkpoint}: config.dataset.category_ids has {len(category_ids)} "
-                              f"ids, config.model.num_classes is {k}")
-    from minimaskrcnn.backend import device_module
-
-    xp = device_module(device)  # one line without a GPU
-    model = build_model(cfg, np.random.default_rng(0))
-    restore(ckpt, model)
-    if xp is not np:
-        model.to(xp)  # a checkpoint (NumPy arrays) loads on either device
-    return cfg, model, category_ids, class_names, list(ds.get("skeleton") or [])
-
-
 def _check_args(args, **lowest) -> None:
     """Refuse an integer option below its lowest value (``name=lowest``), one line."""
     for name, low in lowest.items():
@@ -341,9 +302,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from minimaskrcnn.evaluation import evaluate_model, format_metrics
+    from minimaskrcnn.model_zoo import get_metadata, load_model
 
     _check_args(args, limit=1, figure=0)
-    cfg, model, category_ids, _, _ = _load_model(args.checkpoint, args.device)
+    model, cfg = load_model(args.checkpoint, args.device, return_config=True)
+    category_ids = get_metadata(args.checkpoint).category_ids
     ds = _dataset(args.coco_json, args.images)
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
@@ -370,6 +333,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from minimaskrcnn.data import read_image, standardize
     from minimaskrcnn.evaluation import coco_results, write_results_json
+    from minimaskrcnn.model_zoo import get_metadata, load_model
     from minimaskrcnn.viz import save_overlay
 
     for path in args.images:
@@ -377,7 +341,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError(f"{path}: image file not found")
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    cfg, model, category_ids, class_names, skeleton = _load_model(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device)
+    category_ids, class_names, _, skeleton = get_metadata(args.checkpoint)
     from pycocotools import mask as mask_utils
 
     from minimaskrcnn.distributed import gather_to_main, get_comm, shard

@@ -364,7 +364,7 @@ def test_divergence_at_a_huge_lr_stops_with_one_line_and_a_log_record(tmp_path, 
     last = _lines(os.path.join(out, "log.jsonl"))[-1]
     assert last["iteration"] == int(m.group(1)) and last["error"] in err
     # the checkpoint named holds finite values only, and it is the newest one
-    from minimaskrcnn.training.checkpoint import load_checkpoint
+    from minimaskrcnn.checkpoint import load_checkpoint
 
     ck = load_checkpoint(m.group(2))
     assert all(np.isfinite(v).all() for v in ck.params.values())

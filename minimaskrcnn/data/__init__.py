@@ -8,8 +8,10 @@ sample and synthetic shapes.
     random_crop_flip(image, target, ...)      training crop + flips (transforms.py)
     TrainBatches                              batches as a pure function of (seed, iteration)
     load_sample(split)                        embedded DSB2018 nuclei sample, "train" / "val"
-    load_pretrained(name)                     shipped trained weights -> a built MaskRCNN (pretrained.py)
     shapes                                    synthetic squares / circles / triangles
+
+``weights/`` holds the trained weights that ship with the package (package data, no code): they
+load by name through :func:`minimaskrcnn.model_zoo.load_model` (``minimaskrcnn.load_model``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ import os
 from minimaskrcnn.data import shapes
 from minimaskrcnn.data.coco import CocoDataset, DatasetError, masks_to_boxes, read_image
 from minimaskrcnn.data.loader import TrainBatches, sample_rng
-from minimaskrcnn.data.pretrained import PretrainedError, load_pretrained, pretrained_path
 from minimaskrcnn.data.transforms import random_crop_flip, sample_crop, standardize
 
 __all__ = [
-    "CocoDataset", "DatasetError", "PretrainedError", "TrainBatches", "load_pretrained",
-    "load_sample", "masks_to_boxes", "pretrained_path",
+    "CocoDataset", "DatasetError", "TrainBatches", "load_sample", "masks_to_boxes",
     "random_crop_flip", "read_image", "sample_crop", "sample_paths", "sample_rng", "shapes",
     "standardize",
 ]

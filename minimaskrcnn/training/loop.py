@@ -88,7 +88,7 @@ from minimaskrcnn.distributed import (
     get_comm,
     split_batch,
 )
-from minimaskrcnn.model import LOSS_KEYS
+from minimaskrcnn.model import LOSS_KEYS, upgrade_state_names
 
 __all__ = ["LOSS_KEYS", "RESUME_FIXED_FIELDS", "NonFiniteLossError", "RunFolderError",
            "checkpoint_config", "find_last_checkpoint", "stored_config", "train"]
@@ -126,7 +126,7 @@ class RunFolderError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoint files (format: minimaskrcnn.training.checkpoint)
+# Checkpoint files (format: minimaskrcnn.checkpoint)
 # --------------------------------------------------------------------------------------------
 
 
@@ -157,7 +157,7 @@ def stored_config(out_dir: str) -> Config | None:
     Raises:
         CheckpointError: the checkpoint or its config is bad (one line naming the file).
     """
-    from minimaskrcnn.training.checkpoint import config_from_checkpoint, load_checkpoint
+    from minimaskrcnn.checkpoint import config_from_checkpoint, load_checkpoint
 
     path = find_last_checkpoint(out_dir)
     return None if path is None else config_from_checkpoint(load_checkpoint(path))
@@ -210,7 +210,7 @@ def _all_finite(model, optimizer) -> str | None:
 
 
 def _save(out_dir: str, model, optimizer, iteration: int, cfg: Config, config_dict: dict) -> str:
-    from minimaskrcnn.training.checkpoint import save_checkpoint
+    from minimaskrcnn.checkpoint import save_checkpoint
 
     bad = _all_finite(model, optimizer)
     if bad is not None:  # the guard stops before this; never store a diverged state
@@ -228,15 +228,15 @@ def _save(out_dir: str, model, optimizer, iteration: int, cfg: Config, config_di
 
 
 def _load(path: str, model, optimizer) -> int:
-    from minimaskrcnn.training.checkpoint import load_checkpoint
+    from minimaskrcnn.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(path, model, optimizer=optimizer)
+    ckpt = load_checkpoint(path, model, optimizer=optimizer, upgrade_names=upgrade_state_names)
     return int(ckpt["iteration"])
 
 
 def _check_resume_config(cfg: Config, dataset, ckpt_path: str) -> None:
     """Refuse a resume whose model, data stream or schedule differs from the checkpoint's."""
-    from minimaskrcnn.training.checkpoint import config_from_checkpoint, load_checkpoint
+    from minimaskrcnn.checkpoint import config_from_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     stored = config_from_checkpoint(ckpt)
@@ -304,7 +304,7 @@ def _remove_run(out_dir: str) -> None:
 
 
 def _remove_temporary_files(out_dir: str) -> None:
-    from minimaskrcnn.training.checkpoint import remove_temporary_files
+    from minimaskrcnn.checkpoint import remove_temporary_files
 
     remove_temporary_files(out_dir)
     for name in (LAST_FILE, LOG_FILE, VAL_FILE, CONFIG_FILE):

@@ -63,8 +63,8 @@ def main():
         train(config(iterations), train_ds, out, model_factory=factory, progress=False)
     elif scenario == "evaluate":
         from minimaskrcnn import build_model
+        from minimaskrcnn.checkpoint import load_checkpoint
         from minimaskrcnn.evaluation import evaluate_model
-        from minimaskrcnn.training.checkpoint import load_checkpoint
 
         model = build_model(dataclasses.replace(config(iterations)).model, np.random.default_rng(0))
         with open(os.path.join(out, "last_checkpoint")) as f:

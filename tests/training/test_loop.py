@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
+from minimaskrcnn.checkpoint import load_checkpoint
 from minimaskrcnn.config import Config, TrainConfig
 from minimaskrcnn.data import shapes
 from minimaskrcnn.nn.module import Module, Param
-from minimaskrcnn.training.checkpoint import load_checkpoint
 from minimaskrcnn.training.loop import (
     LOSS_KEYS,
     NonFiniteLossError,
@@ -181,9 +181,9 @@ def test_real_model_resume_equals_uninterrupted_run(tmp_path):
     bit-exact."""
     import dataclasses
 
+    from minimaskrcnn.checkpoint import load_checkpoint
     from minimaskrcnn.config import get_preset
     from minimaskrcnn.data import load_sample
-    from minimaskrcnn.training.checkpoint import load_checkpoint
 
     base = get_preset("shapes-mini")
     cfg = dataclasses.replace(

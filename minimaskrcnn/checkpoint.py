@@ -1,4 +1,5 @@
-"""Checkpoints: parameters, optimiser state, iteration, config and RNG state in one ``.npz``.
+"""Checkpoints: parameters, optimiser state, iteration, config and RNG state in one ``.npz`` (the
+file format, on its own floor: it needs the configuration and the backend, not the model).
 
 File layout (a plain ``np.savez`` archive, readable with ``np.load(path, allow_pickle=False)``):
 
@@ -13,16 +14,22 @@ key                        content
 ``optim/<path>``           one optimiser array, e.g. ``optim/buffers/backbone.stem.conv.weight``
 =========================  ===================================================================
 
-Writes are atomic: the archive goes to a temporary file ``.tmp-<name>-<random>`` in the
-target's directory, is flushed and fsync'ed, given the permissions of any new file (``0666`` less
-the umask, so ``0644`` usually, like the run's other files), then ``os.replace``'d over the
-target, so a crash never leaves a half-written checkpoint under the final name; a temporary file
-left by a killed write is removed by :func:`remove_temporary_files`. Reading checks the format
-marker, every array and the metadata (iteration, and the ``config`` as a
-:class:`~minimaskrcnn.config.Config`: types and ranges of every field), so a truncated, corrupt,
-foreign or edited file raises :class:`CheckpointError`, one line naming the path and the problem.
-Restoring into a model or optimiser also refuses parameters or momentum buffers that are not real
-floating point or not finite. Arrays round-trip bit-exactly.
+Writes are atomic (:mod:`minimaskrcnn._atomic`): the archive goes to a temporary file
+``.tmp-<name>-<random>`` in the target's directory, is flushed and fsync'ed, given the
+permissions of any new file (``0666`` less the umask, so ``0644`` usually, like the run's other
+files), then ``os.replace``'d over the target, so a crash never leaves a half-written checkpoint
+under the final name; a temporary file left by a killed write is removed by
+:func:`remove_temporary_files`. Reading checks the format marker, every array and the metadata
+(iteration, and the ``config`` as a :class:`~minimaskrcnn.config.Config`: types and ranges of
+every field), so a truncated, corrupt, foreign or edited file raises :class:`CheckpointError`,
+one line naming the path and the problem. Restoring into a model or optimiser also refuses
+parameters or momentum buffers that are not real floating point or not finite. Arrays
+round-trip bit-exactly.
+
+:func:`load_weights` also reads a bare weights archive (``param/<name>`` entries without
+``__meta__``). Building a model from a file is one floor up, in
+:func:`minimaskrcnn.model_zoo.load_model` (Detectron2's ``DetectionCheckpointer`` beside its
+``model_zoo``).
 """
 
 from __future__ import annotations
@@ -31,19 +38,27 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from minimaskrcnn._atomic import TMP_PREFIX, open_atomic, temporary_files
 from minimaskrcnn.backend import to_numpy
+from minimaskrcnn.config import Config, EvalConfig, ModelConfig, TrainConfig, config_from_dict
 
 FORMAT = "minimaskrcnn-checkpoint"
 VERSION = 1
 META_KEY = "__meta__"
-TMP_PREFIX = ".tmp-"
-"""Temporary files of a write in progress are named ``.tmp-<target name>-<random>``."""
+PARAM_PREFIX = "param/"
+"""Parameter arrays are stored as ``param/<dotted name>``."""
+
+__all__ = [
+    "FORMAT", "META_KEY", "PARAM_PREFIX", "TMP_PREFIX", "VERSION", "Checkpoint", "CheckpointError",
+    "config_from_checkpoint", "generator_from_state", "load_checkpoint", "load_weights",
+    "remove_temporary_files", "restore", "save_checkpoint",
+]
 
 
 class CheckpointError(ValueError):
@@ -141,7 +156,7 @@ def save_checkpoint(path: str, params, optimizer=None, iteration: int = 0,
     Raises:
         TypeError: config or rng_state is not JSON-serialisable (nothing is written).
     """
-    arrays = {f"param/{k}": v for k, v in _params_dict(params).items()}
+    arrays = {PARAM_PREFIX + k: v for k, v in _params_dict(params).items()}
     opt_state = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
     opt_arrays: dict[str, np.ndarray] = {}
     opt_meta = None if opt_state is None else _split_arrays(opt_state, "optim", opt_arrays)
@@ -157,35 +172,9 @@ def save_checkpoint(path: str, params, optimizer=None, iteration: int = 0,
         raise TypeError(f"save_checkpoint({path}): config/rng_state must be JSON-serialisable "
                         f"({e})") from None
     arrays[META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path) + "-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.chmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600 files
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with open_atomic(path, "wb") as f:
+        np.savez(f, **arrays)
     return path
-
-
-def _umask() -> int:
-    """The process umask (read without changing it where Linux allows)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def remove_temporary_files(directory: str) -> list[str]:
@@ -197,9 +186,8 @@ def remove_temporary_files(directory: str) -> list[str]:
         the paths removed.
     """
     removed = []
-    for name in sorted(os.listdir(directory)):
-        if name.startswith(TMP_PREFIX) and ".npz-" in name:
-            path = os.path.join(directory, name)
+    for path in temporary_files(directory):
+        if ".npz-" in os.path.basename(path)[len(TMP_PREFIX):]:
             try:
                 os.remove(path)
                 removed.append(path)
@@ -265,7 +253,7 @@ def _check_value(where: str, name: str, value, default) -> None:
             fail("must be >= 0")
 
 
-def config_from_checkpoint(ckpt: Checkpoint):
+def config_from_checkpoint(ckpt: Checkpoint) -> Config:
     """The :class:`~minimaskrcnn.config.Config` a checkpoint stores, checked field by field.
 
     Checks every field of ``model``, ``train`` and ``eval`` against the type of its default
@@ -277,8 +265,6 @@ def config_from_checkpoint(ckpt: Checkpoint):
     Raises:
         CheckpointError: one line naming the file and the field.
     """
-    from minimaskrcnn.config import Config, EvalConfig, ModelConfig, TrainConfig, config_from_dict
-
     path, d = ckpt.path, ckpt.config
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: config must be an object, got {d!r:.60}")
@@ -341,31 +327,41 @@ def _check_optimizer_state(path: str, state) -> None:
         _check_array(path, f"momentum buffer {name}", value)
 
 
-def restore(ckpt: Checkpoint, model=None, optimizer=None) -> None:
+def restore(ckpt: Checkpoint, model=None, optimizer=None, *,
+            upgrade_names: Callable[[dict], dict] | None = None) -> None:
     """Set a model's parameters and an optimiser's state from a checkpoint, after checking that
-    every parameter and momentum buffer is a finite real floating-point array. Parameter and
-    buffer names of checkpoints written before the model's five-stage layout (``rpn_head.*``,
-    ``roi_heads.*``) are converted (:func:`minimaskrcnn.model.upgrade_state_names`).
+    every parameter and momentum buffer is a finite real floating-point array.
+
+    Args:
+        ckpt: what :func:`load_checkpoint` or :func:`load_weights` read.
+        model: a Module with ``load_state_dict`` (strict: names and shapes must match), or None.
+        optimizer: an object with ``load_state_dict`` (:class:`~minimaskrcnn.training.optim.SGD`)
+            that receives the stored optimiser state, or None.
+        upgrade_names: maps a ``{name: array}`` dict written under an older model's parameter
+            names to today's (the model's own, e.g. :func:`minimaskrcnn.model.upgrade_state_names`
+            for checkpoints written before the five-stage layout: ``rpn_head.*``,
+            ``roi_heads.*``); applied to the parameters and to the momentum buffers, which are
+            keyed by parameter name. The file format does not know the model's names, so the
+            caller who knows the model passes it (the training loop's resume does).
 
     Raises:
         CheckpointError: a bad array, or a checkpoint that does not fit the model/optimiser
             (missing, unexpected or differently shaped parameters); names the file.
     """
     path = ckpt.path
+    rename = upgrade_names if upgrade_names is not None else dict
     if model is not None:
         for name, value in ckpt.params.items():
             _check_array(path, f"parameter {name}", value)
         try:
-            model.load_state_dict(ckpt.params)
+            model.load_state_dict(rename(ckpt.params))
         except (KeyError, ValueError, TypeError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             raise CheckpointError(f"{path} does not fit the model: {msg}") from None
     if optimizer is not None and ckpt.optimizer_state is not None:
         _check_optimizer_state(path, ckpt.optimizer_state)
-        from minimaskrcnn.model import upgrade_state_names  # older checkpoints' names
-
         state = dict(ckpt.optimizer_state)
-        state["buffers"] = upgrade_state_names(state.get("buffers", {}))
+        state["buffers"] = rename(state.get("buffers", {}))
         try:
             optimizer.load_state_dict(state)
         except (KeyError, ValueError, TypeError) as e:
@@ -373,41 +369,26 @@ def restore(ckpt: Checkpoint, model=None, optimizer=None) -> None:
             raise CheckpointError(f"{path} does not fit the optimiser: {msg}") from None
 
 
-def load_checkpoint(path: str, model=None, optimizer=None) -> Checkpoint:
-    """Read a checkpoint (``allow_pickle=False``); optionally restore it into objects.
-
-    Args:
-        path: a file written by :func:`save_checkpoint`.
-        model: if given, a Module whose parameters are set from the file (strict: names and
-            shapes must match; see :func:`restore`).
-        optimizer: if given, an object with ``load_state_dict`` that receives the optimiser
-            state.
-
-    Returns:
-        :class:`Checkpoint`.
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive (``allow_pickle=False``).
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError (a ValueError): truncated/corrupt archive, not a minimaskrcnn
-            checkpoint, unsupported version, an array that cannot be read, a bad iteration or
-            config (when the config has ``model``/``train``/``eval`` sections:
-            :func:`config_from_checkpoint`), or, with ``model``/``optimizer``, a parameter or
-            buffer that is not finite floating point or does not fit (the message names the
-            path).
+        CheckpointError: truncated, corrupt or not an ``.npz`` archive.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if META_KEY not in npz.files:
-                raise CheckpointError(f"{path} is not a minimaskrcnn checkpoint (no {META_KEY} "
-                                      f"entry; entries: {npz.files[:5]})")
-            arrays = {k: npz[k] for k in npz.files}
-    except CheckpointError:
-        raise
+            return {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not an .npz "
                               f"archive): {type(e).__name__}: {e}") from None
+
+
+def _checkpoint(path: str, arrays: dict[str, np.ndarray]) -> Checkpoint:
+    """The :class:`Checkpoint` of an archive holding ``__meta__`` (checked, see
+    :func:`load_checkpoint`)."""
     try:
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -418,7 +399,7 @@ def load_checkpoint(path: str, model=None, optimizer=None) -> Checkpoint:
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {meta.get('version')} is not "
                               f"supported (expected {VERSION})")
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    params = {k[len(PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
     try:
         opt_state = (None if meta.get("optimizer") is None
                      else _join_arrays(meta["optimizer"], arrays))
@@ -437,5 +418,61 @@ def load_checkpoint(path: str, model=None, optimizer=None) -> Checkpoint:
                       config=config, rng_state=meta.get("rng_state"), path=str(path))
     if any(k in config for k in ("model", "train", "eval")):
         config_from_checkpoint(ckpt)
-    restore(ckpt, model, optimizer)
     return ckpt
+
+
+def load_checkpoint(path: str, model=None, optimizer=None, *,
+                    upgrade_names: Callable[[dict], dict] | None = None) -> Checkpoint:
+    """Read a checkpoint (``allow_pickle=False``); optionally restore it into objects.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        model: if given, a Module whose parameters are set from the file (strict: names and
+            shapes must match; see :func:`restore`).
+        optimizer: if given, an object with ``load_state_dict`` that receives the optimiser
+            state.
+        upgrade_names: see :func:`restore` (older files' parameter names).
+
+    Returns:
+        :class:`Checkpoint`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError (a ValueError): truncated/corrupt archive, not a minimaskrcnn
+            checkpoint, unsupported version, an array that cannot be read, a bad iteration or
+            config (when the config has ``model``/``train``/``eval`` sections:
+            :func:`config_from_checkpoint`), or, with ``model``/``optimizer``, a parameter or
+            buffer that is not finite floating point or does not fit (the message names the
+            path).
+    """
+    arrays = _read_arrays(path)
+    if META_KEY not in arrays:
+        raise CheckpointError(f"{path} is not a minimaskrcnn checkpoint (no {META_KEY} "
+                              f"entry; entries: {sorted(arrays)[:5]})")
+    ckpt = _checkpoint(path, arrays)
+    restore(ckpt, model, optimizer, upgrade_names=upgrade_names)
+    return ckpt
+
+
+def load_weights(path: str) -> Checkpoint:
+    """Read a checkpoint, or a bare weights archive: ``param/<dotted name>`` arrays and no
+    ``__meta__`` (weights published without their training metadata). Restores nothing.
+
+    Returns:
+        :class:`Checkpoint`; for a bare archive ``config`` is ``{}``, ``iteration`` 0 and
+        ``optimizer_state`` None.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: as :func:`load_checkpoint`, or an archive with neither ``__meta__``
+            nor parameters (the message lists its first entries).
+    """
+    arrays = _read_arrays(path)
+    if META_KEY in arrays:
+        return _checkpoint(path, arrays)
+    params = {k[len(PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
+    if not params:
+        raise CheckpointError(f"{path} is neither a minimaskrcnn checkpoint nor a weights file "
+                              f"(no {META_KEY} entry and no parameters '{PARAM_PREFIX}<name>'; "
+                              f"entries: {sorted(arrays)[:5]})")
+    return Checkpoint(params=params, optimizer_state=None, iteration=0, path=str(path))

@@ -7,15 +7,16 @@ import os
 import numpy as np
 import pytest
 
-from minimaskrcnn.nn import Conv2d, Flatten, GroupNorm, Linear, ReLU, Sequential
-from minimaskrcnn.nn.losses import cross_entropy
-from minimaskrcnn.training.checkpoint import (
+from minimaskrcnn.checkpoint import (
     CheckpointError,
     generator_from_state,
     load_checkpoint,
+    load_weights,
     remove_temporary_files,
     save_checkpoint,
 )
+from minimaskrcnn.nn import Conv2d, Flatten, GroupNorm, Linear, ReLU, Sequential
+from minimaskrcnn.nn.losses import cross_entropy
 from minimaskrcnn.training.optim import SGD, WarmupMultiStepLR
 
 
@@ -105,6 +106,25 @@ def test_bad_files_give_clear_errors(tmp_path):
         load_checkpoint(other)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(str(tmp_path / "missing.npz"))
+
+
+def test_load_weights_reads_checkpoints_and_bare_weight_archives(tmp_path):
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    path = save_checkpoint(str(tmp_path / "ck.npz"), {"w": w}, iteration=7, config={"a": 1})
+    ck = load_weights(path)
+    assert ck.iteration == 7 and ck.config == {"a": 1} and ck.params["w"].tobytes() == w.tobytes()
+    bare = str(tmp_path / "bare.npz")
+    np.savez(bare, **{"param/w": w})
+    ck = load_weights(bare)
+    assert (ck.iteration, ck.config, ck.optimizer_state, ck.path) == (0, {}, None, bare)
+    assert ck.params["w"].tobytes() == w.tobytes()
+    with pytest.raises(CheckpointError, match="not a minimaskrcnn checkpoint"):
+        load_checkpoint(bare)  # a checkpoint needs its metadata
+    np.savez(tmp_path / "other.npz", x=w)
+    with pytest.raises(CheckpointError, match=r"other\.npz .*no parameters"):
+        load_weights(str(tmp_path / "other.npz"))
+    with pytest.raises(FileNotFoundError):
+        load_weights(str(tmp_path / "missing.npz"))
 
 
 def test_k_steps_save_load_k_steps_equals_2k(tmp_path):
@@ -253,7 +273,7 @@ def test_a_checkpoint_of_the_older_layout_resumes(tmp_path):
     import numpy as np
 
     from minimaskrcnn import build_model
-    from minimaskrcnn.training.checkpoint import load_checkpoint, save_checkpoint
+    from minimaskrcnn.model import upgrade_state_names
     from minimaskrcnn.training.optim import SGD
 
     def old_name(n):
@@ -276,7 +296,7 @@ def test_a_checkpoint_of_the_older_layout_resumes(tmp_path):
     save_checkpoint(path, params, optimizer=state, iteration=1)
     fresh = build_model("shapes-mini", np.random.default_rng(1))
     fresh_opt = SGD(fresh.named_parameters(), lr=0.1, momentum=0.9)
-    load_checkpoint(path, fresh, fresh_opt)
+    load_checkpoint(path, fresh, fresh_opt, upgrade_names=upgrade_state_names)
     for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
         np.testing.assert_array_equal(p.data, q.data, err_msg=n)
     for a, b in zip(opt.state_dict()["buffers"].values(), fresh_opt.state_dict()["buffers"].values(),
