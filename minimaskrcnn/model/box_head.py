@@ -253,7 +253,7 @@ class BoxHead(Stage):
 
     def __init__(self, cfg, rng: np.random.Generator):
         c, p, k1 = cfg.fpn_channels, cfg.box_roi_size, cfg.num_classes + 1
-        self.roi_pool = ops.MultiScaleRoIAlign(p, cfg.box_sampling_ratio, roi_op=cfg.roi_op,
+        self.roi_pool = ops.MultiScaleRoIPooler(p, cfg.box_sampling_ratio, pooler_type=cfg.roi_op,
                                                aligned=cfg.roi_aligned,
                                                canonical_scale=cfg.canonical_scale,
                                                canonical_level=cfg.canonical_level)

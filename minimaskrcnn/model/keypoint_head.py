@@ -112,8 +112,8 @@ class KeypointHead(Stage):
     def __init__(self, cfg, rng: np.random.Generator):
         if cfg.num_keypoints < 1:
             raise ValueError(f"KeypointHead needs num_keypoints >= 1, got {cfg.num_keypoints}")
-        self.roi_pool = ops.MultiScaleRoIAlign(cfg.keypoint_roi_size, cfg.keypoint_sampling_ratio,
-                                               roi_op=cfg.roi_op, aligned=cfg.roi_aligned,
+        self.roi_pool = ops.MultiScaleRoIPooler(cfg.keypoint_roi_size, cfg.keypoint_sampling_ratio,
+                                               pooler_type=cfg.roi_op, aligned=cfg.roi_aligned,
                                                canonical_scale=cfg.canonical_scale,
                                                canonical_level=cfg.canonical_level)
         layers, c = [], cfg.fpn_channels

@@ -128,8 +128,8 @@ class MaskHead(Stage):
 
     def __init__(self, cfg, rng: np.random.Generator):
         k1 = (1 if cfg.mask_class_agnostic else cfg.num_classes) + 1
-        self.roi_pool = ops.MultiScaleRoIAlign(cfg.mask_roi_size, cfg.mask_sampling_ratio,
-                                               roi_op=cfg.roi_op, aligned=cfg.roi_aligned,
+        self.roi_pool = ops.MultiScaleRoIPooler(cfg.mask_roi_size, cfg.mask_sampling_ratio,
+                                               pooler_type=cfg.roi_op, aligned=cfg.roi_aligned,
                                                canonical_scale=cfg.canonical_scale,
                                                canonical_level=cfg.canonical_level)
         self.kind = cfg.mask_head_type

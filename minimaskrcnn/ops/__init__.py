@@ -29,7 +29,7 @@ from minimaskrcnn.ops.mask_ops import (
     project_masks_on_boxes,
 )
 from minimaskrcnn.ops.nms import batched_nms, nms
-from minimaskrcnn.ops.poolers import MultiScaleRoIAlign
+from minimaskrcnn.ops.poolers import MultiScaleRoIAlign, MultiScaleRoIPooler
 from minimaskrcnn.ops.roi_align import roi_align, roi_align_backward
 from minimaskrcnn.ops.roi_pool import roi_pool, roi_pool_backward
 from minimaskrcnn.ops.roi_warp import roi_warp, roi_warp_backward
@@ -38,6 +38,7 @@ __all__ = [
     "AnchorGenerator",
     "BoxCoder",
     "MultiScaleRoIAlign",
+    "MultiScaleRoIPooler",
     "batched_nms",
     "box_area",
     "box_iou",

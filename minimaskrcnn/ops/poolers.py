@@ -1,9 +1,11 @@
-"""Multi-scale RoI pooling over an FPN pyramid (torchvision.ops.MultiScaleRoIAlign), with backward.
+"""Multi-scale RoI pooling over an FPN pyramid, with backward: :class:`MultiScaleRoIPooler` with
+any of the paper's RoI ops, and :class:`MultiScaleRoIAlign` (torchvision.ops.MultiScaleRoIAlign),
+its RoIAlign case.
 
 Each RoI is assigned to one pyramid level by the FPN paper's equation (1) (Lin et al. 2017,
 torchvision's ``LevelMapper``) and pooled from that level alone with the chosen RoI op
-(RoIAlign, RoIWarp avg/max or RoIPool: the Mask R-CNN paper's Table 2c/2d ablations). The
-backward scatters each RoI's gradient back to the level it was pooled from.
+(RoIAlign, RoIAlign-max, RoIWarp avg/max or RoIPool: the Mask R-CNN paper's Table 2c/2d
+ablations). The backward scatters each RoI's gradient back to the level it was pooled from.
 
 Shapes: features ``[(N, C, H_l, W_l)]`` finest first (P2..P5), boxes ``(R, 5)`` or a list of
 ``(R_i, 4)`` in input pixels of the padded batch of size ``image_size = (H, W)``; output
@@ -24,14 +26,17 @@ from minimaskrcnn.ops._roi_common import (
     convert_boxes_to_rois,
     output_size_pair,
 )
+from minimaskrcnn.ops.roi_align import roi_align, roi_align_backward
+from minimaskrcnn.ops.roi_pool import roi_pool, roi_pool_backward
+from minimaskrcnn.ops.roi_warp import roi_warp, roi_warp_backward
 
 ROI_OPS = ("align", "align_max", "warp_avg", "warp_max", "pool")
-"""The pooler's RoI ops (the paper's Table 2c): RoIAlign (avg, and max over the bin's samples),
-RoIWarp (avg, max), RoIPool."""
+"""The pooler types of :class:`MultiScaleRoIPooler` (the paper's Table 2c): RoIAlign (avg, and
+max over the bin's samples), RoIWarp (avg, max), RoIPool."""
 
 
 class PoolerCache(NamedTuple):
-    """What :meth:`MultiScaleRoIAlign.backward` reads.
+    """What :meth:`MultiScaleRoIPooler.backward` reads.
 
     rois: ``(R, 5)`` the pooled RoIs (input dtype); index: per level, the ``(R_l,)`` int64 rows
     pooled from that level; scales: per level, cells per input pixel; shapes: per level,
@@ -48,17 +53,13 @@ class PoolerCache(NamedTuple):
     tier: str | None
 
 
-def _roi_op_pair(roi_op: str, output_size, sampling_ratio: int, aligned: bool):
+def _roi_op_pair(pooler_type: str, output_size, sampling_ratio: int, aligned: bool):
     """``(forward, backward)`` of one RoI op, its arguments bound; chosen once per pooler.
 
     ``forward(feat, rois, scale, tier) -> (out, argmax or None)``;
     ``backward(grad, rois, argmax, shape, scale, tier) -> grad of feat``.
     """
-    from minimaskrcnn.ops.roi_align import roi_align, roi_align_backward
-    from minimaskrcnn.ops.roi_pool import roi_pool, roi_pool_backward
-    from minimaskrcnn.ops.roi_warp import roi_warp, roi_warp_backward
-
-    if roi_op == "pool":
+    if pooler_type == "pool":
         def forward(feat, rois, scale, tier):
             return roi_pool(feat, rois, output_size, scale, tier=tier, return_argmax=True)
 
@@ -66,8 +67,8 @@ def _roi_op_pair(roi_op: str, output_size, sampling_ratio: int, aligned: bool):
             return roi_pool_backward(g, rois, shape, output_size, scale, argmax=argmax, tier=tier)
 
         return forward, backward
-    mode = "max" if roi_op.endswith("max") else "avg"
-    if roi_op.startswith("align"):
+    mode = "max" if pooler_type.endswith("max") else "avg"
+    if pooler_type.startswith("align"):
         op, op_backward, extra = roi_align, roi_align_backward, (aligned,)
     else:
         op, op_backward, extra = roi_warp, roi_warp_backward, ()
@@ -127,40 +128,41 @@ def map_levels(boxes, k_min: int, k_max: int, canonical_scale: float = 224,
     return (k - k_min).astype(np.int64)
 
 
-class MultiScaleRoIAlign:
-    """Pool RoIs from the FPN level that fits their size (torchvision ``MultiScaleRoIAlign``).
+class MultiScaleRoIPooler:
+    """Pool RoIs from the FPN level that fits their size, with any of the paper's RoI ops
+    (torchvision ``MultiScaleRoIAlign`` generalised to Table 2c's ops).
 
     Args:
         output_size: ``Ph`` or ``(Ph, Pw)``.
         sampling_ratio: samples per bin per axis for the bilinear ops (``<= 0``: adaptive);
             ignored by ``"pool"``.
-        roi_op: ``"align"`` (RoIAlign, ``aligned`` as given), ``"align_max"`` (RoIAlign-max:
-            the largest bilinear sample of each bin), ``"warp_avg"`` / ``"warp_max"`` (RoIWarp,
-            quantised box + bilinear, mean / max), or ``"pool"`` (RoIPool). The op's forward
-            and backward are chosen once, here.
+        pooler_type: one of :data:`ROI_OPS`: ``"align"`` (RoIAlign, ``aligned`` as given),
+            ``"align_max"`` (RoIAlign-max: the largest bilinear sample of each bin),
+            ``"warp_avg"`` / ``"warp_max"`` (RoIWarp, quantised box + bilinear, mean / max), or
+            ``"pool"`` (RoIPool). The op's forward and backward are chosen once, here.
         aligned: RoIAlign's half-pixel shift (only for ``"align"`` and ``"align_max"``).
         canonical_scale, canonical_level: ``s0`` and ``k0`` of the level mapper (224, 4).
 
     Raises:
-        ValueError: unknown ``roi_op`` or bad ``output_size``.
+        ValueError: unknown ``pooler_type`` or bad ``output_size``.
     """
 
-    def __init__(self, output_size, sampling_ratio=2, *, roi_op="align", aligned=False,
+    def __init__(self, output_size, sampling_ratio=2, *, pooler_type="align", aligned=False,
                  canonical_scale=224, canonical_level=4):
-        if roi_op not in ROI_OPS:
-            raise ValueError(f"roi_op must be one of {ROI_OPS}, got {roi_op!r}")
+        if pooler_type not in ROI_OPS:
+            raise ValueError(f"pooler_type must be one of {ROI_OPS}, got {pooler_type!r}")
         self.output_size = output_size_pair(output_size)
         self.sampling_ratio = check_sampling_ratio(sampling_ratio)
-        self.roi_op = roi_op
+        self.pooler_type = pooler_type
         self.aligned = bool(aligned)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
-        self._forward, self._backward = _roi_op_pair(roi_op, self.output_size,
+        self._forward, self._backward = _roi_op_pair(pooler_type, self.output_size,
                                                      self.sampling_ratio, self.aligned)
 
     def __repr__(self):
-        return (f"MultiScaleRoIAlign(output_size={self.output_size}, sampling_ratio="
-                f"{self.sampling_ratio}, roi_op={self.roi_op!r}, aligned={self.aligned})")
+        return (f"{type(self).__name__}(output_size={self.output_size}, sampling_ratio="
+                f"{self.sampling_ratio}, pooler_type={self.pooler_type!r}, aligned={self.aligned})")
 
     # ----------------------------------------------------------------------------------------
 
@@ -237,3 +239,18 @@ class MultiScaleRoIAlign:
             grads.append(self._backward(g, rois[idx], cache.argmax[lvl], shape, cache.scales[lvl],
                                         cache.tier))
         return grads
+
+
+class MultiScaleRoIAlign(MultiScaleRoIPooler):
+    """torchvision's ``MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio, *,
+    canonical_scale=224, canonical_level=4)``: the :class:`MultiScaleRoIPooler` with RoIAlign.
+
+    Without ``featmap_names``: the pyramid is a list, finest level first (torchvision takes a
+    dict and the names of the maps to pool from). ``aligned`` is RoIAlign's half-pixel shift
+    (torchvision's pooler always uses ``aligned=False``, the default here too).
+    """
+
+    def __init__(self, output_size, sampling_ratio=2, *, aligned=False, canonical_scale=224,
+                 canonical_level=4):
+        super().__init__(output_size, sampling_ratio, pooler_type="align", aligned=aligned,
+                         canonical_scale=canonical_scale, canonical_level=canonical_level)

@@ -1,9 +1,10 @@
-"""MultiScaleRoIAlign: level mapping worked by hand, pooling from the right level, backward."""
+"""MultiScaleRoIPooler / MultiScaleRoIAlign: level mapping worked by hand, pooling from the right
+level, backward, every pooler type."""
 
 import numpy as np
 import pytest
 
-from minimaskrcnn.ops import MultiScaleRoIAlign, roi_align
+from minimaskrcnn.ops import MultiScaleRoIAlign, MultiScaleRoIPooler, roi_align, roi_pool, roi_warp
 from minimaskrcnn.ops.poolers import infer_scale, map_levels
 from minimaskrcnn.testing.gradcheck import gradcheck
 
@@ -79,13 +80,13 @@ def test_large_boxes_go_to_coarse_levels():
     np.testing.assert_allclose(out[2:], ref, rtol=1e-12)
 
 
-@pytest.mark.parametrize("roi_op", ["align", "align_max", "warp_avg", "warp_max", "pool"])
-def test_backward_is_the_adjoint_per_level(roi_op):
+@pytest.mark.parametrize("pooler_type", ["align", "align_max", "warp_avg", "warp_max", "pool"])
+def test_backward_is_the_adjoint_per_level(pooler_type):
     rng = np.random.default_rng(2)
     feats = [f + 0.01 * rng.permutation(f.size).reshape(f.shape) for f in pyramid(rng)]
     boxes = np.array([[0, 3, 4, 30, 44], [1, 0, 0, 95, 127], [1, 20, 10, 140, 140],
                       [0, 50, 60, 70, 71], [1, 10, 10, 300, 260]], dtype=np.float64)
-    pooler = MultiScaleRoIAlign(3, 2, roi_op=roi_op)
+    pooler = MultiScaleRoIPooler(3, 2, pooler_type=pooler_type)
     out, cache = pooler.forward(feats, boxes, IMAGE)
     g = rng.standard_normal(out.shape)
     grads = pooler.backward(g, cache)
@@ -126,8 +127,10 @@ def test_single_level_and_empty():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="roi_op"):
-        MultiScaleRoIAlign(7, roi_op="bilinear")
+    with pytest.raises(ValueError, match="pooler_type must be one of"):
+        MultiScaleRoIPooler(7, pooler_type="bilinear")
+    with pytest.raises(TypeError):
+        MultiScaleRoIAlign(7, pooler_type="pool")  # torchvision's name: RoIAlign only
     pooler = MultiScaleRoIAlign(2)
     with pytest.raises(ValueError, match="non-empty list"):
         pooler.forward([], np.zeros((0, 5)), (8, 8))
@@ -135,3 +138,30 @@ def test_bad_input():
         pooler.forward([np.zeros((1, 2, 8, 8)), np.zeros((1, 3, 4, 4))], np.zeros((0, 5)), (32, 32))
     with pytest.raises(ValueError, match="batch indices"):
         pooler.forward([np.zeros((1, 2, 8, 8))], np.array([[1.0, 0, 0, 4, 4]]), (32, 32))
+
+
+@pytest.mark.parametrize("pooler_type", ["align", "align_max", "warp_avg", "warp_max", "pool"])
+def test_each_pooler_type_runs_its_own_op(pooler_type):
+    # the op is resolved once, when the pooler is built: each type pools as its RoI op does
+    rng = np.random.default_rng(5)
+    feat = rng.standard_normal((1, 2, 16, 12))
+    boxes = np.array([[0, 3.3, 4.6, 30.2, 41.7]])
+    pooler = MultiScaleRoIPooler((3, 2), 2, pooler_type=pooler_type, aligned=True)
+    out, _ = pooler.forward([feat], boxes, (64, 48))
+    mode = "max" if pooler_type.endswith("max") else "avg"
+    if pooler_type == "pool":
+        ref = roi_pool(feat, boxes, (3, 2), 0.25)
+    elif pooler_type.startswith("warp"):
+        ref = roi_warp(feat, boxes, (3, 2), 0.25, 2, mode=mode)
+    else:
+        ref = roi_align(feat, boxes, (3, 2), 0.25, 2, True, mode=mode)
+    np.testing.assert_array_equal(out, ref)
+    assert repr(pooler).startswith(f"MultiScaleRoIPooler(output_size=(3, 2), sampling_ratio=2, "
+                                   f"pooler_type='{pooler_type}'")
+
+
+def test_multiscale_roi_align_is_the_align_pooler():
+    pooler = MultiScaleRoIAlign(7, 2, canonical_scale=112, canonical_level=3)
+    assert isinstance(pooler, MultiScaleRoIPooler) and pooler.pooler_type == "align"
+    assert not pooler.aligned and pooler.output_size == (7, 7)
+    assert (pooler.canonical_scale, pooler.canonical_level) == (112, 3)
