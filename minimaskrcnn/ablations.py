@@ -346,7 +346,7 @@ def run_state(path: str) -> tuple[str, int]:
         ValueError: an unreadable ``result.json``.
         FileNotFoundError: ``last_checkpoint`` names a missing checkpoint.
     """
-    from minimaskrcnn.training.loop import find_last_checkpoint
+    from minimaskrcnn.training.run_folder import find_last_checkpoint
 
     result = os.path.join(path, RESULT_FILE)
     if os.path.isfile(result):
@@ -418,7 +418,7 @@ def _write_atomic_json(path: str, obj: dict) -> None:
 
 def _prune_checkpoints(path: str) -> None:
     """Remove a finished run's checkpoints but the last (what ``evaluate`` would read)."""
-    from minimaskrcnn.training.loop import find_last_checkpoint
+    from minimaskrcnn.training.run_folder import find_last_checkpoint
 
     last = find_last_checkpoint(path)
     for p in glob.glob(os.path.join(path, "checkpoint_*.npz")):

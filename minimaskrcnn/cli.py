@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -180,9 +181,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = args.out
     # a previous demo's folder is the demo's to replace; any other run needs --overwrite
     overwrite = args.overwrite or _holds_demo_run(out)
-    from minimaskrcnn.training.loop import RunFolderError, _holds_run
+    from minimaskrcnn.training.run_folder import RunFolder, RunFolderError
 
-    if not overwrite and os.path.isdir(out) and _holds_run(out):  # before starting any rank
+    if not overwrite and RunFolder(out).run_files():  # before starting any rank
         raise RunFolderError(f"{out} already holds a run; replace it with --overwrite, or "
                              "choose another --out")
     if args.device != "cpu":
@@ -229,7 +230,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from minimaskrcnn.config import get_preset
-    from minimaskrcnn.evaluation import format_metrics
+    from minimaskrcnn.evaluation import evaluate_model, format_metrics
     from minimaskrcnn.training.loop import train
 
     _check_model_available()
@@ -240,9 +241,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     preset = args.preset or "nuclei-mini"
     base = None
     if args.resume:  # the run's own settings, then only the options given here
-        from minimaskrcnn.training.loop import stored_config
+        from minimaskrcnn.training.run_folder import RunFolder
 
-        base = stored_config(args.out)
+        base = RunFolder(args.out).stored_config()
         if base is None:
             raise CLIError(f"{args.out}: no checkpoint to resume from (last_checkpoint missing)")
         if args.preset is not None and args.preset != base.name:
@@ -291,9 +292,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if train_ds.num_classes != cfg.model.num_classes:
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, num_classes=train_ds.num_classes))
-    result = train(cfg, train_ds, args.out, val_dataset=val_ds, resume=args.resume,
-                   overwrite=args.overwrite, val_limit=args.val_limit,
-                   progress=not args.no_progress, device=args.device)
+    evaluate = None if val_ds is None else functools.partial(
+        evaluate_model, dataset=val_ds, eval_cfg=cfg.eval, limit=args.val_limit)
+    result = train(cfg, train_ds, args.out, evaluate=evaluate, resume=args.resume,
+                   overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
     print(f"trained {result['iteration']} iterations; checkpoint {result['checkpoint']}")
     if result["val"]:
         print(format_metrics(result["val"][-1]))

@@ -3,6 +3,7 @@
 validation and the loss curve."""
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -14,14 +15,11 @@ import pytest
 from minimaskrcnn.checkpoint import load_checkpoint
 from minimaskrcnn.config import Config, TrainConfig
 from minimaskrcnn.data import shapes
+from minimaskrcnn.evaluation import evaluate_model
 from minimaskrcnn.nn.module import Module, Param
-from minimaskrcnn.training.loop import (
-    LOSS_KEYS,
-    NonFiniteLossError,
-    RunFolderError,
-    find_last_checkpoint,
-    train,
-)
+from minimaskrcnn.training.guard import NonFiniteLossError
+from minimaskrcnn.training.loop import LOSS_KEYS, train
+from minimaskrcnn.training.run_folder import RunFolderError, find_last_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
@@ -87,13 +85,18 @@ def _cfg(**kw):
     return Config(name="fake", train=TrainConfig(**tc))
 
 
+def _validation(dataset, limit):
+    """``train``'s evaluate callable as the command line makes it: the first ``limit`` images."""
+    return functools.partial(evaluate_model, dataset=dataset, eval_cfg=_cfg().eval, limit=limit)
+
+
 def _params(model):
     return {k: v.data.copy() for k, v in model.named_parameters()}
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, data):
     cfg = _cfg()
-    kw = dict(model_factory=FakeModel, progress=False, val_dataset=data, val_limit=2)
+    kw = dict(model_factory=FakeModel, progress=False, evaluate=_validation(data, 2))
     full = train(cfg, data, str(tmp_path / "full"), **kw)
     part_dir = str(tmp_path / "part")
     first = train(cfg, data, part_dir, iterations=5, **kw)  # validates at 4 and at its end, 5
@@ -126,8 +129,8 @@ def test_schedule_logs_and_files(tmp_path, data):
     cfg = _cfg()
     out = str(tmp_path / "run")
     seen = []
-    res = train(cfg, data, out, val_dataset=data, model_factory=FakeModel, progress=False,
-                val_limit=3, on_validation=lambda it, m: seen.append(it))
+    res = train(cfg, data, out, evaluate=_validation(data, 3), model_factory=FakeModel,
+                progress=False, on_validation=lambda it, m: seen.append(it))
     recs = [json.loads(x) for x in open(res["log"])]
     lrs = [r["lr"] for r in recs]
     # warm-up over 3 iterations from 0.001x (linear: factor 0.001 + (1 - 0.001) * t / 3), then
@@ -356,7 +359,7 @@ class InterruptedValidation(FakeModel):
 
 
 def test_a_validation_killed_mid_way_is_rerun_on_resume(tmp_path, data):
-    kw = dict(val_dataset=data, val_limit=2)
+    kw = dict(evaluate=_validation(data, 2))
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, data, cfg=_cfg(checkpoint_every=4), model_factory=InterruptedValidation, **kw)
     out = tmp_path / "run"
