@@ -64,12 +64,19 @@ NUMBA_SIGNATURES: dict[str, tuple[str, ...]] = {
     # ops/nms/numba_cuda.py
     "minimaskrcnn.ops.nms.numba_cuda._nms_mask_kernel": each_float(
         f"{A2}, {A1}, {{T}}, {{T}}, uint64[:, ::1]"),
-    # ops/_roi_common.py helpers, compiled as device functions by the RoI and mask tiers
+    # ops/_roi_common.py helpers, compiled as device functions once, in ops/_cuda_common.py
     "minimaskrcnn.ops._roi_common.sampling_axis": each_float("{T}, {T}, int64, int64, boolean"),
     "minimaskrcnn.ops._roi_common.sample_point": each_float("{T}, {T}, int64, int64, int64"),
     "minimaskrcnn.ops._roi_common.interp_axis": each_float("{T}, int64"),
     "minimaskrcnn.ops._roi_common.quantized_span": each_float("{T}, {T}"),
     "minimaskrcnn.ops._roi_common.pool_bin": each_float("int64, {T}, int64, int64"),
+    # ops/_cuda_common.py: one bilinear sample's gather (RoIAlign forward, mask targets on
+    # float and uint8 masks) and its gradient's atomic scatter (count is a float32 sample count)
+    "minimaskrcnn.ops._cuda_common.bilinear_interpolate": (
+        each_float(f"{A2}, int64, int64, {{T}}, {{T}}, int64, int64, {{T}}, {{T}}")
+        + each_float("uint8[:, ::1], int64, int64, {T}, {T}, int64, int64, {T}, {T}")),
+    "minimaskrcnn.ops._cuda_common.bilinear_accumulate": each_float(
+        f"{A2}, int64, int64, {{T}}, {{T}}, int64, int64, {{T}}, {{T}}, {{T}}, float32"),
     # ops/roi_align/numba_cuda.py (RoIAlign and RoIWarp)
     "minimaskrcnn.ops.roi_align.numba_cuda._geometry": each_float(
         f"{A2}, int64, {{T}}, int64, int64, int64, boolean, boolean"),

@@ -4,89 +4,24 @@ NumPy inputs are copied to the device and results back; CuPy inputs are used in 
 ``__cuda_array_interface__``) and results come back as CuPy arrays. Scalars that must be in the
 boxes' dtype (``zero``, the clip bounds, ``min_size``) are passed as typed arguments so float32
 kernels never promote to float64. Runs on the Numba simulator with ``NUMBA_ENABLE_CUDASIM=1``.
-
-:func:`device_in`, :func:`device_out`, :func:`finish`, :func:`launch_stream`, :func:`launch_1d`
-and :func:`launch_2d` are shared with the NMS and mask tiers.
+The host glue (``device_in``, ``device_out``, ``finish``, ``launch_*``) is
+:mod:`minimaskrcnn.ops._cuda_common`'s, shared by every Numba CUDA tier.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import cuda
 
 from minimaskrcnn import backend
-
-
-def device_in(x):
-    """A device view of ``x``: zero-copy for CuPy arrays, a copy for NumPy arrays.
-
-    CuPy arrays are taken without synchronising their stream (``sync=False``): the kernels are
-    launched on CuPy's current stream (:func:`launch_stream`), so they are ordered after the
-    CuPy work that produced ``x`` without the host waiting for it.
-    """
-    if backend.is_cupy_array(x):
-        return cuda.as_cuda_array(backend.get_array_module(x).ascontiguousarray(x), sync=False)
-    return cuda.to_device(np.ascontiguousarray(x))
-
-
-def host_out(dev, like):
-    """``dev`` returned in the array type of ``like`` (CuPy view, or NumPy copy).
-
-    Prefer :func:`device_out` / :func:`finish` for outputs: a CuPy view of a Numba array goes
-    through the CUDA array interface, which makes CuPy synchronise the array's stream.
-    """
-    if backend.is_cupy_array(like):
-        return backend.get_array_module(like).asarray(dev)
-    return dev.copy_to_host()
-
-
-def device_out(shape, dtype, like, *, zero: bool = False):
-    """``(view, result)``: an output for a kernel. For a CuPy ``like``, a CuPy array from CuPy's
-    memory pool (``result``, returned as it is by :func:`finish`: no copy, no synchronisation)
-    and its Numba view; else a Numba device array (``result`` is ``None``: :func:`finish`
-    copies it to the host). ``zero`` fills it with zeros."""
-    if backend.is_cupy_array(like):
-        xp = backend.get_array_module(like)
-        arr = xp.zeros(shape, dtype=dtype) if zero else xp.empty(shape, dtype=dtype)
-        return cuda.as_cuda_array(arr, sync=False), arr
-    if zero:
-        return cuda.to_device(np.zeros(shape, dtype=dtype)), None
-    return cuda.device_array(shape, dtype=dtype), None
-
-
-def finish(view, result):
-    """The output of :func:`device_out`: the CuPy array, or the Numba array copied to the host."""
-    return result if result is not None else view.copy_to_host()
-
-
-def launch_stream(like):
-    """The stream a kernel working on ``like`` is launched on: CuPy's current stream for CuPy
-    arrays (Numba wraps it, ``cuda.external_stream``; the legacy default stream when CuPy is
-    on it), else Numba's default stream (``0``)."""
-    if backend.is_cupy_array(like):
-        import cupy  # noqa: PLC0415
-
-        ptr = cupy.cuda.get_current_stream().ptr
-        return cuda.external_stream(ptr) if ptr else cuda.default_stream()
-    return 0
-
-
-def launch_1d(n: int) -> tuple[int, int]:
-    """``(blocks, threads)`` for ``n`` elements; tiny under the simulator (the loops stride)."""
-    if backend.cuda_simulator_enabled():
-        return 2, 32
-    threads = 256
-    return max(1, min(math.ceil(n / threads), 65535)), threads
-
-
-def launch_2d(n: int, m: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``(blocks, threads)`` of a 2-D launch over ``(n, m)``, x along ``m``."""
-    if backend.cuda_simulator_enabled():
-        return (2, 2), (8, 4)
-    tx, ty = 32, 8
-    return (max(1, min(math.ceil(m / tx), 65535)), max(1, min(math.ceil(n / ty), 65535))), (tx, ty)
+from minimaskrcnn.ops._cuda_common import (
+    device_in,
+    device_out,
+    finish,
+    launch_1d,
+    launch_2d,
+    launch_stream,
+)
 
 
 @cuda.jit

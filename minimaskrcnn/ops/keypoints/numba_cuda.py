@@ -10,7 +10,7 @@
 
 :func:`.reference.cubic_source` is compiled as a device function (the same source as the other
 tiers). NumPy inputs are copied to the device and results back; CuPy inputs stay on the device
-(the helpers of :mod:`minimaskrcnn.ops.boxes.numba_cuda`). Constants come from input elements
+(the helpers of :mod:`minimaskrcnn.ops._cuda_common`). Constants come from input elements
 (``x * np.float32(0)``), so float32 kernels stay float32. On the simulator the results are
 bitwise the reference's; on a GPU the compiler may fuse multiply-adds in the bicubic taps, so
 decoded keypoints can differ from the CPU tiers' where two resized cells are within an ulp.
@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from minimaskrcnn.ops.boxes.numba_cuda import (
+from minimaskrcnn.ops._cuda_common import (
     device_in,
     device_out,
     finish,

@@ -6,11 +6,12 @@
   atomics);
 - paste: one thread per image pixel ``(d, y, x)`` (zero outside the box).
 
-The RoIAlign sampling helpers of :mod:`minimaskrcnn.ops._roi_common` and
-:func:`.reference.linear_source` are compiled as device functions (the same source as the other
-tiers). NumPy inputs are copied to the device and results back; CuPy inputs stay on the device
-(shared helpers of :mod:`minimaskrcnn.ops.boxes.numba_cuda`). No early returns, no warp
-intrinsics; runs on the Numba simulator with ``NUMBA_ENABLE_CUDASIM=1``.
+The RoIAlign sampling helpers of :mod:`minimaskrcnn.ops._roi_common` (compiled as device
+functions in :mod:`minimaskrcnn.ops._cuda_common`, which also holds ``bilinear_interpolate``)
+and :func:`.reference.linear_source` are the same source as the other tiers'. NumPy inputs are
+copied to the device and results back; CuPy inputs stay on the device (the host helpers of
+:mod:`minimaskrcnn.ops._cuda_common`). No early returns, no warp intrinsics; runs on the Numba
+simulator with ``NUMBA_ENABLE_CUDASIM=1``.
 """
 
 from __future__ import annotations
@@ -20,20 +21,19 @@ import math
 import numpy as np
 from numba import cuda
 
-from minimaskrcnn.ops._roi_common import jit_helpers
-from minimaskrcnn.ops.boxes.numba_cuda import (
+from minimaskrcnn.ops._cuda_common import (
+    bilinear_interpolate,
     device_in,
     device_out,
     finish,
+    interp_axis,
     launch_1d,
     launch_stream,
+    sample_point,
+    sampling_axis,
 )
 from minimaskrcnn.ops.mask_ops.reference import linear_source as _linear_source_py
 
-_h = jit_helpers(cuda.jit(device=True))
-sampling_axis = _h["sampling_axis"]
-sample_point = _h["sample_point"]
-interp_axis = _h["interp_axis"]
 linear_source = cuda.jit(device=True)(_linear_source_py)
 
 
@@ -52,7 +52,7 @@ def _project_kernel(gt_masks, boxes, matched_idxs, M, out):
         r = idx // (M * M)
         ph = (idx // M) % M
         pw = idx % M
-        g = matched_idxs[r]
+        mask = gt_masks[matched_idxs[r]]
         start_h, bin_h, grid_h = sampling_axis(boxes[r, 1], boxes[r, 3], M, 0, False)
         start_w, bin_w, grid_w = sampling_axis(boxes[r, 0], boxes[r, 2], M, 0, False)
         acc = zero
@@ -63,10 +63,7 @@ def _project_kernel(gt_masks, boxes, matched_idxs, M, out):
                 x = sample_point(start_w, bin_w, pw, ix, grid_w)
                 vx, x_lo, x_hi, hx, lx = interp_axis(x, W)
                 if vy and vx:
-                    acc += (hy * hx * gt_masks[g, y_lo, x_lo]
-                            + hy * lx * gt_masks[g, y_lo, x_hi]
-                            + ly * hx * gt_masks[g, y_hi, x_lo]
-                            + ly * lx * gt_masks[g, y_hi, x_hi])
+                    acc += bilinear_interpolate(mask, y_lo, y_hi, hy, ly, x_lo, x_hi, hx, lx)
         out[r, ph, pw] = acc / (zero + np.float32(max(grid_h * grid_w, 1)))
 
 

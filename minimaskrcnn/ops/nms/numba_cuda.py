@@ -35,7 +35,7 @@ import numpy as np
 from numba import cuda
 
 from minimaskrcnn import backend
-from minimaskrcnn.ops.boxes.numba_cuda import (
+from minimaskrcnn.ops._cuda_common import (
     device_in,
     device_out,
     finish,

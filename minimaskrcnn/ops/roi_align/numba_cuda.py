@@ -2,14 +2,16 @@
 
 Forward: one thread per output element ``(r, c, ph, pw)``; the thread recomputes its RoI's
 geometry with the shared helpers of :mod:`minimaskrcnn.ops._roi_common` (compiled as device
-functions) and averages (or maxes) its bin's bilinear samples.
+functions in :mod:`minimaskrcnn.ops._cuda_common`) and averages (or maxes) its bin's bilinear
+samples (``bilinear_interpolate``).
 
 Backward, two variants:
 
 * ``deterministic=False`` (default, torchvision's CUDA backward): one thread per
   ``grad_output`` element scatters ``grad * w / count`` into ``grad_input`` with
-  ``cuda.atomic.add``. Many threads add into the same cell (neighbouring samples, overlapping
-  RoIs), and the hardware serialises those atomics in whatever order the threads arrive.
+  ``cuda.atomic.add`` (``bilinear_accumulate``). Many threads add into the same cell
+  (neighbouring samples, overlapping RoIs), and the hardware serialises those atomics in
+  whatever order the threads arrive.
   Floating-point addition is not associative, so the last bits of the result depend on that
   order, which changes from run to run: the result is correct but not bitwise reproducible.
 * ``deterministic=True``: a gather. One thread per ``grad_input`` cell ``(n, c, h, w)`` scans
@@ -26,28 +28,25 @@ device) or CuPy/device arrays (used in place; the result is then a CuPy array).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import cuda
 
 from minimaskrcnn import backend
-from minimaskrcnn.ops._roi_common import jit_helpers, rois_by_image
-from minimaskrcnn.ops.boxes.numba_cuda import device_out, finish, launch_stream
-
-_d = jit_helpers(cuda.jit(device=True))
-sampling_axis = _d["sampling_axis"]
-sample_point = _d["sample_point"]
-interp_axis = _d["interp_axis"]
-quantized_span = _d["quantized_span"]
-
-
-def launch_config(total: int):
-    """``(blocks, threads)`` for a grid-stride loop over ``total`` items (tiny on the simulator)."""
-    if backend.cuda_simulator_enabled():
-        return 2, 32
-    threads = 256
-    return max(1, min(math.ceil(total / threads), 4096)), threads
+from minimaskrcnn.ops._cuda_common import (
+    ROI_MAX_BLOCKS,
+    bilinear_accumulate,
+    bilinear_interpolate,
+    device_in,
+    device_out,
+    finish,
+    interp_axis,
+    launch_1d,
+    launch_stream,
+    quantized_span,
+    sample_point,
+    sampling_axis,
+)
+from minimaskrcnn.ops._roi_common import rois_by_image
 
 
 @cuda.jit(device=True)
@@ -97,6 +96,7 @@ def _forward_kernel(inp, rois, scale, pooled_h, pooled_w, sampling_ratio, aligne
         r = idx // (pooled_w * pooled_h * C)
         n, start_h, bin_h, grid_h, start_w, bin_w, grid_w = _geometry(
             rois, r, scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize)
+        plane = inp[n, c]
         acc = zero
         best = zero
         best_k = -1
@@ -108,8 +108,7 @@ def _forward_kernel(inp, rois, scale, pooled_h, pooled_w, sampling_ratio, aligne
                 vx, x_lo, x_hi, hx, lx = interp_axis(x, W)
                 val = zero
                 if vy and vx:
-                    val = ((hy * hx) * inp[n, c, y_lo, x_lo] + (hy * lx) * inp[n, c, y_lo, x_hi]
-                           + (ly * hx) * inp[n, c, y_hi, x_lo] + (ly * lx) * inp[n, c, y_hi, x_hi])
+                    val = bilinear_interpolate(plane, y_lo, y_hi, hy, ly, x_lo, x_hi, hx, lx)
                 k = iy * grid_w + ix
                 if use_max:
                     if k == 0 or val > best:
@@ -138,6 +137,7 @@ def _backward_atomic_kernel(gout, rois, argmax, scale, pooled_h, pooled_w, sampl
         r = idx // (pooled_w * pooled_h * C)
         n, start_h, bin_h, grid_h, start_w, bin_w, grid_w = _geometry(
             rois, r, scale, pooled_h, pooled_w, sampling_ratio, aligned, quantize)
+        plane = gin[n, c]
         g = gout[r, c, ph, pw]
         count = np.float32(max(grid_h * grid_w, 1))
         k_only = -1
@@ -155,10 +155,7 @@ def _backward_atomic_kernel(gout, rois, argmax, scale, pooled_h, pooled_w, sampl
                 x = sample_point(start_w, bin_w, pw, ix, grid_w)
                 vx, x_lo, x_hi, hx, lx = interp_axis(x, W)
                 if vy and vx:
-                    cuda.atomic.add(gin, (n, c, y_lo, x_lo), g * (hy * hx) / count)
-                    cuda.atomic.add(gin, (n, c, y_lo, x_hi), g * (hy * lx) / count)
-                    cuda.atomic.add(gin, (n, c, y_hi, x_lo), g * (ly * hx) / count)
-                    cuda.atomic.add(gin, (n, c, y_hi, x_hi), g * (ly * lx) / count)
+                    bilinear_accumulate(plane, y_lo, y_hi, hy, ly, x_lo, x_hi, hx, lx, g, count)
 
 
 @cuda.jit
@@ -220,18 +217,6 @@ def _backward_gather_kernel(gout, rois, argmax, order, starts, scale, pooled_h, 
 # --------------------------------------------------------------------------------------------
 
 
-def _device(x):
-    """A device view of ``x``: CuPy arrays zero-copy, without synchronising their stream (the
-    kernels run on CuPy's current stream, ``launch_stream``); NumPy arrays copied."""
-    return cuda.as_cuda_array(x, sync=False) if backend.is_cupy_array(x) else cuda.to_device(x)
-
-
-def _result(out):
-    """The ``(view, result)`` pair of ``device_out`` as the caller's array: the CuPy array
-    itself, or the Numba array copied to the host."""
-    return finish(*out)
-
-
 def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, *,
                    aligned, quantize, use_max):
     """Same contract as ``reference.sample_forward``: ``(out, argmax or None)``."""
@@ -239,11 +224,11 @@ def sample_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_rati
     R = rois.shape[0]
     out = device_out((R, C, pooled_h, pooled_w), input.dtype, input)
     argmax = device_out((R, C, pooled_h, pooled_w) if use_max else (1, 1, 1, 1), np.int64, input)
-    blocks, threads = launch_config(R * C * pooled_h * pooled_w)
+    blocks, threads = launch_1d(R * C * pooled_h * pooled_w, ROI_MAX_BLOCKS)
     _forward_kernel[blocks, threads, launch_stream(input)](
-        _device(input), _device(rois), input.dtype.type(spatial_scale), pooled_h, pooled_w,
+        device_in(input), device_in(rois), input.dtype.type(spatial_scale), pooled_h, pooled_w,
         sampling_ratio, aligned, quantize, use_max, out[0], argmax[0])
-    return _result(out), (_result(argmax) if use_max else None)
+    return finish(*out), (finish(*argmax) if use_max else None)
 
 
 def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_scale,
@@ -253,23 +238,22 @@ def sample_backward(grad_output, rois, input_shape, pooled_h, pooled_w, spatial_
     N, C, H, W = input_shape
     R = rois.shape[0]
     dt = grad_output.dtype.type
-    gout = _device(np.ascontiguousarray(grad_output) if isinstance(grad_output, np.ndarray)
-                   else grad_output)
-    d_rois = _device(rois)
-    am = _device(argmax) if use_max else device_out((1, 1, 1, 1), np.int64, grad_output,
-                                                    zero=True)[0]
+    gout = device_in(grad_output)
+    d_rois = device_in(rois)
+    am = device_in(argmax) if use_max else device_out((1, 1, 1, 1), np.int64, grad_output,
+                                                      zero=True)[0]
     stream = launch_stream(grad_output)
     if deterministic:
         order, starts = rois_by_image(backend.to_numpy(rois)[:, 0], N)
         gin = device_out((N, C, H, W), grad_output.dtype, grad_output)
-        blocks, threads = launch_config(N * C * H * W)
+        blocks, threads = launch_1d(N * C * H * W, ROI_MAX_BLOCKS)
         _backward_gather_kernel[blocks, threads, stream](
             gout, d_rois, am, cuda.to_device(order), cuda.to_device(starts), dt(spatial_scale),
             pooled_h, pooled_w, sampling_ratio, aligned, quantize, use_max, gin[0])
     else:
         gin = device_out((N, C, H, W), grad_output.dtype, grad_output, zero=True)
-        blocks, threads = launch_config(R * C * pooled_h * pooled_w)
+        blocks, threads = launch_1d(R * C * pooled_h * pooled_w, ROI_MAX_BLOCKS)
         _backward_atomic_kernel[blocks, threads, stream](
             gout, d_rois, am, dt(spatial_scale), pooled_h, pooled_w, sampling_ratio, aligned,
             quantize, use_max, gin[0])
-    return _result(gin)
+    return finish(*gin)

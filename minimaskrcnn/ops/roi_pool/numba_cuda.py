@@ -16,13 +16,17 @@ import numpy as np
 from numba import cuda
 
 from minimaskrcnn import backend
-from minimaskrcnn.ops._roi_common import jit_helpers, rois_by_image
-from minimaskrcnn.ops.boxes.numba_cuda import device_out, launch_stream
-from minimaskrcnn.ops.roi_align.numba_cuda import _device, _result, launch_config
-
-_d = jit_helpers(cuda.jit(device=True))
-quantized_span = _d["quantized_span"]
-pool_bin = _d["pool_bin"]
+from minimaskrcnn.ops._cuda_common import (
+    ROI_MAX_BLOCKS,
+    device_in,
+    device_out,
+    finish,
+    launch_1d,
+    launch_stream,
+    pool_bin,
+    quantized_span,
+)
+from minimaskrcnn.ops._roi_common import rois_by_image
 
 LOWEST = np.float32(-np.finfo(np.float32).max)
 
@@ -113,28 +117,28 @@ def roi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
     R = rois.shape[0]
     out = device_out((R, C, pooled_h, pooled_w), input.dtype, input)
     argmax = device_out((R, C, pooled_h, pooled_w), np.int64, input)
-    blocks, threads = launch_config(R * C * pooled_h * pooled_w)
+    blocks, threads = launch_1d(R * C * pooled_h * pooled_w, ROI_MAX_BLOCKS)
     _forward_kernel[blocks, threads, launch_stream(input)](
-        _device(input), _device(rois), input.dtype.type(spatial_scale), pooled_h, pooled_w,
+        device_in(input), device_in(rois), input.dtype.type(spatial_scale), pooled_h, pooled_w,
         out[0], argmax[0])
-    return _result(out), _result(argmax)
+    return finish(*out), finish(*argmax)
 
 
 def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=False):
     N, C, H, W = input_shape
     R = rois.shape[0]
-    gout = _device(np.ascontiguousarray(grad_output) if isinstance(grad_output, np.ndarray)
-                   else grad_output)
+    gout = device_in(grad_output)
     if deterministic:
         order, starts = rois_by_image(backend.to_numpy(rois)[:, 0], N)
         gin = device_out((N, C, H, W), grad_output.dtype, grad_output)
-        blocks, threads = launch_config(N * C * H * W)
+        blocks, threads = launch_1d(N * C * H * W, ROI_MAX_BLOCKS)
         _backward_gather_kernel[blocks, threads, launch_stream(grad_output)](
-            gout, _device(rois), _device(argmax), cuda.to_device(order), cuda.to_device(starts),
-            grad_output.dtype.type(0.0), gin[0])
+            gout, device_in(rois), device_in(argmax), cuda.to_device(order),
+            cuda.to_device(starts), grad_output.dtype.type(0.0), gin[0])
     else:
         gin = device_out((N, C, H, W), grad_output.dtype, grad_output, zero=True)
-        blocks, threads = launch_config(R * C * grad_output.shape[2] * grad_output.shape[3])
+        blocks, threads = launch_1d(R * C * grad_output.shape[2] * grad_output.shape[3],
+                                    ROI_MAX_BLOCKS)
         _backward_atomic_kernel[blocks, threads, launch_stream(grad_output)](
-            gout, _device(rois), _device(argmax), gin[0])
-    return _result(gin)
+            gout, device_in(rois), device_in(argmax), gin[0])
+    return finish(*gin)
