@@ -3,9 +3,11 @@
 Same structure: forward with one thread per output element; backward with ``atomicAdd``
 (order-dependent float sums, see ``numba_cuda.py``) or, with ``deterministic=True``, a gather
 with one thread per input cell scanning the RoIs of its image in a fixed order. The device
-helpers in :data:`ROI_HELPERS_SOURCE` transcribe :mod:`minimaskrcnn.ops._roi_common` line by
-line, templated on ``T`` (float or double). Compiled with ``--fmad=false`` so that, like the
-CPU tiers, products and sums are rounded separately (no fused multiply-add).
+helpers in :data:`ROI_HELPERS_SOURCE` (shared with ``roi_pool/cupy.py``) transcribe
+:mod:`minimaskrcnn.ops._roi_common` and the bilinear gather / scatter of
+:mod:`minimaskrcnn.ops._cuda_common` line by line, templated on ``T`` (float or double).
+Compiled with ``--fmad=false`` so that, like the CPU tiers, products and sums are rounded
+separately (no fused multiply-add).
 
 Arrays may be CuPy or NumPy (copied to the device; results then come back as NumPy).
 """
@@ -67,6 +69,26 @@ __device__ void pool_bin(int p, T bin, int start, int size, int* lo, int* hi) {
     *lo = min(max((int)floor((T)p * bin) + start, 0), size);
     *hi = min(max((int)ceil((T)(p + 1) * bin) + start, 0), size);
 }
+
+// One bilinear sample of a row-major plane of width W, four corners weighted in this order
+// (_cuda_common.bilinear_interpolate; torchvision's bilinear_interpolate).
+template <typename T>
+__device__ T bilinear_interpolate(const T* plane, int W, int y_lo, int y_hi, T hy, T ly,
+                                  int x_lo, int x_hi, T hx, T lx) {
+    return (hy * hx) * plane[y_lo * W + x_lo] + (hy * lx) * plane[y_lo * W + x_hi]
+         + (ly * hx) * plane[y_hi * W + x_lo] + (ly * lx) * plane[y_hi * W + x_hi];
+}
+
+// Atomic scatter of a bilinear sample's gradient g / count to its four corners
+// (_cuda_common.bilinear_accumulate; order-dependent float sums).
+template <typename T>
+__device__ void bilinear_accumulate(T* plane, int W, int y_lo, int y_hi, T hy, T ly, int x_lo,
+                                    int x_hi, T hx, T lx, T g, T count) {
+    atomicAdd(plane + y_lo * W + x_lo, g * (hy * hx) / count);
+    atomicAdd(plane + y_lo * W + x_hi, g * (hy * lx) / count);
+    atomicAdd(plane + y_hi * W + x_lo, g * (ly * hx) / count);
+    atomicAdd(plane + y_hi * W + x_hi, g * (ly * lx) / count);
+}
 """
 
 ROI_SAMPLING_SOURCE = ROI_HELPERS_SOURCE + r"""
@@ -127,10 +149,8 @@ __global__ void roi_sample_forward(const T* input, const T* rois, long long R, i
                 bool vx = interp_axis(sample_point(start_w, bin_w, pw, ix, grid_w), W,
                                       &x_lo, &x_hi, &hx, &lx);
                 T val = 0;
-                if (vy && vx) {
-                    val = (hy * hx) * plane[y_lo * W + x_lo] + (hy * lx) * plane[y_lo * W + x_hi]
-                        + (ly * hx) * plane[y_hi * W + x_lo] + (ly * lx) * plane[y_hi * W + x_hi];
-                }
+                if (vy && vx)
+                    val = bilinear_interpolate(plane, W, y_lo, y_hi, hy, ly, x_lo, x_hi, hx, lx);
                 const int k = iy * grid_w + ix;
                 if (use_max) {
                     if (k == 0 || val > best) { best = val; best_k = k; }
@@ -180,12 +200,9 @@ __global__ void roi_sample_backward_atomic(const T* gout, const T* rois, const l
                 int x_lo, x_hi; T hx, lx;
                 bool vx = interp_axis(sample_point(start_w, bin_w, pw, ix, grid_w), W,
                                       &x_lo, &x_hi, &hx, &lx);
-                if (vy && vx) {
-                    atomicAdd(plane + y_lo * W + x_lo, g * (hy * hx) / count);
-                    atomicAdd(plane + y_lo * W + x_hi, g * (hy * lx) / count);
-                    atomicAdd(plane + y_hi * W + x_lo, g * (ly * hx) / count);
-                    atomicAdd(plane + y_hi * W + x_hi, g * (ly * lx) / count);
-                }
+                if (vy && vx)
+                    bilinear_accumulate(plane, W, y_lo, y_hi, hy, ly, x_lo, x_hi, hx, lx, g,
+                                        count);
             }
         }
     }
