@@ -4,8 +4,9 @@ under ``mpiexec`` (Detectron2's ``engine/launch.py``, for MPI instead of ``torch
 ``minimaskrcnn demo`` uses these to run on every core of the machine without the user typing
 ``mpiexec``: it picks :func:`choose_workers` processes for :func:`usable_cores`, and when
 :func:`find_mpiexec` finds one, :func:`relaunch_under_mpi` runs the same command line under
-``mpiexec -n W`` (each rank then finds itself started by MPI, :func:`~minimaskrcnn.distributed.
-launched_by_mpi`, and does not start again). Nothing here imports mpi4py.
+``mpiexec -n W`` (each rank then finds itself started by MPI,
+:func:`~minimaskrcnn.distributed.comm.launched_by_mpi`, and does not start again). Nothing here
+imports mpi4py.
 """
 
 from __future__ import annotations
