@@ -1,4 +1,4 @@
-"""The ``minimaskrcnn`` command.
+"""The ``minimaskrcnn`` command: argument parsing, and one call into the library per command.
 
 Subcommands:
     tiers       which kernel tiers can run on this machine, and why not for the others
@@ -16,11 +16,15 @@ Data parallelism: ``mpiexec -n W minimaskrcnn train|evaluate|predict ...`` runs 
 one machine or several) that share the work (:mod:`minimaskrcnn.distributed`); rank 0
 alone prints and writes files, and an error on any rank stops all of them with its line on
 stderr (prefixed ``[rank r]``). ``minimaskrcnn demo`` starts itself under ``mpiexec`` with one
-process per core (``--workers``).
+process per core (``--workers``; :func:`minimaskrcnn.distributed.relaunch_under_mpi`).
 
 The demo schedule (``nuclei-mini-demo``) is ``nuclei-mini`` with the same model, data
 transforms, optimiser and evaluation, and a schedule cut to fit a 2-core CPU: see
 :func:`demo_config`.
+
+Imports: the library (NumPy, Numba, the network: about 0.3 s) is imported inside the command
+that runs, each such line says so, and this module imports only the standard library, so that
+``minimaskrcnn --help`` and an argument error answer at once (0.07 s instead of 0.37 s).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -44,6 +49,11 @@ time, before the per-image streams)."""
 DEMO_QUICK_ITERATIONS = 6
 """Iterations of ``minimaskrcnn demo --quick`` (with 2 val images: about a minute)."""
 
+TRAIN_OPTIONS = {"iters": "iterations", "batch_size": "batch_size", "crop_size": "crop_size",
+                 "lr": "base_lr", "checkpoint_every": "checkpoint_every",
+                 "val_every": "val_every", "seed": "seed"}
+"""``minimaskrcnn train`` options -> the ``TrainConfig`` fields they set."""
+
 
 class CLIError(Exception):
     """An error the command reports as one line (bad path, bad argument, ...)."""
@@ -51,7 +61,8 @@ class CLIError(Exception):
 
 def demo_config(iterations: int = DEMO_ITERATIONS, *, batch_size: int = 2, crop_size: int = 256,
                 preset: str = "nuclei-mini"):
-    """``nuclei-mini-demo``: ``nuclei-mini`` with a schedule cut to ``iterations``.
+    """``nuclei-mini-demo``: ``nuclei-mini`` with a schedule cut to ``iterations``
+    (:func:`minimaskrcnn.config.shorten_schedule`).
 
     Same model, transforms, optimiser (SGD momentum 0.9, weight decay 1e-4, base lr 0.01) and
     evaluation; batch ``batch_size`` crops; the linear warm-up lasts ``iterations // 10``
@@ -60,9 +71,9 @@ def demo_config(iterations: int = DEMO_ITERATIONS, *, batch_size: int = 2, crop_
     ``preset`` (``shapes-mini``: a smaller network, for a smoke test) is cut the same way, with
     one class.
     """
-    from minimaskrcnn.config import apply_overrides, get_preset, shorten_schedule
+    from minimaskrcnn import config  # the library: not loaded by --help (module docstring)
 
-    cfg = apply_overrides(shorten_schedule(get_preset(preset), iterations), {
+    cfg = config.apply_overrides(config.shorten_schedule(config.get_preset(preset), iterations), {
         "model.num_classes": 1,  # the nuclei sample has one class
         "train.batch_size": batch_size, "train.crop_size": crop_size,
         "train.checkpoint_every": iterations, "train.log_every": max(1, iterations // 15)})
@@ -75,7 +86,8 @@ def demo_config(iterations: int = DEMO_ITERATIONS, *, batch_size: int = 2, crop_
 
 
 def _dataset(json_path: str, images: str):
-    from minimaskrcnn.data import CocoDataset
+    """A ``CocoDataset``, or a one-line error naming the missing file or folder."""
+    from minimaskrcnn.data import CocoDataset  # the library: not loaded by --help
 
     if not os.path.isfile(json_path):
         raise CLIError(f"{json_path}: annotation file not found")
@@ -92,56 +104,14 @@ def _check_args(args, **lowest) -> None:
             raise CLIError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
-def _with_overrides(cfg, args):
-    import math
-
-    changes = {}
-    for name in ("batch_size", "crop_size", "checkpoint_every", "val_every", "seed"):
-        value = getattr(args, name, None)
-        if value is not None:
-            changes[name] = value
-    if getattr(args, "iters", None) is not None:
-        changes["iterations"] = args.iters
+def _train_overrides(args) -> dict:
+    """``{"train.<field>": value}`` of the :data:`TRAIN_OPTIONS` given on the command line
+    (for :func:`minimaskrcnn.config.apply_overrides`)."""
     lr = getattr(args, "lr", None)
-    if lr is not None:
-        if not (math.isfinite(lr) and lr > 0):
-            raise CLIError(f"--lr must be a finite number > 0, got {lr}")
-        changes["base_lr"] = lr
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
-
-
-def _holds_demo_run(out: str) -> bool:
-    """True if ``out`` holds a run of ``minimaskrcnn demo`` (its config name ends in -demo)."""
-    try:
-        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
-            return str(json.load(f).get("name", "")).endswith("-demo")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _figure(model, dataset, path: str, n: int, results=None) -> None:
-    """Predictions next to ground truth for the first ``n`` images of ``dataset``."""
-    from minimaskrcnn.data import standardize
-    from minimaskrcnn.viz import plot_predictions_vs_gt
-
-    images, targets, preds, titles = [], [], [], []
-    for i in range(min(n, len(dataset))):
-        image, target = dataset[i]
-        image_id = int(dataset.image_ids[i])
-        pred = results[image_id] if results and image_id in results else model.predict(
-            [standardize(image)])[0]
-        images.append(image)
-        targets.append(target)
-        preds.append(pred)
-        titles.append(dataset.image_info(i)["file_name"][:16])
-    plot_predictions_vs_gt(images, targets, preds, path, titles=titles)
-
-
-def _check_model_available() -> None:
-    try:
-        from minimaskrcnn import build_model  # noqa: F401
-    except ImportError as e:  # pragma: no cover - only while the model is missing
-        raise CLIError(f"the model is not available: {e}") from None
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise CLIError(f"--lr must be a finite number > 0, got {lr}")
+    return {f"train.{field}": getattr(args, option) for option, field in TRAIN_OPTIONS.items()
+            if getattr(args, option, None) is not None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +120,7 @@ def _check_model_available() -> None:
 
 
 def _cmd_tiers(args: argparse.Namespace) -> int:
-    from minimaskrcnn import backend
+    from minimaskrcnn import backend  # the library: not loaded by --help
 
     for tier in backend.TIERS:
         reason = backend.tier_unavailable_reason(tier)
@@ -160,101 +130,71 @@ def _cmd_tiers(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from minimaskrcnn.data import load_sample
-    from minimaskrcnn.distributed import (
-        choose_workers,
-        find_mpiexec,
-        get_comm,
-        launched_by_mpi,
-        relaunch_under_mpi,
-        usable_cores,
-    )
-    from minimaskrcnn.evaluation import evaluate_model, format_metrics
-    from minimaskrcnn.training.loop import train
+    from minimaskrcnn import backend, data, distributed, evaluation, viz  # lazy: not for --help
+    from minimaskrcnn.training import loop, run_folder  # the library: not loaded by --help
 
-    _check_model_available()
     _check_args(args, iters=1, crop_size=1, val_images=1)
     iterations = args.iters if args.iters is not None else (
         DEMO_QUICK_ITERATIONS if args.quick else DEMO_ITERATIONS)
     cfg = demo_config(iterations, crop_size=args.crop_size or 256, preset=args.preset)
-    cores = usable_cores()
+    cores = distributed.usable_cores()
     out = args.out
+    folder = run_folder.RunFolder(out)
     # a previous demo's folder is the demo's to replace; any other run needs --overwrite
-    overwrite = args.overwrite or _holds_demo_run(out)
-    from minimaskrcnn.training.run_folder import RunFolder, RunFolderError
-
-    if not overwrite and RunFolder(out).run_files():  # before starting any rank
-        raise RunFolderError(f"{out} already holds a run; replace it with --overwrite, or "
-                             "choose another --out")
+    overwrite = args.overwrite or (folder.config_name() or "").endswith("-demo")
+    if not overwrite and folder.run_files():  # before starting any rank
+        raise run_folder.RunFolderError(f"{out} already holds a run; replace it with "
+                                        "--overwrite, or choose another --out")
     if args.device != "cpu":
-        from minimaskrcnn.backend import device_module
-
-        device_module(args.device)  # one line without a GPU, before anything starts
-    if not launched_by_mpi():
-        workers = choose_workers(args.workers if args.device == "cpu" else (args.workers or 1),
-                                 cfg.train.batch_size, cores)
-        if workers > 1 and find_mpiexec() is not None:  # run this very command on every rank
+        backend.device_module(args.device)  # one line without a GPU, before anything starts
+    if not distributed.launched_by_mpi():
+        workers = distributed.choose_workers(
+            args.workers if args.device == "cpu" else (args.workers or 1),
+            cfg.train.batch_size, cores)
+        if workers > 1 and distributed.find_mpiexec() is not None:  # this command on each rank
             print(f"minimaskrcnn demo: {workers} processes on {cores} cores (mpiexec -n "
                   f"{workers}: data-parallel, {max(1, cores // workers)} Numba thread(s) each)",
                   flush=True)
-            return relaunch_under_mpi(args.argv, workers, cores)
+            return distributed.relaunch_under_mpi(args.argv, workers, cores)
         if workers > 1:
             print("minimaskrcnn demo: 1 process (no mpiexec: pip install mpi4py mpich to use "
                   f"all {cores} cores)")
-    comm = get_comm()
+    comm = distributed.get_comm()
     if comm.size == 1:
         print(f"minimaskrcnn demo: 1 process on {cores} core(s)")
-    train_ds, val_ds = load_sample("train"), load_sample("val")
+    train_ds, val_ds = data.load_sample("train"), data.load_sample("val")
     val_limit = args.val_images if args.val_images is not None else (2 if args.quick else None)
     print(f"minimaskrcnn demo: {cfg.name}, {iterations} iterations of {cfg.train.batch_size} "
           f"crops {cfg.train.crop_size}x{cfg.train.crop_size} on the embedded DSB2018 sample "
           f"({len(train_ds)} train images), then evaluation on "
           f"{val_limit or len(val_ds)} val images; run folder {out}")
     t0 = time.perf_counter()
-    result = train(cfg, train_ds, out, progress=not args.no_progress, overwrite=overwrite,
-                   device=args.device)
+    result = loop.train(cfg, train_ds, out, progress=not args.no_progress, overwrite=overwrite,
+                        device=args.device)
     t_train = time.perf_counter() - t0
-    metrics = evaluate_model(result["model"], val_ds, cfg.eval, out_dir=out, limit=val_limit,
-                             progress=not args.no_progress, comm=comm)
+    metrics = evaluation.evaluate_model(result["model"], val_ds, cfg.eval, out_dir=out,
+                                        limit=val_limit, progress=not args.no_progress, comm=comm)
     if not comm.is_main:
         return 0
     figure = os.path.join(out, "predictions.png")
-    _figure(result["model"], val_ds, figure, min(3, val_limit or 3), metrics["_results"])
-    print(format_metrics(metrics))
+    viz.plot_dataset_predictions(result["model"], val_ds, figure, min(3, val_limit or 3),
+                                 metrics["_results"])
+    print(evaluation.format_metrics(metrics))
     print(f"training: {t_train:.0f} s ({result['seconds_per_iteration']:.2f} s per iteration, "
           f"median, {comm.size} process(es)); total {time.perf_counter() - t0:.0f} s")
     print(f"wrote {os.path.join(out, 'metrics.json')}, {figure}, "
-          f"{os.path.join(out, 'loss_curve.png')}, checkpoint {result['checkpoint']}")
+          f"{folder.curve_path}, checkpoint {result['checkpoint']}")
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from minimaskrcnn.config import get_preset
-    from minimaskrcnn.evaluation import evaluate_model, format_metrics
-    from minimaskrcnn.training.loop import train
+def _train_data(args, cfg, preset: str) -> tuple:
+    """``(train set, val set or None, overrides)``: the files given, or generated shapes for
+    shapes-mini / keypoints-mini; ``overrides`` fit ``cfg`` to the data's classes and
+    keypoints (:func:`minimaskrcnn.config.apply_overrides`)."""
+    from minimaskrcnn.data import keypoint_shapes, shapes  # the library: not loaded by --help
 
-    _check_model_available()
-    _check_args(args, iters=1, batch_size=1, crop_size=1, checkpoint_every=1, val_every=1,
-                val_limit=1, seed=0, shapes=1)
-    if args.resume and args.overwrite:
-        raise CLIError("--resume continues the run in --out, --overwrite replaces it: give one")
-    preset = args.preset or "nuclei-mini"
-    base = None
-    if args.resume:  # the run's own settings, then only the options given here
-        from minimaskrcnn.training.run_folder import RunFolder
-
-        base = RunFolder(args.out).stored_config()
-        if base is None:
-            raise CLIError(f"{args.out}: no checkpoint to resume from (last_checkpoint missing)")
-        if args.preset is not None and args.preset != base.name:
-            raise CLIError(f"{args.out}: --resume with --preset {args.preset}, but the run was "
-                           f"trained with {base.name}")
-        preset = base.name
-    cfg = _with_overrides(base if base is not None else get_preset(preset), args)
     val_ds = None
     if args.train_json is None and preset in ("shapes-mini", "keypoints-mini"):
-        from minimaskrcnn.data import keypoint_shapes, shapes
-
         make = (shapes.shapes_dataset if preset == "shapes-mini"
                 else keypoint_shapes.keypoint_shapes_dataset)
         n = args.shapes
@@ -273,6 +213,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if val_ds is not None and train_ds.category_ids != val_ds.category_ids:
         raise CLIError(f"{args.val_json} has category ids {val_ds.category_ids}, "
                        f"{args.train_json} has {train_ds.category_ids}")
+    overrides = {}
     k = getattr(train_ds, "num_keypoints", 0)
     if cfg.model.num_keypoints and not k:
         raise CLIError(f"--preset {preset} predicts keypoints, but {args.train_json} has none "
@@ -284,80 +225,91 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # the head follows the data, as the classes do; its OKS sigmas are then the data's
         print(f"{args.train_json}: {k} keypoints per instance (the preset has "
               f"{cfg.model.num_keypoints}): the keypoint head predicts {k}")
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, num_keypoints=k, keypoint_sigmas=()))
+        overrides.update({"model.num_keypoints": k, "model.keypoint_sigmas": ()})
     if k and not cfg.model.num_keypoints:
         print(f"note: the data has {k} keypoints per instance; --preset {preset} has no "
               "keypoint head (use keypoints-mini)")
     if train_ds.num_classes != cfg.model.num_classes:
-        cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, num_classes=train_ds.num_classes))
+        overrides["model.num_classes"] = train_ds.num_classes
+    return train_ds, val_ds, overrides
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from minimaskrcnn import config, evaluation  # the library: not loaded by --help
+    from minimaskrcnn.training import loop, run_folder  # the library: not loaded by --help
+
+    _check_args(args, iters=1, batch_size=1, crop_size=1, checkpoint_every=1, val_every=1,
+                val_limit=1, seed=0, shapes=1)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out, --overwrite replaces it: give one")
+    preset = args.preset or "nuclei-mini"
+    if args.resume:  # the run's own settings, then only the options given here
+        base = run_folder.RunFolder(args.out).stored_config()
+        if base is None:
+            raise CLIError(f"{args.out}: no checkpoint to resume from (last_checkpoint missing)")
+        if args.preset is not None and args.preset != base.name:
+            raise CLIError(f"{args.out}: --resume with --preset {args.preset}, but the run was "
+                           f"trained with {base.name}")
+        preset = base.name
+    else:
+        base = config.get_preset(preset)
+    cfg = config.apply_overrides(base, _train_overrides(args))
+    train_ds, val_ds, overrides = _train_data(args, cfg, preset)
+    cfg = config.apply_overrides(cfg, overrides)
     evaluate = None if val_ds is None else functools.partial(
-        evaluate_model, dataset=val_ds, eval_cfg=cfg.eval, limit=args.val_limit)
-    result = train(cfg, train_ds, args.out, evaluate=evaluate, resume=args.resume,
-                   overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
+        evaluation.evaluate_model, dataset=val_ds, eval_cfg=cfg.eval, limit=args.val_limit)
+    result = loop.train(cfg, train_ds, args.out, evaluate=evaluate, resume=args.resume,
+                        overwrite=args.overwrite, progress=not args.no_progress,
+                        device=args.device)
     print(f"trained {result['iteration']} iterations; checkpoint {result['checkpoint']}")
     if result["val"]:
-        print(format_metrics(result["val"][-1]))
+        print(evaluation.format_metrics(result["val"][-1]))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from minimaskrcnn.evaluation import evaluate_model, format_metrics
-    from minimaskrcnn.model_zoo import get_metadata, load_model
+    from minimaskrcnn import distributed, evaluation, model_zoo, viz  # lazy: not for --help
 
     _check_args(args, limit=1, figure=0)
-    model, cfg = load_model(args.checkpoint, args.device, return_config=True)
-    category_ids = get_metadata(args.checkpoint).category_ids
+    model, cfg = model_zoo.load_model(args.checkpoint, args.device, return_config=True)
+    category_ids = model_zoo.get_metadata(args.checkpoint).category_ids
     ds = _dataset(args.coco_json, args.images)
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
                        f"checkpoint's model was trained on {list(category_ids)}")
-    from minimaskrcnn.distributed import get_comm
-
-    comm = get_comm()  # under mpiexec: the images are shared among the ranks
-    metrics = evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
-                             progress=not args.no_progress, category_ids=category_ids, comm=comm)
+    comm = distributed.get_comm()  # under mpiexec: the images are shared among the ranks
+    metrics = evaluation.evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
+                                        progress=not args.no_progress,
+                                        category_ids=category_ids, comm=comm)
     if not comm.is_main:
         return 0
     if args.figure:
-        _figure(model, ds, os.path.join(args.out, "predictions.png"), args.figure,
-                metrics["_results"])
-    print(format_metrics(metrics))
+        viz.plot_dataset_predictions(model, ds, os.path.join(args.out, "predictions.png"),
+                                     args.figure, metrics["_results"])
+    print(evaluation.format_metrics(metrics))
     print(f"wrote {os.path.join(args.out, 'metrics.json')}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import math
-
-    import numpy as np
-
-    from minimaskrcnn.data import read_image, standardize
-    from minimaskrcnn.evaluation import coco_results, write_results_json
-    from minimaskrcnn.model_zoo import get_metadata, load_model
-    from minimaskrcnn.viz import save_overlay
+    from minimaskrcnn import data, distributed, evaluation, model_zoo, viz  # lazy: not --help
 
     for path in args.images:
         if not os.path.isfile(path):
             raise CLIError(f"{path}: image file not found")
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    model = load_model(args.checkpoint, args.device)
-    category_ids, class_names, _, skeleton = get_metadata(args.checkpoint)
-    from pycocotools import mask as mask_utils
-
-    from minimaskrcnn.distributed import gather_to_main, get_comm, shard
-
-    comm = get_comm()  # under mpiexec: the images are shared among the ranks
+    model = model_zoo.load_model(args.checkpoint, args.device)
+    category_ids, class_names, _, skeleton = model_zoo.get_metadata(args.checkpoint)
+    comm = distributed.get_comm()  # under mpiexec: the images are shared among the ranks
     mine = []
-    for k in shard(len(args.images), comm):
-        image = read_image(args.images[k])
+    for k in distributed.shard(len(args.images), comm):
+        image = data.read_image(args.images[k])
         t0 = time.perf_counter()
         # masks as run-length encodings, pasted a few at a time: memory bounded by the image
-        pred = model.predict([standardize(image)], mask_format="rle")[0]
+        pred = model.predict([data.standardize(image)], mask_format="rle")[0]
         mine.append((k, pred, time.perf_counter() - t0, image.shape[:2]))
-    done = gather_to_main(mine, comm)
+    done = distributed.gather_to_main(mine, comm)
     if not comm.is_main:
         return 0
     os.makedirs(args.out, exist_ok=True)
@@ -370,16 +322,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                         "height": int(h), "width": int(w)})
         stem = os.path.splitext(os.path.basename(path))[0]
         out_png = os.path.join(args.out, f"{image_id:04d}_{stem}.png")
-        shown = [d for d in range(len(pred["scores"])) if pred["scores"][d] >= args.score_thresh]
-        masks = (mask_utils.decode([pred["masks"][d] for d in shown]).transpose(2, 0, 1)
-                 .astype(bool) if shown else np.zeros((0, h, w), bool))
-        drawn = {k: (v[shown] if isinstance(v, np.ndarray) else v) for k, v in pred.items()}
-        drawn["masks"] = masks
-        save_overlay(out_png, read_image(path), drawn, score_thresh=args.score_thresh,
-                     skeleton=skeleton)
-        print(f"{path}: {len(shown)} detections with score >= {args.score_thresh} "
+        shown = viz.shown_detections(pred, args.score_thresh, (h, w))
+        viz.save_overlay(out_png, data.read_image(path), shown, score_thresh=args.score_thresh,
+                         skeleton=skeleton)
+        print(f"{path}: {len(shown['scores'])} detections with score >= {args.score_thresh} "
               f"({len(pred['scores'])} in all), {dt:.2f} s -> {out_png}")
-    write_results_json(os.path.join(args.out, "results.json"), coco_results(results, category_ids))
+    evaluation.write_results_json(os.path.join(args.out, "results.json"),
+                                  evaluation.coco_results(results, category_ids))
     with open(os.path.join(args.out, "images.json"), "w", encoding="utf-8") as f:
         json.dump({"images": records,
                    "categories": [{"id": c, "name": n}
@@ -391,7 +340,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     """``minimaskrcnn ablate``: the paper's Table 2 arms over seeds (minimaskrcnn.ablations)."""
-    from minimaskrcnn import ablations
+    from minimaskrcnn import ablations, data  # the library: not loaded by --help
 
     _check_args(args, seeds=1, first_seed=0, iters=1, val_limit=1)
     tables = [args.table] if args.table else list(ablations.TABLES)
@@ -403,7 +352,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         ablations.write_report(args.out, args.report, tables, summary_path=summary)
         print(f"wrote {args.report} (and {summary} if there are results) from {args.out}")
         return 0
-    _check_model_available()
     table = ablations.get_table(args.table or "2c")
     if any(a.dataset == "shapes" for a in table.arms):  # 2b: generated, no files to give
         if args.train_json or args.sample:
@@ -411,9 +359,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                            f"({ablations.SHAPES_DATA}); leave out --train-json / --sample")
         train_ds, val_ds = ablations.shapes_datasets()
     elif args.sample:
-        from minimaskrcnn.data import load_sample
-
-        train_ds, val_ds = load_sample("train"), load_sample("val")
+        train_ds, val_ds = data.load_sample("train"), data.load_sample("val")
     elif args.train_json and args.images and args.val_json:
         train_ds = _dataset(args.train_json, args.images)
         val_ds = _dataset(args.val_json, args.val_images or args.images)
@@ -573,17 +519,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    from minimaskrcnn.backend import blas_threads
-    from minimaskrcnn.distributed import abort_on_error, get_comm
+    from minimaskrcnn import backend, distributed  # the library: not loaded by --help
 
-    comm = get_comm()  # one process unless started by mpiexec (then mpi4py is imported)
+    comm = distributed.get_comm()  # one process unless started by mpiexec (then mpi4py)
     prefix = f"[rank {comm.rank}] " if comm.size > 1 else ""
     quiet = (contextlib.redirect_stdout(open(os.devnull, "w"))  # noqa: SIM115 - closed at exit
              if not comm.is_main else contextlib.nullcontext())
-    with abort_on_error(comm), quiet:  # an unexpected error on one rank stops every rank
+    with distributed.abort_on_error(comm), quiet:  # an error on one rank stops every rank
         try:
-            with blas_threads(1):  # many small matrix products: BLAS threads only add overhead
-                return int(args.func(args) or 0)
+            with backend.blas_threads(1):  # many small matrix products: BLAS threads only add
+                return int(args.func(args) or 0)  # overhead
         except (CLIError, OSError, ValueError, RuntimeError, KeyError) as e:
             msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
             print(f"{prefix}minimaskrcnn {args.command}: error: {msg}", file=sys.stderr,

@@ -1,13 +1,17 @@
 """Overlays and figures (minimaskrcnn.viz): what is drawn where, and that the PNGs are written."""
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
+from minimaskrcnn.data import shapes
 from minimaskrcnn.viz import (
     instance_colours,
     overlay,
+    plot_dataset_predictions,
     plot_loss_curve,
     plot_predictions_vs_gt,
     save_overlay,
+    shown_detections,
 )
 
 
@@ -45,3 +49,38 @@ def test_figures_are_written(tmp_path):
                     val_records=[{"iteration": 29, "segm": {"AP": 0.1}}])
     for name in ("o.png", "f.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shown_detections_keeps_the_scores_above_the_threshold_and_decodes_masks():
+    m = np.zeros((3, 10, 12), bool)
+    m[0, 1:3, 1:3] = m[1, 4:6, 4:8] = m[2, 7:9, 2:5] = True
+    rles = [mask_utils.encode(np.asfortranarray(x.astype(np.uint8))) for x in m]
+    pred = {"scores": np.array([0.9, 0.2, 0.6], np.float32), "masks": rles,
+            "boxes": np.arange(12, dtype=np.float32).reshape(3, 4),
+            "labels": np.array([1, 2, 3])}
+    shown = shown_detections(pred, 0.5, (10, 12))
+    np.testing.assert_array_equal(shown["masks"], m[[0, 2]])
+    np.testing.assert_array_equal(shown["labels"], [1, 3])
+    np.testing.assert_array_equal(shown["boxes"], pred["boxes"][[0, 2]])
+    none = shown_detections(pred, 0.95, (10, 12))
+    assert none["masks"].shape == (0, 10, 12) and len(none["scores"]) == 0
+
+
+class _Predictor:
+    calls = 0
+
+    def predict(self, images):
+        self.calls += len(images)
+        return [{"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+                 "labels": np.zeros(0, np.int64), "masks": np.zeros((0,) + im.shape[1:], bool)}
+                for im in images]
+
+
+def test_dataset_predictions_reuse_given_results(tmp_path):
+    ds = shapes.shapes_dataset(3, seed=0, image_size=32, max_shapes=2, min_size=8, max_size=12)
+    model = _Predictor()
+    given = {int(ds.image_ids[0]): model.predict([np.zeros((3, 32, 32), np.float32)])[0]}
+    model.calls = 0
+    plot_dataset_predictions(model, ds, str(tmp_path / "p.png"), 5, given)
+    assert model.calls == 2  # the other two images, predicted here
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

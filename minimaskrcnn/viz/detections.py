@@ -12,10 +12,13 @@ import colorsys
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
+from minimaskrcnn.data import standardize
 from minimaskrcnn.viz.figure import agg_figure
 
-__all__ = ["instance_colours", "overlay", "plot_predictions_vs_gt", "save_overlay"]
+__all__ = ["instance_colours", "overlay", "plot_dataset_predictions", "plot_predictions_vs_gt",
+           "save_overlay", "shown_detections"]
 
 
 def instance_colours(n: int) -> np.ndarray:
@@ -122,3 +125,48 @@ def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=No
             ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path)
+
+
+def plot_dataset_predictions(model, dataset, path: str, n: int, results=None) -> None:
+    """:func:`plot_predictions_vs_gt` for the first ``n`` images of a dataset (what ``minimaskrcnn
+    demo`` and ``evaluate --figure`` draw).
+
+    Args:
+        model: has ``predict([image (3, H, W) float32 standardised]) -> [prediction]``.
+        dataset: a ``CocoDataset`` (``dataset[i] -> (image (H, W, 3) uint8, target)``).
+        path: output PNG.
+        n: images to draw (fewer if the dataset is smaller).
+        results: ``{image id: prediction}`` already computed (``evaluate_model``'s
+            ``"_results"``); images missing from it are predicted here.
+    """
+    images, targets, preds, titles = [], [], [], []
+    for i in range(min(n, len(dataset))):
+        image, target = dataset[i]
+        image_id = int(dataset.image_ids[i])
+        pred = results[image_id] if results and image_id in results else model.predict(
+            [standardize(image)])[0]
+        images.append(image)
+        targets.append(target)
+        preds.append(pred)
+        titles.append(dataset.image_info(i)["file_name"][:16])
+    plot_predictions_vs_gt(images, targets, preds, path, titles=titles)
+
+
+def shown_detections(prediction: dict, score_thresh: float, image_size) -> dict:
+    """The detections of ``prediction`` with ``scores >= score_thresh``, their masks decoded to
+    ``(D, H, W) bool`` from run-length encodings (``model.predict(..., mask_format="rle")``):
+    what :func:`overlay` draws.
+
+    Args:
+        prediction: ``scores (D,)``, ``masks`` (D pycocotools RLEs), ``boxes (D, 4)``, ...
+        score_thresh: the lowest score kept.
+        image_size: ``(H, W)`` of the image (the mask shape when nothing is kept).
+    """
+    keep = [d for d in range(len(prediction["scores"]))
+            if prediction["scores"][d] >= score_thresh]
+    h, w = image_size
+    masks = (mask_utils.decode([prediction["masks"][d] for d in keep]).transpose(2, 0, 1)
+             .astype(bool) if keep else np.zeros((0, h, w), bool))
+    shown = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in prediction.items()}
+    shown["masks"] = masks
+    return shown
