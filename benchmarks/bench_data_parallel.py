@@ -38,7 +38,7 @@ def worker(iters: int, batches: int) -> None:
     from bench_model import training_batch
 
     from minimaskrcnn.config import get_preset
-    from minimaskrcnn.data.loader import sample_rng
+    from minimaskrcnn.data.loader import Stream, sample_rng
     from minimaskrcnn.distributed import (
         allreduce_gradients,
         allreduce_sum,
@@ -65,7 +65,7 @@ def worker(iters: int, batches: int) -> None:
     totals, reduces, waits = [], [], []
     for it in range(iters + 2):
         images, targets = fixed[it % batches]
-        rngs = [sample_rng(0, 2, 4 * it + k) for k in ks]
+        rngs = [sample_rng(0, Stream.SAMPLING, 4 * it + k) for k in ks]
         comm.barrier()
         t0 = time.perf_counter()
         kw = {"sum_counts": counts} if distributed else {}

@@ -378,23 +378,23 @@ def part_bench(frag: Fragment, args) -> None:
 
 
 def _train_run(xp, iters: int, deadline: float):
-    """nuclei-mini from the training loop's seeds (model init stream 3, per-image sampling
-    streams 2) on the array module ``xp``, through the Python API: ``model.to(xp)``, SGD and
-    the warm-up schedule of the preset, the loader's batches (host arrays, copied to the
+    """nuclei-mini from the training loop's seeds (stream MODEL_INIT for the weights, the
+    per-image SAMPLING streams) on the array module ``xp``, through the Python API:
+    ``model.to(xp)``, SGD and the warm-up schedule of the preset, the loader's batches (host arrays, copied to the
     device by the model). Returns ``(total losses, step seconds, last losses)``; stops early at
     ``deadline`` (``time.monotonic()``)."""
     import numpy as np
 
     from minimaskrcnn.config import get_preset
     from minimaskrcnn.data import load_sample
-    from minimaskrcnn.data.loader import TrainBatches, sample_rng
+    from minimaskrcnn.data.loader import Stream, TrainBatches, sample_rng
     from minimaskrcnn.model import build_model
     from minimaskrcnn.training.optim import SGD, WarmupMultiStepLR
 
     cfg = get_preset("nuclei-mini")
     tc = cfg.train
     batches = TrainBatches.from_config(load_sample("train"), tc)
-    model = build_model(cfg, sample_rng(tc.seed, 3, 0)).to(xp)  # loop.MODEL_INIT_STREAM
+    model = build_model(cfg, sample_rng(tc.seed, Stream.MODEL_INIT, 0)).to(xp)
     opt = SGD(model.named_parameters(), lr=tc.base_lr, momentum=tc.momentum,
               weight_decay=tc.weight_decay)
     sched = WarmupMultiStepLR(opt, milestones=tc.milestones, gamma=tc.gamma,
@@ -403,7 +403,7 @@ def _train_run(xp, iters: int, deadline: float):
     for t in range(iters):
         batch = batches.batch(t)  # host crops (not timed: the loader's work, not the step's)
         images, targets = [b[0] for b in batch], [b[1] for b in batch]
-        rngs = [sample_rng(tc.seed, 2, p) for p in batches.positions(t)]
+        rngs = [sample_rng(tc.seed, Stream.SAMPLING, p) for p in batches.positions(t)]
         t0 = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore"):
             _, losses, cache = model.forward_train(images, targets, rngs)
