@@ -381,8 +381,8 @@ def _train_run(xp, iters: int, deadline: float):
     """nuclei-mini from the training loop's seeds (stream MODEL_INIT for the weights, the
     per-image SAMPLING streams) on the array module ``xp``, through the Python API:
     ``model.to(xp)``, SGD and the warm-up schedule of the preset, the loader's batches (host
-    arrays, copied to the device by the model). Returns ``(total losses, step seconds, last losses)``; stops early at
-    ``deadline`` (``time.monotonic()``)."""
+    arrays, copied to the device by the model). Returns ``(total losses, step seconds, last
+    losses)``; stops early at ``deadline`` (``time.monotonic()``)."""
     import numpy as np
 
     from minimaskrcnn.config import get_preset
