@@ -7,8 +7,8 @@ def agg_figure(width: float, height: float):
     """A ``matplotlib.figure.Figure`` of ``width`` x ``height`` inches at 100 dpi on its own Agg
     canvas (``fig.savefig`` writes a PNG; pyplot's global state is never touched)."""
     # matplotlib costs about 0.2 s to import: only a process that draws a figure pays it
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy (0.2 s): when drawing
+    from matplotlib.figure import Figure  # heavy (0.2 s): only when drawing
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)

@@ -54,8 +54,8 @@ def plot_roi_sampling(box, feature_shape, output_size, spatial_scale=1.0, sampli
             ``ax`` is not 4 axes.
     """
     # pyplot (a notebook shows the figure inline) costs about 0.3 s to import: only here
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.patches import Rectangle  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # heavy (0.3 s): only when drawing
+    from matplotlib.patches import Rectangle  # heavy (with pyplot): only when drawing
 
     box = np.asarray(box, dtype=np.float64).reshape(-1)
     if box.shape != (4,) or not np.isfinite(box).all():
