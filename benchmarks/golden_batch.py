@@ -77,6 +77,24 @@ def collect() -> dict[str, np.ndarray]:
     return out
 
 
+def _upgrade_names(ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Parameter names of a file saved before a renaming, as today's model names them
+    (``minimaskrcnn.model.upgrade_state_names``, the checkpoints' conversion, where it exists):
+    ``{net}/{init,grad}/{name}`` keys are translated, every other key is kept."""
+    try:
+        from minimaskrcnn.model import upgrade_state_names  # absent on the oldest code
+    except ImportError:
+        return ref
+    out = {}
+    for key, value in ref.items():
+        parts = key.split("/", 2)
+        if len(parts) == 3 and parts[1] in ("init", "grad"):
+            parts[2] = next(iter(upgrade_state_names({parts[2]: None})))
+            key = "/".join(parts)
+        out[key] = value
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = ap.add_mutually_exclusive_group(required=True)
@@ -88,7 +106,7 @@ def main() -> int:
         np.savez_compressed(args.save, **got)
         print(f"{len(got)} arrays written to {args.save}")
         return 0
-    ref = dict(np.load(args.compare, allow_pickle=False))
+    ref = _upgrade_names(dict(np.load(args.compare, allow_pickle=False)))
     missing = sorted(set(ref) - set(got))
     extra = sorted(set(got) - set(ref))
     differ = [k for k in sorted(set(ref) & set(got))

@@ -1,8 +1,12 @@
-"""The Mask R-CNN network as five stages of one shape (:mod:`~minimaskrcnn.model.stage`), one file
-each, read in this order: ``backbone`` (ResNetGN), ``fpn`` (FPN), ``rpn``
-(RegionProposalNetwork), ``box_head`` (BoxHead), ``mask_head`` (MaskHead); ``mask_rcnn`` chains
-them (:class:`MaskRCNN`, :func:`build_model`). ``matcher`` and ``sampler`` are the target
-assignment the RPN and the box head share. See ``docs/model.md``."""
+"""The Mask R-CNN network (:class:`MaskRCNN`, :func:`build_model`), torchvision's
+``models/detection`` in files read in this order: ``transform`` (GeneralizedRCNNTransform,
+ImageList), the stages of one shape (:mod:`~minimaskrcnn.model.stage`) ``backbone`` (ResNetGN),
+``fpn`` (FPN), ``rpn`` (RegionProposalNetwork) and ``roi_heads`` (RoIHeads), which runs the
+heads ``box_head`` (TwoMLPHead + FastRCNNPredictor), ``mask_head`` (MaskRCNNHeads or the MLP
+head + their predictor) and, with ``num_keypoints > 0``, ``keypoint_head`` (KeypointRCNNHeads +
+KeypointRCNNPredictor): six parts after the transform, five without keypoints. ``mask_rcnn``
+chains them. ``matcher`` and ``sampler`` are the target assignment the RPN and the box head
+share; ``timing`` the per-stage timer. See ``docs/model.md``."""
 
 from minimaskrcnn.model.mask_rcnn import (
     LOSS_KEYS,
@@ -12,16 +16,22 @@ from minimaskrcnn.model.mask_rcnn import (
     upgrade_state_names,
 )
 from minimaskrcnn.model.matcher import Matcher
+from minimaskrcnn.model.roi_heads import RoIHeads, RoIHeadsCache
 from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
 from minimaskrcnn.model.timing import NullTimer, StageTimer
+from minimaskrcnn.model.transform import GeneralizedRCNNTransform, ImageList
 
 __all__ = [
     "LOSS_KEYS",
     "BalancedPositiveNegativeSampler",
+    "GeneralizedRCNNTransform",
+    "ImageList",
     "MaskRCNN",
     "MaskRCNNCache",
     "Matcher",
     "NullTimer",
+    "RoIHeads",
+    "RoIHeadsCache",
     "StageTimer",
     "build_model",
     "upgrade_state_names",

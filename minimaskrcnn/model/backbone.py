@@ -34,6 +34,18 @@ def _conv(cin, cout, k, stride, rng):
     return conv
 
 
+class BasicBlockCache(NamedTuple):
+    """Each layer's cache of a :class:`BasicBlock` (``downsample``: the shortcut's)."""
+
+    conv1: object
+    gn1: object
+    relu1: object
+    conv2: object
+    gn2: object
+    downsample: object
+    relu2: object
+
+
 class BasicBlock(Module):
     """``(N, cin, H, W)`` -> ``(N, cout, H/s, W/s)`` (``s`` the stride), in the parameters'
     dtype (float32); see the module docstring. Errors: as :class:`~minimaskrcnn.nn.Conv2d`."""
@@ -52,23 +64,22 @@ class BasicBlock(Module):
 
     def forward(self, x):
         h, c1 = self.conv1.forward(x)
-        h, c2 = self.gn1.forward(h)
-        h, c3 = self.relu1.forward(h)
-        h, c4 = self.conv2.forward(h)
-        h, c5 = self.gn2.forward(h)
+        h, g1 = self.gn1.forward(h)
+        h, r1 = self.relu1.forward(h)
+        h, c2 = self.conv2.forward(h)
+        h, g2 = self.gn2.forward(h)
         s, cs = self.downsample.forward(x)
-        y, c6 = self.relu2.forward(h + s)
-        return y, (c1, c2, c3, c4, c5, cs, c6)
+        y, r2 = self.relu2.forward(h + s)
+        return y, BasicBlockCache(c1, g1, r1, c2, g2, cs, r2)
 
-    def backward(self, dy, cache):
-        c1, c2, c3, c4, c5, cs, c6 = cache
-        dy = self.relu2.backward(dy, c6)
-        dx = self.downsample.backward(dy, cs)
-        dh = self.gn2.backward(dy, c5)
-        dh = self.conv2.backward(dh, c4)
-        dh = self.relu1.backward(dh, c3)
-        dh = self.gn1.backward(dh, c2)
-        return dx + self.conv1.backward(dh, c1)
+    def backward(self, dy, cache: BasicBlockCache):
+        dy = self.relu2.backward(dy, cache.relu2)
+        dx = self.downsample.backward(dy, cache.downsample)
+        dh = self.gn2.backward(dy, cache.gn2)
+        dh = self.conv2.backward(dh, cache.conv2)
+        dh = self.relu1.backward(dh, cache.relu1)
+        dh = self.gn1.backward(dh, cache.gn1)
+        return dx + self.conv1.backward(dh, cache.conv1)
 
 
 class BackboneCache(NamedTuple):
@@ -112,12 +123,12 @@ class ResNetGN(Stage):
 
     def backward(self, d_outs, cache: BackboneCache, loss_weights=None):
         """``[dC2..dC5]`` -> d images ``(N, 3, H, W)`` (no losses here)."""
-        c1, c2, c3, caches = cache
         dh = None
-        for layer, d_out, c in zip(reversed(self.layers), reversed(d_outs), reversed(caches), strict=True):
+        for layer, d_out, c in zip(reversed(self.layers), reversed(d_outs),
+                                   reversed(cache.stages), strict=True):
             if d_out is not None:
                 dh = d_out if dh is None else dh + d_out
             dh = layer.backward(dh, c)
-        dh = self.relu.backward(dh, c3)
-        dh = self.gn1.backward(dh, c2)
-        return self.conv1.backward(dh, c1)
+        dh = self.relu.backward(dh, cache.relu)
+        dh = self.gn1.backward(dh, cache.gn1)
+        return self.conv1.backward(dh, cache.conv1)

@@ -1,24 +1,26 @@
-"""The box head: proposal matching and sampling, RoI features, the two-layer MLP, the class and
-box predictors, their losses, and the inference postprocess (paper section 3 and Fast R-CNN;
-torchvision ``RoIHeads`` box branch, ``TwoMLPHead``, ``FastRCNNPredictor``, ``fastrcnn_loss``,
-``postprocess_detections``).
+"""The box head: proposal matching and sampling, the two-layer MLP and the class and box
+predictors, their losses, and the inference postprocess (paper section 3 and Fast R-CNN;
+torchvision ``roi_heads.py`` box branch: ``select_training_samples``, ``TwoMLPHead``,
+``FastRCNNPredictor``, ``fastrcnn_loss``, ``postprocess_detections``).
+:class:`~minimaskrcnn.model.roi_heads.RoIHeads` runs it.
 
 Shape shorthand: N images, C FPN channels, R RoIs (sampled proposals, all images together,
 image by image), P the pooled size (7), K classes (background not counted, so K + 1 scores),
 G ground truths of one image, D detections of one image.
 
-Training forward of :class:`BoxHead`::
+Training (:meth:`RoIHeads.forward_train <minimaskrcnn.model.roi_heads.RoIHeads.forward_train>`)::
 
     proposals (per image) + ground-truth boxes -> Matcher(0.5, 0.5) -> sampler(256, 0.25)
       -> R sampled RoIs, their labels (0 background) and box targets (BoxCoder 10, 10, 5, 5)
-    P2..P5 + RoIs -> MultiScaleRoIAlign 7x7 -> flatten -> fc6, ReLU, fc7, ReLU  (R, 256)
-      -> cls_score (R, K+1), bbox_pred (R, 4(K+1))
+    P2..P5 + RoIs -> box_roi_pool 7x7 -> TwoMLPHead: flatten, fc6, ReLU, fc7, ReLU  (R, 256)
+      -> FastRCNNPredictor: cls_score (R, K+1), bbox_pred (R, 4(K+1))
     loss_classifier = cross-entropy summed over the R RoIs / R
     loss_box_reg    = smooth L1 (beta 1/9) of each foreground RoI's own-class deltas / R
 
-Backward: the two losses' gradients (made here, weighted) -> the two predictor layers (their
-input gradients add up) -> fc7, fc6 -> (R, C, 7, 7) -> the pooler's backward -> dP2..dP5.
-Nothing flows into the proposals, the matching or the targets.
+Backward: the two losses' gradients (recomputed from the cached predictions with
+``fastrcnn_loss(values=False)``, weighted) -> the predictor (its two layers' input gradients
+add up) -> fc7, fc6 -> (R, C, 7, 7) -> the pooler's backward -> dP2..dP5. Nothing flows into
+the proposals, the matching or the targets.
 """
 
 from __future__ import annotations
@@ -31,11 +33,24 @@ from minimaskrcnn import nn, ops
 from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.model.matcher import Matcher
 from minimaskrcnn.model.sampler import BalancedPositiveNegativeSampler
-from minimaskrcnn.model.stage import Stage, identity_count, weighted
+from minimaskrcnn.nn.module import Module
 from minimaskrcnn.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 # --------------------------------------------------------------------------------------------
 # targets (not differentiated)
+
+
+class SampledRoIs(NamedTuple):
+    """The RoIs sampled for training, per image, no gradient (torchvision
+    ``select_training_samples``' four lists): ``rois`` ``(R_i, 4)``, ``matched_idxs`` ``(R_i,)``
+    int64 (the matched ground truth, 0 for background), ``labels`` ``(R_i,)`` int64 host
+    arrays (0 background), ``regression_targets`` ``(R_i, 4)``."""
+
+    rois: list
+    matched_idxs: list
+    labels: list
+    regression_targets: list
+
 
 
 def select_training_samples(proposals, gt_boxes, gt_labels, matcher: Matcher,
@@ -52,12 +67,13 @@ def select_training_samples(proposals, gt_boxes, gt_labels, matcher: Matcher,
         box_coder: weights (10, 10, 5, 5).
 
     Returns:
-        rois: list of N ``(R_i, 4)`` sampled boxes (in increasing proposal index, as
-        torchvision's ``torch.where(pos | neg)``); matched_idxs: list of N ``(R_i,)`` int64 matched
-        ground-truth index (0 for background RoIs); labels: list of N ``(R_i,)`` int64 (0
+        :class:`SampledRoIs` ``(rois, matched_idxs, labels, regression_targets)``, torchvision's
+        four lists in its order: rois, N ``(R_i, 4)`` sampled boxes (in increasing proposal
+        index, as torchvision's ``torch.where(pos | neg)``); matched_idxs, N ``(R_i,)`` int64
+        matched ground-truth index (0 for background RoIs); labels, N ``(R_i,)`` int64 (0
         background), NumPy arrays (the host sampler's copy: on a GPU, later steps find the
-        foreground without another synchronisation); regression_targets: list of N
-        ``(R_i, 4)`` float32. Boxes, indices and targets are on the proposals' device.
+        foreground without another synchronisation); regression_targets, N ``(R_i, 4)``
+        float32. Boxes, indices and targets are on the proposals' device.
     """
     all_props, all_matched, all_labels = [], [], []
     for props, gtb, gtl in zip(proposals, gt_boxes, gt_labels, strict=True):
@@ -97,7 +113,7 @@ def select_training_samples(proposals, gt_boxes, gt_labels, matcher: Matcher,
         # background targets are unused (and may be inf for gt-free images)
         t = xp.where(xp.asarray(lab[keep_host] <= 0)[:, None], t.dtype.type(0), t)
         targets.append(t)
-    return rois, matched_idxs, labels, targets
+    return SampledRoIs(rois, matched_idxs, labels, targets)
 
 
 def fastrcnn_loss(class_logits, box_regression, labels, regression_targets, beta,
@@ -121,7 +137,8 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets, beta
         own class, summed / ``num_rois``. Losses are Python floats, gradients (of weight-1
         losses) have the logits' shapes and dtypes.
 
-    No argument checks: :class:`BoxHead` passes arrays it built (internal helper).
+    No argument checks: :class:`~minimaskrcnn.model.roi_heads.RoIHeads` passes arrays it built
+    (internal helper).
     """
     xp = get_array_module(class_logits)
     host_labels = to_numpy(labels)
@@ -202,152 +219,92 @@ def postprocess_detections(class_logits, box_regression, proposals, image_sizes,
 
 
 # --------------------------------------------------------------------------------------------
-# the stage
+# the layers (differentiated)
 
 
-class SampledRoIs(NamedTuple):
-    """The box head's training output, the mask head's input (per image, no gradient):
-    ``rois`` ``(R_i, 4)``, ``labels`` ``(R_i,)`` int64 (0 background), ``matched_idxs``
-    ``(R_i,)`` int64 (the matched ground truth, 0 for background)."""
+class TwoMLPHeadCache(NamedTuple):
+    """What :meth:`TwoMLPHead.backward` reads: the input's shape and each layer's cache."""
 
-    rois: list
-    labels: list
-    matched_idxs: list
-
-
-class BoxHeadCache(NamedTuple):
-    """What :meth:`BoxHead.backward` reads: the pooler's and each layer's caches, the two
-    predictions, the RoIs' labels ``(R,)`` and box targets ``(R, 4)``, the normaliser."""
-
-    pool: object
-    fc6: tuple
+    input_shape: tuple
+    fc6: object
     relu6: object
-    fc7: tuple
+    fc7: object
     relu7: object
-    cls_score: tuple
-    bbox_pred: tuple
-    pooled_shape: tuple
-    class_logits: np.ndarray
-    box_regression: np.ndarray
-    labels: np.ndarray
-    regression_targets: np.ndarray
-    num_rois: float
 
 
-class BoxHead(Stage):
-    """The box branch (parameters ``fc6``, ``fc7`` -- torchvision's ``TwoMLPHead`` -- and
-    ``cls_score``, ``bbox_pred`` -- its ``FastRCNNPredictor``), with its pooler, matcher,
-    sampler and box coder.
-
-    ``forward_train(features, proposals, image_size, targets, rng)`` ->
-    ``(SampledRoIs, losses, cache)``; ``predict(features, proposals, image_size, image_sizes)``
-    -> detections; ``backward(None, cache, loss_weights)`` -> ``[dP2..dP5]``.
+class TwoMLPHead(Module):
+    """Flatten, fc6, ReLU, fc7, ReLU (torchvision ``TwoMLPHead``): ``(R, C, P, P)`` pooled
+    features -> ``(R, representation_size)``. Parameters ``fc6``, ``fc7``; init: torch's Linear
+    default, U(+-1/sqrt(fan_in)).
 
     Args:
-        cfg: the :class:`~minimaskrcnn.config.ModelConfig` (``box_*``, ``roi_op``,
-            ``roi_aligned``, ``canonical_*``, ``representation_size``, ``num_classes``, ``detections_per_img``).
-        rng: initial weights (linear layers: U(+-1/sqrt(fan_in)), torch's default).
+        in_channels: ``C P P``; representation_size: the width of both layers (256).
+        rng: initial weights.
     """
 
-    LOSSES = ("loss_classifier", "loss_box_reg")
-
-    def __init__(self, cfg, rng: np.random.Generator):
-        c, p, k1 = cfg.fpn_channels, cfg.box_roi_size, cfg.num_classes + 1
-        self.roi_pool = ops.MultiScaleRoIPooler(p, cfg.box_sampling_ratio, pooler_type=cfg.roi_op,
-                                               aligned=cfg.roi_aligned,
-                                               canonical_scale=cfg.canonical_scale,
-                                               canonical_level=cfg.canonical_level)
-        self.fc6 = nn.Linear(c * p * p, cfg.representation_size, rng=rng)
+    def __init__(self, in_channels: int, representation_size: int, rng: np.random.Generator):
+        self.fc6 = nn.Linear(in_channels, representation_size, rng=rng)
         self.relu6 = nn.ReLU()
-        self.fc7 = nn.Linear(cfg.representation_size, cfg.representation_size, rng=rng)
+        self.fc7 = nn.Linear(representation_size, representation_size, rng=rng)
         self.relu7 = nn.ReLU()
-        self.cls_score = nn.Linear(cfg.representation_size, k1, rng=rng)
-        self.bbox_pred = nn.Linear(cfg.representation_size, 4 * k1, rng=rng)
-        self.matcher = Matcher(cfg.box_fg_iou_thresh, cfg.box_bg_iou_thresh,
-                               allow_low_quality_matches=False)
-        self.sampler = BalancedPositiveNegativeSampler(cfg.box_batch_size_per_image,
-                                                       cfg.box_positive_fraction)
-        self.box_coder = BoxCoder(cfg.box_coder_weights, cfg.bbox_xform_clip)
-        self.smooth_l1_beta = cfg.box_smooth_l1_beta
-        self.score_thresh = cfg.box_score_thresh
-        self.nms_thresh = cfg.box_nms_thresh
-        self.min_size = cfg.box_min_size
-        self.detections_per_img = cfg.detections_per_img
 
-    def predictions(self, pooled):
-        """Pooled RoI features ``(R, C, P, P)`` -> MLP -> ``(class_logits (R, K+1),
-        box_regression (R, 4(K+1)), layer caches)``."""
-        h, c6 = self.fc6.forward(pooled.reshape(pooled.shape[0], -1))  # (R, C*P*P) -> (R, rep)
+    def forward(self, x):
+        h, c6 = self.fc6.forward(x.reshape(x.shape[0], -1))  # (R, C*P*P) -> (R, rep)
         h, r6 = self.relu6.forward(h)
         h, c7 = self.fc7.forward(h)
         h, r7 = self.relu7.forward(h)
-        class_logits, cs = self.cls_score.forward(h)  # (R, K+1)
-        box_regression, cb = self.bbox_pred.forward(h)  # (R, 4(K+1))
-        return class_logits, box_regression, (c6, r6, c7, r7, cs, cb)
+        return h, TwoMLPHeadCache(x.shape, c6, r6, c7, r7)
 
-    def _predictions(self, features, rois, image_size):
-        """RoIs -> pooled features (pooler) -> :meth:`predictions`, and all the caches."""
-        pooled, c_pool = self.roi_pool.forward(features, rois, image_size)  # (R, C, P, P)
-        class_logits, box_regression, caches = self.predictions(pooled)
-        return class_logits, box_regression, (c_pool, *caches, pooled.shape)
-
-    def forward_train(self, features, proposals, image_size, targets, rng, *,
-                      sum_counts=identity_count):
-        """Sample RoIs among the proposals and compute the two box-head losses.
-
-        Args:
-            features: P2..P5, list of ``(N, C, H_l, W_l)``.
-            proposals: list of N ``(P_i, 4)`` (no gradient).
-            image_size: ``(H, W)`` of the padded batch (the pooler derives the level scales).
-            targets: N dicts (``boxes``, ``labels``).
-            rng: a Generator, or one per image, for the RoI sampler.
-            sum_counts: sums the normaliser R over data-parallel ranks (identity by default).
-
-        Returns:
-            ``(SampledRoIs, {"loss_classifier", "loss_box_reg"}, BoxHeadCache)``.
-        """
-        dtype = features[0].dtype
-        rois, matched_idxs, labels, reg_targets = select_training_samples(
-            proposals, [t["boxes"] for t in targets], [t["labels"] for t in targets],
-            self.matcher, self.sampler, self.box_coder, rng)
-        rois = [r.astype(dtype) for r in rois]
-        class_logits, box_regression, caches = self._predictions(features, rois, image_size)
-        labels_all = np.concatenate(labels)  # host (the sampler's copy)
-        targets_all = get_array_module(features[0]).concatenate(reg_targets)
-        num_rois = sum_counts(float(labels_all.shape[0]))
-        loss_cls, loss_box, _, _ = fastrcnn_loss(class_logits, box_regression, labels_all,
-                                                 targets_all, self.smooth_l1_beta, num_rois)
-        losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
-        cache = BoxHeadCache(*caches, class_logits, box_regression, labels_all, targets_all,
-                             num_rois)
-        return SampledRoIs(rois, labels, matched_idxs), losses, cache
-
-    def predict(self, features, proposals, image_size, image_sizes):
-        """Detections per image (torchvision ``RoIHeads`` box branch in eval mode): list of N
-        dicts ``boxes (D, 4) float32``, ``scores (D,) float32``, ``labels (D,) int64``."""
-        dtype = features[0].dtype
-        proposals = [p.astype(dtype) for p in proposals]
-        class_logits, box_regression, _ = self._predictions(features, proposals, image_size)
-        return postprocess_detections(class_logits, box_regression, proposals, image_sizes,
-                                      self.box_coder, self.score_thresh, self.min_size,
-                                      self.nms_thresh, self.detections_per_img)
-
-    def backward(self, d_sampled, cache: BoxHeadCache, loss_weights=None):
-        """Gradients of the weighted box losses w.r.t. P2..P5 (list of ``(N, C, H_l, W_l)``).
-
-        ``d_sampled`` must be ``None``: the sampled RoIs carry no gradient.
-        """
-        if d_sampled is not None:
-            raise ValueError("the sampled RoIs carry no gradient: pass d_sampled=None")
-        _, _, d_logits, d_box = fastrcnn_loss(cache.class_logits, cache.box_regression,
-                                              cache.labels, cache.regression_targets,
-                                              self.smooth_l1_beta, cache.num_rois, values=False)
-        d_logits = weighted(d_logits, loss_weights, "loss_classifier")
-        d_box = weighted(d_box, loss_weights, "loss_box_reg")
-        dh = self.cls_score.backward(d_logits, cache.cls_score)
-        dh = dh + self.bbox_pred.backward(d_box, cache.bbox_pred)
-        dh = self.relu7.backward(dh, cache.relu7)
+    def backward(self, dy, cache: TwoMLPHeadCache):
+        dh = self.relu7.backward(dy, cache.relu7)
         dh = self.fc7.backward(dh, cache.fc7)
         dh = self.relu6.backward(dh, cache.relu6)
-        d_pooled = self.fc6.backward(dh, cache.fc6).reshape(cache.pooled_shape)
-        return self.roi_pool.backward(d_pooled, cache.pool)
+        return self.fc6.backward(dh, cache.fc6).reshape(cache.input_shape)
+
+
+class FastRCNNPredictorCache(NamedTuple):
+    """What :meth:`FastRCNNPredictor.backward` reads: the two layers' caches."""
+
+    cls_score: object
+    bbox_pred: object
+
+
+class FastRCNNPredictor(Module):
+    """The class scores and the class-specific box deltas of each RoI (torchvision
+    ``FastRCNNPredictor``): ``(R, d)`` -> ``(class_logits (R, K+1), box_regression
+    (R, 4(K+1)))``. Parameters ``cls_score``, ``bbox_pred``; torch's Linear default init.
+
+    ``backward((d_class_logits, d_box_regression), cache)`` -> ``(R, d)``: the two layers'
+    input gradients added.
+
+    Args:
+        in_channels: d (the representation size); num_classes: K + 1 (with the background).
+        rng: initial weights.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, rng: np.random.Generator):
+        self.cls_score = nn.Linear(in_channels, num_classes, rng=rng)
+        self.bbox_pred = nn.Linear(in_channels, 4 * num_classes, rng=rng)
+
+    def forward(self, x):
+        class_logits, cs = self.cls_score.forward(x)  # (R, K+1)
+        box_regression, cb = self.bbox_pred.forward(x)  # (R, 4(K+1))
+        return (class_logits, box_regression), FastRCNNPredictorCache(cs, cb)
+
+    def backward(self, dy, cache: FastRCNNPredictorCache):
+        d_class_logits, d_box_regression = dy
+        dx = self.cls_score.backward(d_class_logits, cache.cls_score)
+        return dx + self.bbox_pred.backward(d_box_regression, cache.bbox_pred)
+
+
+def build_box_branch(cfg, rng: np.random.Generator):
+    """``(box_roi_pool, box_head, box_predictor)`` of ``cfg``: the ``box_roi_size`` pooler of
+    ``roi_op``, :class:`TwoMLPHead` and :class:`FastRCNNPredictor` (torchvision
+    ``MaskRCNN.__init__``'s defaults), built in this order from ``rng``."""
+    c, p = cfg.fpn_channels, cfg.box_roi_size
+    pool = ops.MultiScaleRoIPooler(p, cfg.box_sampling_ratio, pooler_type=cfg.roi_op,
+                                   aligned=cfg.roi_aligned, canonical_scale=cfg.canonical_scale,
+                                   canonical_level=cfg.canonical_level)
+    head = TwoMLPHead(c * p * p, cfg.representation_size, rng)
+    predictor = FastRCNNPredictor(cfg.representation_size, cfg.num_classes + 1, rng)
+    return pool, head, predictor

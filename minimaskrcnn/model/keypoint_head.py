@@ -1,7 +1,8 @@
-"""The keypoint head: keypoint targets, RoI features, the conv stack, the spatial softmax loss,
-and the keypoints of the detections (paper section 5, "Mask R-CNN for Human Pose Estimation";
-torchvision ``KeypointRCNNHeads`` + ``KeypointRCNNPredictor``, ``keypointrcnn_loss``,
-``keypointrcnn_inference``).
+"""The keypoint head: keypoint targets, the conv stack and the keypoint predictor, the spatial
+softmax loss, and the keypoints of the detections (paper section 5, "Mask R-CNN for Human Pose
+Estimation"; torchvision ``KeypointRCNNHeads`` + ``KeypointRCNNPredictor``,
+``keypointrcnn_loss``, ``keypointrcnn_inference``). :class:`~minimaskrcnn.model.roi_heads.RoIHeads`
+runs it when ``num_keypoints > 0``.
 
 Shape shorthand: N images, C FPN channels, Rf foreground RoIs (all images together), K keypoint
 types, m heatmap size (56), D detections of one image.
@@ -11,13 +12,12 @@ is a one-hot ``m x m`` mask; for each of the K keypoint types the head predicts 
 trained with a cross-entropy over the ``m^2`` locations (a softmax over space, one location is
 the target), only for the keypoints that are labelled and inside the RoI.
 
-Training forward of :class:`KeypointHead` (on the box head's foreground RoIs, like the mask
-head)::
+Training (on the box head's foreground RoIs, the same as the mask head's)::
 
-    foreground RoIs + their matched gt keypoints -> ops.keypoints_to_heatmap
-        -> targets (Rf, K) flat cells, valid (Rf, K)
-    P2..P5 + RoIs -> MultiScaleRoIAlign 14x14 -> n x (conv3x3, ReLU)
-      -> ConvTranspose 4x4 s2 p1 (28x28) -> bilinear 2x -> logits (Rf, K, m, m)
+    P2..P5 + foreground RoIs -> keypoint_roi_pool 14x14
+      -> KeypointRCNNHeads: n x (conv3x3, ReLU)
+      -> KeypointRCNNPredictor: ConvTranspose 4x4 s2 p1 (28x28), bilinear 2x -> (Rf, K, m, m)
+    targets: the matched gt keypoints -> ops.keypoints_to_heatmap -> (Rf, K) flat cells, valid
     loss_keypoint = ops.keypoint_loss: cross-entropy summed over the valid keypoints / their
                     number in the whole batch (torchvision's mean over the valid ones)
 
@@ -26,8 +26,9 @@ The paper's and torchvision's head: eight 3x3 512-channel convs (``keypoint_head
 (:class:`minimaskrcnn.nn.Upsample`, ``mode="bilinear"``) to 56 x 56. Init as torchvision: every
 conv and the deconv Kaiming normal (fan_out, ReLU), zero bias.
 
-Backward: the loss's gradient (made here, weighted) -> upsample^T -> deconv -> n x (ReLU, conv)
--> (Rf, C, 14, 14) -> the pooler's backward -> dP2..dP5.
+Backward: ``ops.keypoint_loss`` gives the loss and its gradient in one pass; the forward keeps
+the gradient and the backward scales it by the loss's weight -> upsample^T -> deconv ->
+n x (ReLU, conv) -> (Rf, C, 14, 14) -> the pooler's backward -> dP2..dP5.
 
 Inference: the head runs on the detection boxes; ``ops.heatmaps_to_keypoints`` (bicubic resize
 to the box, arg-max, the map's value as the score) gives ``keypoints (D, K, 3)`` ``[x, y, 1]``
@@ -41,186 +42,156 @@ from typing import NamedTuple
 import numpy as np
 
 from minimaskrcnn import nn, ops
-from minimaskrcnn.backend import get_array_module, to_numpy
-from minimaskrcnn.model.stage import Stage, identity_count, weighted
-from minimaskrcnn.nn import init
-from minimaskrcnn.nn.module import Sequential
+from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.model.mask_head import kaiming_init_
+from minimaskrcnn.nn.module import Module, Sequential
+
+# --------------------------------------------------------------------------------------------
+# the layers (differentiated)
 
 
-def keypoint_targets(rois, labels, matched_idxs, gt_keypoints, m: int, num_keypoints: int):
-    """Foreground RoIs of each image and their keypoint targets (torchvision
-    ``keypointrcnn_loss``'s ``keypoints_to_heatmap`` of the matched ground truth).
+class KeypointRCNNHeads(Sequential):
+    """``len(layers)`` x (conv3x3, ReLU) (torchvision ``KeypointRCNNHeads``, children ``0``,
+    ``1``, ...): ``(R, C, S, S)`` -> ``(R, layers[-1], S, S)``.
 
     Args:
-        rois, labels, matched_idxs: per image, the box head's :class:`SampledRoIs` fields.
+        in_channels: C; layers: the width of each conv (``keypoint_head_convs`` x
+            ``keypoint_head_channels``); rng: the torch-default weights (then
+            :meth:`reset_parameters`).
+    """
+
+    def __init__(self, in_channels: int, layers, rng: np.random.Generator):
+        modules, c = [], in_channels
+        for width in layers:
+            modules += [nn.Conv2d(c, width, 3, padding=1, rng=rng), nn.ReLU()]
+            c = width
+        super().__init__(*modules)
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """torchvision's init: Kaiming normal (fan_out, ReLU), zero bias."""
+        kaiming_init_([m for m in self.layers if isinstance(m, nn.Conv2d)], rng)
+
+
+class KeypointRCNNPredictorCache(NamedTuple):
+    """What :meth:`KeypointRCNNPredictor.backward` reads: each layer's cache."""
+
+    kps_score_lowres: object
+    upsample: object
+
+
+class KeypointRCNNPredictor(Module):
+    """ConvTranspose 4x4 stride 2 padding 1, then bilinear 2x (torchvision
+    ``KeypointRCNNPredictor``): ``(R, d, S, S)`` -> logits ``(R, K, 4S, 4S)``. Parameters
+    ``kps_score_lowres``.
+
+    Args:
+        in_channels: d; num_keypoints: K; rng: the torch-default weights (then
+            :meth:`reset_parameters`).
+    """
+
+    def __init__(self, in_channels: int, num_keypoints: int, rng: np.random.Generator):
+        self.kps_score_lowres = nn.ConvTranspose2d(in_channels, num_keypoints, 4, stride=2,
+                                                   padding=1, rng=rng)
+        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear")
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """torchvision's init: Kaiming normal (fan_out, ReLU), zero bias."""
+        kaiming_init_([self.kps_score_lowres], rng)
+
+    def forward(self, x):
+        h, c1 = self.kps_score_lowres.forward(x)  # (R, K, 2S, 2S)
+        logits, c2 = self.upsample.forward(h)  # (R, K, 4S, 4S)
+        return logits, KeypointRCNNPredictorCache(c1, c2)
+
+    def backward(self, dy, cache: KeypointRCNNPredictorCache):
+        dh = self.upsample.backward(dy, cache.upsample)
+        return self.kps_score_lowres.backward(dh, cache.kps_score_lowres)
+
+
+def build_keypoint_branch(cfg, rng: np.random.Generator):
+    """``(keypoint_roi_pool, keypoint_head, keypoint_predictor)`` of ``cfg`` (``num_keypoints``
+    >= 1): the ``keypoint_roi_size`` pooler of ``roi_op``, :class:`KeypointRCNNHeads`,
+    :class:`KeypointRCNNPredictor`; built, then re-initialised (head, predictor) in the order of
+    the first versions' draws from ``rng`` (see :func:`~minimaskrcnn.model.mask_head.build_mask_branch`).
+
+    Raises:
+        ValueError: ``num_keypoints < 1``.
+    """
+    if cfg.num_keypoints < 1:
+        raise ValueError(f"the keypoint head needs num_keypoints >= 1, got {cfg.num_keypoints}")
+    pool = ops.MultiScaleRoIPooler(cfg.keypoint_roi_size, cfg.keypoint_sampling_ratio,
+                                   pooler_type=cfg.roi_op, aligned=cfg.roi_aligned,
+                                   canonical_scale=cfg.canonical_scale,
+                                   canonical_level=cfg.canonical_level)
+    width = cfg.keypoint_head_channels
+    head = KeypointRCNNHeads(cfg.fpn_channels, (width,) * cfg.keypoint_head_convs, rng)
+    predictor = KeypointRCNNPredictor(width, cfg.num_keypoints, rng)
+    head.reset_parameters(rng)
+    predictor.reset_parameters(rng)
+    return pool, head, predictor
+
+
+# --------------------------------------------------------------------------------------------
+# targets, loss, inference (not differentiated, except the loss's gradient)
+
+
+def keypoint_targets(rois, matched_idxs, gt_keypoints, m: int, num_keypoints: int):
+    """The keypoint targets of each foreground RoI (torchvision ``keypointrcnn_loss``'s
+    ``keypoints_to_heatmap`` of the matched ground truth).
+
+    Args:
+        rois, matched_idxs: per image, the ``(Rf_i, 4)`` foreground RoIs and their ``(Rf_i,)``
+            matched ground truths (:class:`~minimaskrcnn.model.roi_heads.ForegroundRoIs`).
         gt_keypoints: per image ``(G_i, K, 3)`` float ``[x, y, v]`` image pixels.
         m: heatmap size; num_keypoints: K.
 
     Returns:
-        ``(fg_rois, targets, valid)``: per image the ``(Rf_i, 4)`` foreground RoIs, all images'
-        ``(Rf, K)`` int64 flat cells and ``(Rf, K)`` bool validity.
+        ``(targets, valid)``: ``(Rf, K)`` int64 flat cells and ``(Rf, K)`` bool validity.
     """
-    fg_rois, targets, valid = [], [], []
+    targets, valid = [], []
     xp = get_array_module(*rois)
-    for r, lab, midx, kp in zip(rois, labels, matched_idxs, gt_keypoints, strict=True):
-        pos_host = np.nonzero(to_numpy(lab) > 0)[0]  # the box head's host labels: no sync
-        pos = xp.asarray(pos_host)
-        fg_rois.append(r[pos])
-        if pos_host.size:
-            # the ground-truth keypoints, validated on the host, copied to the RoIs' device
-            t, v = ops.keypoints_to_heatmap(xp.asarray(kp)[xp.asarray(midx)[pos]], r[pos], m)
+    for r, midx, kp in zip(rois, matched_idxs, gt_keypoints, strict=True):
+        if r.shape[0]:
+            # the ground-truth keypoints (validated on the host) on the RoIs' device
+            t, v = ops.keypoints_to_heatmap(xp.asarray(kp)[xp.asarray(midx)], r, m)
             targets.append(t)
             valid.append(v)
     if not targets:
-        return (fg_rois, xp.zeros((0, num_keypoints), np.int64),
-                xp.zeros((0, num_keypoints), bool))
-    return fg_rois, xp.concatenate(targets), xp.concatenate(valid)
+        return xp.zeros((0, num_keypoints), np.int64), xp.zeros((0, num_keypoints), bool)
+    return xp.concatenate(targets), xp.concatenate(valid)
 
 
-class KeypointHeadCache(NamedTuple):
-    """What :meth:`KeypointHead.backward` reads (``None`` fields when no foreground RoI of this
-    process has a valid keypoint): the pooler's and the layers' caches, the logits
-    ``(Rf, K, m, m)``, the targets and validity ``(Rf, K)``, the normaliser (valid keypoints of
-    the whole batch)."""
-
-    pool: object
-    keypoint_fcn: object
-    kps_score_lowres: object
-    upsample: object
-    logits: np.ndarray | None
-    targets: np.ndarray | None
-    valid: np.ndarray | None
-    num_valid: float
+def keypointrcnn_loss(keypoint_logits, targets, valid, num_valid):
+    """The keypoint loss and its gradient (torchvision ``keypointrcnn_loss``):
+    :func:`minimaskrcnn.ops.keypoint_loss` with the normaliser ``num_valid``, the valid
+    keypoints of the whole batch (over every data-parallel rank). Returns ``(loss, d_logits)``,
+    a Python float and ``(Rf, K, m, m)`` (of a weight-1 loss); ``(0.0, zeros)`` when no
+    keypoint of the batch is valid (torchvision: ``keypoint_logits.sum() * 0``)."""
+    if num_valid == 0:
+        return 0.0, get_array_module(keypoint_logits).zeros_like(keypoint_logits)
+    return ops.keypoint_loss(keypoint_logits, targets, valid, num_valid)
 
 
-class KeypointHead(Stage):
-    """The keypoint branch (parameters ``keypoint_fcn`` -- torchvision's ``KeypointRCNNHeads``
-    -- and ``kps_score_lowres`` -- its ``KeypointRCNNPredictor``), with its pooler.
-
-    ``forward_train(features, sampled, image_size, gt_keypoints)`` -> ``(None, losses, cache)``;
-    ``predict(features, detections, image_size)`` -> the detections with keypoints;
-    ``backward(None, cache, loss_weights)`` -> ``[dP2..dP5]`` or ``None``.
+def keypointrcnn_inference(keypoint_logits, boxes):
+    """The keypoints of each image's detections (torchvision ``keypointrcnn_inference``).
 
     Args:
-        cfg: the :class:`~minimaskrcnn.config.ModelConfig` (``num_keypoints`` > 0,
-            ``keypoint_*``, ``roi_op``, ``roi_aligned``, ``canonical_*``, ``fpn_channels``).
-        rng: initial weights.
+        keypoint_logits: ``(D_all, K, m, m)``, every image's detections in order.
+        boxes: per image the ``(D_i, 4)`` detection boxes the logits were pooled from.
+
+    Returns:
+        per image ``(keypoints (D_i, K, 3) float32 [x, y, 1], keypoint_scores (D_i, K)
+        float32)`` (:func:`minimaskrcnn.ops.heatmaps_to_keypoints`).
     """
-
-    LOSSES = ("loss_keypoint",)
-
-    def __init__(self, cfg, rng: np.random.Generator):
-        if cfg.num_keypoints < 1:
-            raise ValueError(f"KeypointHead needs num_keypoints >= 1, got {cfg.num_keypoints}")
-        self.roi_pool = ops.MultiScaleRoIPooler(cfg.keypoint_roi_size, cfg.keypoint_sampling_ratio,
-                                               pooler_type=cfg.roi_op, aligned=cfg.roi_aligned,
-                                               canonical_scale=cfg.canonical_scale,
-                                               canonical_level=cfg.canonical_level)
-        layers, c = [], cfg.fpn_channels
-        for _ in range(cfg.keypoint_head_convs):
-            layers += [nn.Conv2d(c, cfg.keypoint_head_channels, 3, padding=1, rng=rng), nn.ReLU()]
-            c = cfg.keypoint_head_channels
-        self.keypoint_fcn = Sequential(*layers)
-        self.kps_score_lowres = nn.ConvTranspose2d(c, cfg.num_keypoints, 4, stride=2, padding=1,
-                                                   rng=rng)
-        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear")
-        convs = [m for m in layers if isinstance(m, nn.Conv2d)]
-        for layer in convs + [self.kps_score_lowres]:
-            init.kaiming_normal_(layer.weight, rng, mode="fan_out", nonlinearity="relu")
-            init.zeros_(layer.bias)
-        self.num_keypoints = cfg.num_keypoints
-        self.heatmap_size = cfg.keypoint_heatmap_size
-
-    def _logits(self, features, rois, image_size):
-        """RoIs -> pooled features -> convs -> deconv -> 2x -> ``(R, K, m, m)``, and the caches."""
-        pooled, c_pool = self.roi_pool.forward(features, rois, image_size)  # (R, C, 14, 14)
-        h, c1 = self.keypoint_fcn.forward(pooled)
-        h, c2 = self.kps_score_lowres.forward(h)  # (R, K, 28, 28)
-        logits, c3 = self.upsample.forward(h)  # (R, K, 56, 56)
-        return logits, (c_pool, c1, c2, c3)
-
-    def check_keypoints(self, gt_keypoints, num_gt):
-        """Each image's ``(G_i, K, 3)`` keypoints, float; raises ``ValueError`` naming the image
-        for a wrong shape (a wrong number of keypoint types K included) or NaN/inf."""
-        out = []
-        for i, (kp, g) in enumerate(zip(gt_keypoints, num_gt, strict=True)):
-            kp = np.asarray(kp)
-            if kp.shape != (g, self.num_keypoints, 3):
-                raise ValueError(f"targets[{i}]['keypoints'] must have shape (G, K, 3) = "
-                                 f"{(g, self.num_keypoints, 3)} (K = num_keypoints of the "
-                                 f"model), got {kp.shape}")
-            if not np.issubdtype(kp.dtype, np.number) or not np.isfinite(kp).all():
-                raise ValueError(f"targets[{i}]['keypoints'] must be finite numbers [x, y, v]")
-            out.append(kp.astype(np.float32))
-        return out
-
-    def forward_train(self, features, sampled, image_size, gt_keypoints, *,
-                      sum_counts=identity_count):
-        """Keypoint loss on the foreground RoIs.
-
-        Args:
-            features: P2..P5, list of ``(N, C, H_l, W_l)``.
-            sampled: the box head's :class:`~minimaskrcnn.model.box_head.SampledRoIs`.
-            image_size: ``(H, W)`` of the padded batch.
-            gt_keypoints: per image ``(G_i, K, 3)`` float ``[x, y, v]`` image pixels (COCO
-                visibility: 0 not labelled, 1 occluded, 2 visible; ``v > 0`` is trained on).
-            sum_counts: sums the normaliser (valid keypoints) over data-parallel ranks.
-
-        Returns:
-            ``(None, {"loss_keypoint"}, KeypointHeadCache)``; the loss is 0 when no foreground
-            RoI has a valid keypoint (torchvision: ``keypoint_logits.sum() * 0``).
-        """
-        dtype = features[0].dtype
-        fg_rois, targets, valid = keypoint_targets(sampled.rois, sampled.labels,
-                                                   sampled.matched_idxs, gt_keypoints,
-                                                   self.heatmap_size, self.num_keypoints)
-        num_valid = sum_counts(float(valid.sum()))
-        if not valid.any():
-            return None, {"loss_keypoint": 0.0}, KeypointHeadCache(*(None,) * 7, num_valid)
-        logits, caches = self._logits(features, [r.astype(dtype) for r in fg_rois], image_size)
-        loss, _ = ops.keypoint_loss(logits, targets, valid, num_valid)
-        return (None, {"loss_keypoint": loss},
-                KeypointHeadCache(*caches, logits, targets, valid, num_valid))
-
-    def predict(self, features, detections, image_size):
-        """Keypoints of the detections (torchvision's keypoint branch in eval mode).
-
-        Args:
-            features: P2..P5; detections: the box head's per-image dicts (``boxes``).
-            image_size: padded ``(H, W)``.
-
-        Returns:
-            the detections, each dict with ``keypoints (D, K, 3) float32`` ``[x, y, 1]`` image
-            pixels and ``keypoint_scores (D, K) float32`` (the heatmap logit at the keypoint)
-            added.
-        """
-        dtype = features[0].dtype
-        xp = get_array_module(features[0])
-        boxes = [d["boxes"].astype(dtype) for d in detections]  # on the features' device
-        if sum(b.shape[0] for b in boxes):
-            logits, _ = self._logits(features, boxes, image_size)  # (D_all, K, m, m)
-        start, k = 0, self.num_keypoints
-        for d, b in zip(detections, boxes, strict=True):
-            n = b.shape[0]
-            if n:
-                kp, scores = ops.heatmaps_to_keypoints(logits[start:start + n], b)
-            else:
-                kp, scores = xp.zeros((0, k, 3)), xp.zeros((0, k))
-            start += n
-            d["keypoints"] = kp.astype(np.float32)
-            d["keypoint_scores"] = scores.astype(np.float32)
-        return detections
-
-    def backward(self, dy, cache: KeypointHeadCache, loss_weights=None):
-        """Gradient of the weighted keypoint loss w.r.t. P2..P5 (list of ``(N, C, H_l, W_l)``),
-        or ``None`` when no foreground RoI had a valid keypoint (nothing flows)."""
-        if dy is not None:
-            raise ValueError("the keypoint head's training output is its loss: pass dy=None")
-        if cache.logits is None:
-            return None
-        _, d_logits = ops.keypoint_loss(cache.logits, cache.targets, cache.valid, cache.num_valid)
-        d_logits = weighted(d_logits, loss_weights, "loss_keypoint")
-        dh = self.upsample.backward(d_logits, cache.upsample)
-        dh = self.kps_score_lowres.backward(dh, cache.kps_score_lowres)
-        dh = self.keypoint_fcn.backward(dh, cache.keypoint_fcn)
-        return self.roi_pool.backward(dh, cache.pool)
+    xp = get_array_module(keypoint_logits)
+    k = keypoint_logits.shape[1]
+    out, start = [], 0
+    for b in boxes:
+        n = b.shape[0]
+        if n:
+            kp, scores = ops.heatmaps_to_keypoints(keypoint_logits[start:start + n], b)
+        else:
+            kp, scores = xp.zeros((0, k, 3)), xp.zeros((0, k))
+        start += n
+        out.append((kp.astype(np.float32), scores.astype(np.float32)))
+    return out

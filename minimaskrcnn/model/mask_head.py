@@ -1,16 +1,19 @@
-"""The mask head: mask targets, RoI features, the FCN, the mask loss, and the masks of the
-detections pasted into the image (paper sections 3 and 3.1, Figure 4 right; torchvision
-``MaskRCNNHeads`` + ``MaskRCNNPredictor``, ``maskrcnn_loss``, ``paste_masks_in_image``).
+"""The mask head: mask targets, the FCN (or the MLP of Table 2e) and the mask predictor, the mask
+loss, and the mask probabilities of the detections (paper sections 3 and 3.1, Figure 4 right;
+torchvision ``MaskRCNNHeads`` + ``MaskRCNNPredictor``, ``maskrcnn_loss``,
+``maskrcnn_inference``). :class:`~minimaskrcnn.model.roi_heads.RoIHeads` runs it.
 
-Shape shorthand: N images, C FPN channels, Rf foreground RoIs (all images together), K classes
-(background not counted), M mask size (28), D detections of one image, h w an image's size.
+Shape shorthand: N images, C FPN channels, Rf foreground RoIs (all images together), S the
+pooled size (14), K classes (background not counted), M mask size (28), D detections of one
+image.
 
-Training forward of :class:`MaskHead` (on the box head's foreground RoIs only; the paper defines
-``L_mask`` on positive RoIs only)::
+Training (on the box head's foreground RoIs only; the paper defines ``L_mask`` on positive RoIs
+only)::
 
-    foreground RoIs + their matched gt masks -> project_masks_on_boxes -> targets (Rf, M, M)
-    P2..P5 + RoIs -> MultiScaleRoIAlign 14x14 -> 4 x (conv3x3, ReLU) -> deconv 2x2 s2, ReLU
-      -> conv1x1 -> mask logits (Rf, K+1, M, M)
+    P2..P5 + foreground RoIs -> mask_roi_pool 14x14
+      -> MaskRCNNHeads: 4 x (conv3x3, ReLU)
+      -> MaskRCNNPredictor: deconv 2x2 s2, ReLU, conv1x1 -> mask logits (Rf, K+1, M, M)
+    targets: the matched gt masks -> project_masks_on_boxes -> (Rf, M, M)
     loss_mask = ops.mask_loss on channels 1..K (per-class sigmoid BCE on the gt class's channel,
                 or the softmax ablation), summed over the Rf M M pixels / (Rf M M)
 
@@ -19,15 +22,19 @@ The predictor has K + 1 output channels like torchvision's ``MaskRCNNPredictor``
 gradient. Keeping it makes the parameter count equal torchvision's (2,479,803 for
 ``nuclei-mini``).
 
-Backward: the loss's gradient (made here, weighted; zero on channel 0) -> conv1x1 -> ReLU ->
-deconv -> 4 x (ReLU, conv) -> (Rf, C, 14, 14) -> the pooler's backward -> dP2..dP5.
+Backward: ``ops.mask_loss`` gives the loss and its gradient in one fused pass, so the forward
+keeps the gradient (:func:`maskrcnn_loss`, zero on channel 0) and the backward scales it by the
+loss's weight, reading nothing back from the device -> the predictor -> the heads
+-> (Rf, C, 14, 14) -> the pooler's backward -> dP2..dP5.
 
-Two variants of the paper's Table 2 (config fields; the default is the FCN above, per class):
+Two variants of the paper's Table 2 (config fields, chosen once in :func:`build_mask_branch`;
+the default is the FCN above, per class):
 
-- ``mask_head_type="mlp"`` (Table 2e): the pooled ``(Rf, C, 14, 14)`` features flattened, fully
-  connected layers of widths ``mask_mlp_dims`` each with ReLU, then one fully connected layer
-  to ``(K+1) M M`` logits reshaped to ``(Rf, K+1, M, M)``: no spatial structure is kept, which is
-  what the paper's FCN-vs-MLP comparison measures. Init: torch's ``Linear`` default.
+- ``mask_head_type="mlp"`` (Table 2e): :class:`MaskRCNNMLPHead`, the pooled ``(Rf, C, 14, 14)``
+  features flattened, fully connected layers of widths ``mask_mlp_dims`` each with ReLU, then
+  :class:`MaskRCNNMLPPredictor`, one fully connected layer to ``(K+1) M M`` logits reshaped to
+  ``(Rf, K+1, M, M)``: no spatial structure is kept, which is what the paper's FCN-vs-MLP
+  comparison measures. Init: torch's ``Linear`` default.
 - ``mask_class_agnostic=True`` (section 4.2, "class-agnostic masks"): the predictor has 2
   channels (background, one mask) whatever K; the loss and the prediction read channel 1 for
   every class.
@@ -40,10 +47,247 @@ from typing import NamedTuple
 import numpy as np
 
 from minimaskrcnn import nn, ops
-from minimaskrcnn.backend import get_array_module, to_numpy
-from minimaskrcnn.model.stage import Stage, identity_count, weighted
+from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.nn import init
-from minimaskrcnn.nn.module import Sequential
+from minimaskrcnn.nn.module import Module, Sequential
+
+# --------------------------------------------------------------------------------------------
+# the layers (differentiated)
+
+
+def kaiming_init_(layers, rng: np.random.Generator) -> None:
+    """Kaiming normal (fan_out, ReLU) weights and zero biases, layer by layer (torchvision's
+    init of the mask and keypoint heads and predictors)."""
+    for layer in layers:
+        init.kaiming_normal_(layer.weight, rng, mode="fan_out", nonlinearity="relu")
+        init.zeros_(layer.bias)
+
+
+class NamedSequential(Sequential):
+    """A :class:`~minimaskrcnn.nn.Sequential` whose children have names (torch's
+    ``Sequential(OrderedDict(...))``): parameter names ``mask_fcn1.weight``, not ``0.weight``.
+    The cache is the tuple of the children's caches, as :class:`Sequential`'s."""
+
+    def __init__(self, named_layers):
+        super().__init__(*(layer for _, layer in named_layers))
+        self.names = [name for name, _ in named_layers]
+
+    def named_children(self):
+        yield from zip(self.names, self.layers, strict=True)
+
+    def __getattr__(self, name):  # head.mask_fcn1, as torch's named Sequential
+        names = self.__dict__.get("names", ())
+        if name in names:
+            return self.layers[names.index(name)]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+
+class MaskRCNNHeads(NamedSequential):
+    """``len(layers)`` x (conv3x3, ReLU) (torchvision ``MaskRCNNHeads``, its children
+    ``mask_fcn1``, ``relu1``, ...): ``(R, C, S, S)`` -> ``(R, layers[-1], S, S)``.
+
+    Args:
+        in_channels: C; layers: the width of each conv (``mask_head_convs`` x
+            ``mask_head_channels``); rng: the torch-default weights (then
+            :meth:`reset_parameters`).
+    """
+
+    def __init__(self, in_channels: int, layers, rng: np.random.Generator):
+        named, c = [], in_channels
+        for i, width in enumerate(layers, 1):
+            named += [(f"mask_fcn{i}", nn.Conv2d(c, width, 3, padding=1, rng=rng)),
+                      (f"relu{i}", nn.ReLU())]
+            c = width
+        super().__init__(named)
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """torchvision's init: Kaiming normal (fan_out, ReLU), zero bias."""
+        kaiming_init_([m for m in self.layers if isinstance(m, nn.Conv2d)], rng)
+
+
+class MaskRCNNPredictorCache(NamedTuple):
+    """What :meth:`MaskRCNNPredictor.backward` reads: each layer's cache."""
+
+    conv5_mask: object
+    relu: object
+    mask_fcn_logits: object
+
+
+class MaskRCNNPredictor(Module):
+    """Deconv 2x2 stride 2, ReLU, conv1x1 (torchvision ``MaskRCNNPredictor``): ``(R, d, S, S)``
+    -> mask logits ``(R, num_classes, 2S, 2S)``. Parameters ``conv5_mask``,
+    ``mask_fcn_logits``.
+
+    Args:
+        in_channels: d; dim_reduced: the deconv's width; num_classes: K + 1 (2 for
+            class-agnostic masks); rng: the torch-default weights (then
+            :meth:`reset_parameters`).
+    """
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int,
+                 rng: np.random.Generator):
+        self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, stride=2, rng=rng)
+        self.relu = nn.ReLU()
+        self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_classes, 1, rng=rng)
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """torchvision's init: Kaiming normal (fan_out, ReLU), zero bias."""
+        kaiming_init_([self.conv5_mask, self.mask_fcn_logits], rng)
+
+    def forward(self, x):
+        h, c5 = self.conv5_mask.forward(x)  # (R, d, 2S, 2S)
+        h, cr = self.relu.forward(h)
+        logits, cl = self.mask_fcn_logits.forward(h)  # (R, num_classes, 2S, 2S)
+        return logits, MaskRCNNPredictorCache(c5, cr, cl)
+
+    def backward(self, dy, cache: MaskRCNNPredictorCache):
+        dh = self.mask_fcn_logits.backward(dy, cache.mask_fcn_logits)
+        dh = self.relu.backward(dh, cache.relu)
+        return self.conv5_mask.backward(dh, cache.conv5_mask)
+
+
+class MLPHeadCache(NamedTuple):
+    """What :meth:`MaskRCNNMLPHead.backward` reads: the input's shape, the layers' caches."""
+
+    input_shape: tuple
+    layers: tuple
+
+
+class MaskRCNNMLPHead(NamedSequential):
+    """The MLP mask head of Table 2e: flatten, then per width of ``dims`` a Linear and a ReLU
+    (children ``mask_fc1``, ``relu1``, ...): ``(R, C, S, S)`` -> ``(R, dims[-1])``.
+
+    Args:
+        in_features: ``C S S``; dims: the layers' widths (``mask_mlp_dims``); rng: weights
+            (torch's Linear default).
+    """
+
+    def __init__(self, in_features: int, dims, rng: np.random.Generator):
+        named, d = [], in_features
+        for i, width in enumerate(dims, 1):
+            named += [(f"mask_fc{i}", nn.Linear(d, width, rng=rng)), (f"relu{i}", nn.ReLU())]
+            d = width
+        super().__init__(named)
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """Nothing: the Linear layers keep torch's default init (the constructor's)."""
+
+    def forward(self, x):
+        h, layers = super().forward(x.reshape(x.shape[0], -1))  # (R, C S S) -> (R, d)
+        return h, MLPHeadCache(x.shape, layers)
+
+    def backward(self, dy, cache: MLPHeadCache):
+        return super().backward(dy, cache.layers).reshape(cache.input_shape)
+
+
+class MLPPredictorCache(NamedTuple):
+    """What :meth:`MaskRCNNMLPPredictor.backward` reads: the layer's cache."""
+
+    mask_fc_logits: object
+
+
+class MaskRCNNMLPPredictor(Module):
+    """One Linear layer to ``num_classes M M`` logits, reshaped to ``(R, num_classes, M, M)``
+    (Table 2e's predictor). Parameters ``mask_fc_logits`` (torch's Linear default init).
+
+    Args:
+        in_features: d; num_classes: K + 1 (2 class-agnostic); mask_size: M; rng: weights.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, mask_size: int,
+                 rng: np.random.Generator):
+        self.mask_size = mask_size
+        self.mask_fc_logits = nn.Linear(in_features, num_classes * mask_size * mask_size, rng=rng)
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """Nothing: torch's Linear default init (the constructor's)."""
+
+    def forward(self, x):
+        m = self.mask_size
+        logits, c = self.mask_fc_logits.forward(x)  # (R, k1 M M)
+        return logits.reshape(x.shape[0], -1, m, m), MLPPredictorCache(c)
+
+    def backward(self, dy, cache: MLPPredictorCache):
+        return self.mask_fc_logits.backward(dy.reshape(dy.shape[0], -1), cache.mask_fc_logits)
+
+
+def build_mask_branch(cfg, rng: np.random.Generator):
+    """``(mask_roi_pool, mask_head, mask_predictor)`` of ``cfg``: the ``mask_roi_size`` pooler
+    of ``roi_op``; :class:`MaskRCNNHeads` + :class:`MaskRCNNPredictor` (the FCN), or with
+    ``mask_head_type="mlp"`` :class:`MaskRCNNMLPHead` + :class:`MaskRCNNMLPPredictor`; K + 1
+    output channels, 2 with ``mask_class_agnostic``.
+
+    torchvision initialises each part in its constructor; here both parts are built first
+    (torch's default init) and then re-initialised, head then predictor, the order in which the
+    first versions drew from ``rng``: a seed gives the same weights as it always did.
+    """
+    k1 = (1 if cfg.mask_class_agnostic else cfg.num_classes) + 1
+    pool = ops.MultiScaleRoIPooler(cfg.mask_roi_size, cfg.mask_sampling_ratio,
+                                   pooler_type=cfg.roi_op, aligned=cfg.roi_aligned,
+                                   canonical_scale=cfg.canonical_scale,
+                                   canonical_level=cfg.canonical_level)
+    if cfg.mask_head_type == "mlp":
+        s = cfg.mask_roi_size
+        head = MaskRCNNMLPHead(cfg.fpn_channels * s * s, cfg.mask_mlp_dims, rng)
+        predictor = MaskRCNNMLPPredictor(cfg.mask_mlp_dims[-1], k1, cfg.mask_size, rng)
+    else:
+        width = cfg.mask_head_channels
+        head = MaskRCNNHeads(cfg.fpn_channels, (width,) * cfg.mask_head_convs, rng)
+        predictor = MaskRCNNPredictor(width, width, k1, rng)
+    head.reset_parameters(rng)
+    predictor.reset_parameters(rng)
+    return pool, head, predictor
+
+
+# --------------------------------------------------------------------------------------------
+# targets, loss, inference (not differentiated, except the loss's gradient)
+
+
+def mask_targets(rois, matched_idxs, gt_masks, M: int, dtype):
+    """The mask target of each foreground RoI (torchvision ``maskrcnn_loss``'s
+    ``project_masks_on_boxes``: the matched gt mask RoIAligned into the RoI at ``M x M``, soft).
+
+    Args:
+        rois, matched_idxs: per image, the ``(Rf_i, 4)`` foreground RoIs and their ``(Rf_i,)``
+            matched ground truths (:class:`~minimaskrcnn.model.roi_heads.ForegroundRoIs`).
+        gt_masks: per image ``(G_i, h_i, w_i)`` uint8.
+        M: the mask size; dtype: the targets' dtype.
+
+    Returns:
+        ``(Rf, M, M)`` targets of ``dtype``, on the RoIs' device.
+    """
+    xp = get_array_module(*rois)
+    targets = []
+    for r, m, masks in zip(rois, matched_idxs, gt_masks, strict=True):
+        if r.shape[0]:
+            targets.append(ops.project_masks_on_boxes(masks, r, m, M).astype(dtype))
+    return xp.concatenate(targets) if targets else xp.zeros((0, M, M), dtype)
+
+
+def maskrcnn_loss(mask_logits, labels, mask_targets, num_fg, mode):
+    """The mask loss and its gradient (torchvision ``maskrcnn_loss``).
+
+    Args:
+        mask_logits: ``(Rf, K+1, M, M)``; labels: ``(Rf,)`` int64, the predictor channel of each
+            RoI in 1..K (its class, or 1 for class-agnostic masks); mask_targets:
+            ``(Rf, M, M)``.
+        num_fg: the normaliser, the foreground RoIs of the whole batch (over every
+            data-parallel rank).
+        mode: ``"sigmoid"`` or ``"softmax"`` (:func:`minimaskrcnn.ops.mask_loss`).
+
+    Returns:
+        ``(loss_mask, d_mask_logits)``: the sum over the Rf M M pixels / (num_fg M M), a Python
+        float; its gradient ``(Rf, K+1, M, M)`` (of a weight-1 loss, zero on channel 0). No
+        foreground RoI: ``(0.0, zeros)`` (torchvision: ``mask_logits.sum() * 0``).
+    """
+    xp = get_array_module(mask_logits)
+    d_mask = xp.zeros_like(mask_logits)
+    if labels.shape[0] == 0:
+        return 0.0, d_mask
+    loss, d_fg = ops.mask_loss(mask_logits[:, 1:], xp.asarray(labels), mask_targets, mode=mode)
+    share = labels.shape[0] / num_fg  # 1 in one process: the mean over the local RoIs
+    d_mask[:, 1:] = d_fg if share == 1 else d_fg * d_fg.dtype.type(share)
+    return float(loss) * share, d_mask
 
 
 def mask_probabilities(mask_logits, labels, mode):
@@ -66,203 +310,25 @@ def mask_probabilities(mask_logits, labels, mode):
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def mask_targets(rois, labels, matched_idxs, gt_masks, M: int, dtype):
-    """Foreground RoIs of each image and their mask targets (torchvision ``maskrcnn_loss``'s
-    ``project_masks_on_boxes``: the matched gt mask RoIAligned into the RoI at ``M x M``, soft).
+def maskrcnn_inference(mask_logits, labels, mode):
+    """The mask probabilities of each image's detections (torchvision ``maskrcnn_inference``).
 
     Args:
-        rois, labels, matched_idxs: per image, the box head's :class:`SampledRoIs` fields.
-        gt_masks: per image ``(G_i, h_i, w_i)`` uint8.
+        mask_logits: ``(D_all, K+1, M, M)``, every image's detections in order.
+        labels: per image ``(D_i,)`` int64, the predictor channel of each detection.
+        mode: as :func:`mask_probabilities`.
 
     Returns:
-        ``(fg_rois, fg_labels, targets)``: per image the ``(Rf_i, 4)`` foreground RoIs, all
-        images' ``(Rf,)`` int64 labels (NumPy, like the box head's) and ``(Rf, M, M)`` targets
-        of ``dtype`` (RoIs and targets on the RoIs' device).
+        per image ``(D_i, M, M)`` float32 probabilities (pasted into the image by
+        :meth:`GeneralizedRCNNTransform.postprocess
+        <minimaskrcnn.model.transform.GeneralizedRCNNTransform.postprocess>`).
     """
-    fg_rois, fg_labels, targets = [], [], []
-    xp = get_array_module(*rois)
-    for r, lab, m, masks in zip(rois, labels, matched_idxs, gt_masks, strict=True):
-        lab = to_numpy(lab)  # the box head's host labels: no synchronisation
-        pos_host = np.nonzero(lab > 0)[0]
-        pos = xp.asarray(pos_host)
-        fg_rois.append(r[pos])
-        fg_labels.append(lab[pos_host])
-        if pos_host.size:
-            targets.append(ops.project_masks_on_boxes(masks, r[pos], m[pos], M).astype(dtype))
-    fg_labels = np.concatenate(fg_labels)
-    targets = xp.concatenate(targets) if targets else xp.zeros((0, M, M), dtype)
-    return fg_rois, fg_labels, targets
-
-
-class MaskHeadCache(NamedTuple):
-    """What :meth:`MaskHead.backward` reads (``None`` fields when there is no foreground RoI):
-    the pooler's cache, the layers' caches (in forward order), the logits ``(Rf, K+1, M, M)``,
-    the labels ``(Rf,)`` (the predictor channel of each RoI: 1 for class-agnostic masks), the
-    targets ``(Rf, M, M)``, the normaliser (foreground RoIs of the whole batch)."""
-
-    pool: object
-    layers: object
-    mask_logits: np.ndarray | None
-    labels: np.ndarray | None
-    targets: np.ndarray | None
-    num_fg: float
-
-
-class MaskHead(Stage):
-    """The mask branch (parameters ``mask_fcn`` -- torchvision's ``MaskRCNNHeads`` -- and
-    ``conv5_mask``, ``mask_fcn_logits`` -- its ``MaskRCNNPredictor``), with its pooler.
-    Init: Kaiming normal (fan_out, ReLU), zero bias. With ``mask_head_type="mlp"`` the parameters
-    are ``mask_fc`` and ``mask_fc_logits`` instead (module docstring).
-
-    ``forward_train(features, sampled, image_size, gt_masks)`` -> ``(None, losses, cache)``;
-    ``predict(features, detections, image_size, image_sizes)`` -> the detections with masks;
-    ``backward(None, cache, loss_weights)`` -> ``[dP2..dP5]``.
-
-    Args:
-        cfg: the :class:`~minimaskrcnn.config.ModelConfig` (``mask_*``, ``roi_op``,
-            ``roi_aligned``, ``canonical_*``, ``fpn_channels``, ``num_classes``).
-        rng: initial weights.
-    """
-
-    LOSSES = ("loss_mask",)
-
-    def __init__(self, cfg, rng: np.random.Generator):
-        k1 = (1 if cfg.mask_class_agnostic else cfg.num_classes) + 1
-        self.roi_pool = ops.MultiScaleRoIPooler(cfg.mask_roi_size, cfg.mask_sampling_ratio,
-                                               pooler_type=cfg.roi_op, aligned=cfg.roi_aligned,
-                                               canonical_scale=cfg.canonical_scale,
-                                               canonical_level=cfg.canonical_level)
-        self.kind = cfg.mask_head_type
-        self.class_agnostic = cfg.mask_class_agnostic
-        self.mask_size = cfg.mask_size
-        self.loss_mode = cfg.mask_loss
-        self.threshold = cfg.mask_threshold
-        if self.kind == "mlp":
-            self._build_mlp(cfg, k1, rng)
-            return
-        layers, c = [], cfg.fpn_channels
-        for _ in range(cfg.mask_head_convs):
-            layers += [nn.Conv2d(c, cfg.mask_head_channels, 3, padding=1, rng=rng), nn.ReLU()]
-            c = cfg.mask_head_channels
-        self.mask_fcn = Sequential(*layers)
-        self.conv5_mask = nn.ConvTranspose2d(c, cfg.mask_head_channels, 2, stride=2, rng=rng)
-        self.relu5 = nn.ReLU()
-        self.mask_fcn_logits = nn.Conv2d(cfg.mask_head_channels, k1, 1, rng=rng)
-        convs = [m for m in layers if isinstance(m, nn.Conv2d)]
-        for layer in convs + [self.conv5_mask, self.mask_fcn_logits]:
-            init.kaiming_normal_(layer.weight, rng, mode="fan_out", nonlinearity="relu")
-            init.zeros_(layer.bias)
-
-    def _build_mlp(self, cfg, k1: int, rng: np.random.Generator):
-        """The Table 2e head: ``mask_fc`` (Linear + ReLU per width of ``mask_mlp_dims``) and
-        ``mask_fc_logits`` (Linear to ``k1 M M``), torch's default Linear init."""
-        layers, d = [], cfg.fpn_channels * cfg.mask_roi_size * cfg.mask_roi_size
-        for width in cfg.mask_mlp_dims:
-            layers += [nn.Linear(d, width, rng=rng), nn.ReLU()]
-            d = width
-        self.mask_fc = Sequential(*layers)
-        self.mask_fc_logits = nn.Linear(d, k1 * cfg.mask_size * cfg.mask_size, rng=rng)
-
-    def _layers_forward(self, pooled):
-        """Pooled ``(R, C, S, S)`` features -> ``(R, k1, M, M)`` logits, and the layer caches."""
-        if self.kind == "mlp":
-            r, m = pooled.shape[0], self.mask_size
-            h, c1 = self.mask_fc.forward(pooled.reshape(r, -1))  # (R, C S S) -> (R, hidden)
-            logits, c2 = self.mask_fc_logits.forward(h)  # (R, k1 M M)
-            return logits.reshape(r, -1, m, m), (c1, c2, pooled.shape)
-        h, c1 = self.mask_fcn.forward(pooled)
-        h, c2 = self.conv5_mask.forward(h)  # (R, ch, 28, 28)
-        h, c3 = self.relu5.forward(h)
-        logits, c4 = self.mask_fcn_logits.forward(h)  # (R, k1, 28, 28)
-        return logits, (c1, c2, c3, c4)
-
-    def _layers_backward(self, d_logits, caches):
-        """Mirror of :meth:`_layers_forward`: d logits -> d pooled features ``(R, C, S, S)``."""
-        if self.kind == "mlp":
-            c1, c2, pooled_shape = caches
-            dh = self.mask_fc_logits.backward(d_logits.reshape(d_logits.shape[0], -1), c2)
-            return self.mask_fc.backward(dh, c1).reshape(pooled_shape)
-        c1, c2, c3, c4 = caches
-        dh = self.mask_fcn_logits.backward(d_logits, c4)
-        dh = self.relu5.backward(dh, c3)
-        dh = self.conv5_mask.backward(dh, c2)
-        return self.mask_fcn.backward(dh, c1)
-
-    def _channels(self, labels):
-        """The predictor channel of each RoI: its class, or 1 for class-agnostic masks."""
-        return np.ones_like(labels) if self.class_agnostic else labels
-
-    def _logits(self, features, rois, image_size):
-        """RoIs -> pooled features -> the head's layers -> ``(R, k1, M, M)`` logits, and the
-        pooler's and layers' caches."""
-        pooled, c_pool = self.roi_pool.forward(features, rois, image_size)  # (R, C, 14, 14)
-        logits, c_layers = self._layers_forward(pooled)
-        return logits, (c_pool, c_layers)
-
-    def _loss(self, mask_logits, labels, targets, num_fg):
-        """Mask loss (sum over the Rf M M pixels / (num_fg M M)) and its gradient
-        ``(Rf, K+1, M, M)`` (zero on channel 0); channels 1..K are ops.mask_loss's K."""
-        xp = get_array_module(mask_logits)
-        loss, d_fg = ops.mask_loss(mask_logits[:, 1:], xp.asarray(labels), targets,
-                                   mode=self.loss_mode)
-        share = labels.shape[0] / num_fg  # 1 in one process
-        d_mask = xp.zeros_like(mask_logits)
-        d_mask[:, 1:] = d_fg if share == 1 else d_fg * d_fg.dtype.type(share)
-        return float(loss) * share, d_mask
-
-    def forward_train(self, features, sampled, image_size, gt_masks, *,
-                      sum_counts=identity_count):
-        """Mask loss on the foreground RoIs.
-
-        Args:
-            features: P2..P5, list of ``(N, C, H_l, W_l)``.
-            sampled: the box head's :class:`~minimaskrcnn.model.box_head.SampledRoIs`.
-            image_size: ``(H, W)`` of the padded batch.
-            gt_masks: per image ``(G_i, h_i, w_i)`` uint8 ground-truth masks.
-            sum_counts: sums the normaliser Rf over data-parallel ranks (identity by default).
-
-        Returns:
-            ``(None, {"loss_mask"}, MaskHeadCache)`` (torchvision's loss is 0 without a
-            foreground RoI: ``mask_logits.sum() * 0``).
-        """
-        dtype = features[0].dtype
-        fg_rois, labels, targets = mask_targets(sampled.rois, sampled.labels,
-                                                sampled.matched_idxs, gt_masks, self.mask_size,
-                                                dtype)
-        num_fg = sum_counts(float(labels.shape[0]))
-        if labels.shape[0] == 0:
-            return None, {"loss_mask": 0.0}, MaskHeadCache(*(None,) * 5, num_fg)
-        labels = self._channels(labels)
-        logits, caches = self._logits(features, fg_rois, image_size)
-        loss, _ = self._loss(logits, labels, targets, num_fg)
-        return None, {"loss_mask": loss}, MaskHeadCache(*caches, logits, labels, targets, num_fg)
-
-    def predict(self, features, detections, image_size):
-        """Mask probabilities of the detections (torchvision's mask branch in eval mode,
-        ``maskrcnn_inference``): each dict gets ``masks (D, M, M) float32``, the probability of
-        its class at each cell, pasted into the image by the transform's postprocess."""
-        dtype = features[0].dtype
-        xp = get_array_module(features[0])
-        boxes = [d["boxes"].astype(dtype) for d in detections]
-        if sum(b.shape[0] for b in boxes):
-            mask_logits, _ = self._logits(features, boxes, image_size)  # (D_all, K+1, M, M)
-        start = 0
-        for d in detections:
-            n = d["boxes"].shape[0]
-            logits = mask_logits[start:start + n] if n else None
-            start += n
-            d["masks"] = (mask_probabilities(logits, self._channels(d["labels"]),
-                                             self.loss_mode).astype(np.float32)
-                          if n else xp.zeros((0, self.mask_size, self.mask_size), np.float32))
-        return detections
-
-    def backward(self, dy, cache: MaskHeadCache, loss_weights=None):
-        """Gradient of the weighted mask loss w.r.t. P2..P5 (list of ``(N, C, H_l, W_l)``), or
-        ``None`` when there was no foreground RoI (nothing flows)."""
-        if dy is not None:
-            raise ValueError("the mask head's training output is its loss: pass dy=None")
-        if cache.mask_logits is None:
-            return None
-        _, d_mask = self._loss(cache.mask_logits, cache.labels, cache.targets, cache.num_fg)
-        d_mask = weighted(d_mask, loss_weights, "loss_mask")
-        return self.roi_pool.backward(self._layers_backward(d_mask, cache.layers), cache.pool)
+    xp = get_array_module(mask_logits)
+    m = mask_logits.shape[-1]
+    out, start = [], 0
+    for lab in labels:
+        n = lab.shape[0]
+        out.append(mask_probabilities(mask_logits[start:start + n], lab, mode).astype(np.float32)
+                   if n else xp.zeros((0, m, m), np.float32))
+        start += n
+    return out

@@ -1,35 +1,46 @@
 """Mask R-CNN: the stages chained, forward and backward, and inference (He et al. 2017;
-torchvision ``models/detection/mask_rcnn.py`` / ``generalized_rcnn.py`` / ``transform.py``).
+torchvision ``models/detection/mask_rcnn.py`` / ``generalized_rcnn.py``).
 
 Shape shorthand: N images, (h_i, w_i) image i's own size, (H, W) the padded batch size (the
 largest h and w rounded up to a multiple of 32), C FPN channels, K classes.
 
-Each stage is one file, read in this order (``docs/model.md``); every one has the protocol of
-:mod:`minimaskrcnn.model.stage` (``forward_train`` -> outputs, losses, cache; ``predict``;
-``backward(d_outputs, cache, loss_weights)`` -> d_inputs)::
+The network is four stages with the protocol of :mod:`minimaskrcnn.model.stage`
+(``forward_train`` -> outputs, losses, cache; ``predict``; ``backward(d_outputs, cache,
+loss_weights)`` -> d_inputs), the RoI heads holding three heads: six parts with the keypoint
+head, one file each, read in this order (``docs/model.md``)::
 
-    images -> [predict: resize by image_scale] -> pad to (N, 3, H, W)   (this file, transform)
-      -> backbone.py  ResNetGN             -> C2..C5
-      -> fpn.py       FPN                  -> P2..P6  (features="c5": C5 -> P5 alone)
-      -> rpn.py       RegionProposalNetwork -> proposals           + loss_objectness, loss_rpn_box_reg
-      -> box_head.py  BoxHead              -> sampled RoIs         + loss_classifier, loss_box_reg
-      -> mask_head.py MaskHead                                     + loss_mask
-      -> keypoint_head.py KeypointHead (when num_keypoints > 0)    + loss_keypoint
+    images -> transform.py   GeneralizedRCNNTransform -> ImageList (N, 3, H, W) + image_sizes
+      -> backbone.py  ResNetGN              -> C2..C5
+      -> fpn.py       FPN                   -> P2..P6  (features="c5": C5 -> P5 alone)
+      -> rpn.py       RegionProposalNetwork -> proposals         + loss_objectness, loss_rpn_box_reg
+      -> roi_heads.py RoIHeads on P2..P5:
+           box_head.py      TwoMLPHead + FastRCNNPredictor   -> sampled RoIs
+                                                             + loss_classifier, loss_box_reg
+           mask_head.py     MaskRCNNHeads + MaskRCNNPredictor (foreground RoIs) + loss_mask
+           keypoint_head.py KeypointRCNNHeads + KeypointRCNNPredictor (num_keypoints > 0)
+                                                             + loss_keypoint
+    predict: -> transform.postprocess: boxes, masks, keypoints in the input images' pixels
 
-:meth:`MaskRCNN.backward` is the mirror image: mask head, box head and RPN each turn their
+:meth:`MaskRCNN.backward` is the mirror image: the RoI heads and the RPN each turn their
 weighted losses into gradients of the pyramid levels, which add up; the FPN turns them into
 dC2..dC5, the backbone into every parameter and d images. Every gradient accumulates (``+=``) in
 ``Param.grad``.
 
 ``image_scale`` (1 in the presets): ``predict`` resizes each image by it (bilinear, as
 torchvision's transform resizes to ``min_size``), and maps the boxes, masks and keypoints back
-to the input image (masks are pasted at the input size from the rescaled boxes, as torchvision's
-``postprocess`` does); ``forward_train`` takes crops that the data path already cut from the
-scaled images (:mod:`minimaskrcnn.data.transforms`).
+to the input image (:mod:`minimaskrcnn.model.transform`); ``forward_train`` takes crops that the
+data path already cut from the scaled images (:mod:`minimaskrcnn.data.transforms`).
+
+Parameter names (torchvision's): ``backbone.*``, ``fpn.*``, ``rpn.head.*``,
+``roi_heads.box_head.fc6``/``fc7``, ``roi_heads.box_predictor.cls_score``/``bbox_pred``,
+``roi_heads.mask_head.mask_fcn1..``, ``roi_heads.mask_predictor.conv5_mask``/``mask_fcn_logits``,
+``roi_heads.keypoint_head.0..``, ``roi_heads.keypoint_predictor.kps_score_lowres``. Checkpoints
+of the two earlier namings load (:func:`upgrade_state_names`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -37,35 +48,59 @@ import numpy as np
 from minimaskrcnn import backend
 from minimaskrcnn.config import Config, ModelConfig, get_preset
 from minimaskrcnn.model.backbone import ResNetGN
-from minimaskrcnn.model.box_head import BoxHead
 from minimaskrcnn.model.fpn import FPN
-from minimaskrcnn.model.keypoint_head import KeypointHead
-from minimaskrcnn.model.mask_head import MaskHead
+from minimaskrcnn.model.roi_heads import BOX_LOSSES, MASK_LOSSES, build_roi_heads
 from minimaskrcnn.model.rpn import RegionProposalNetwork
-from minimaskrcnn.model.stage import Stage, identity_count
+from minimaskrcnn.model.stage import Stage, identity_count, sum_levels
 from minimaskrcnn.model.timing import NullTimer
 from minimaskrcnn.model.transform import GeneralizedRCNNTransform
 
-LOSS_KEYS = RegionProposalNetwork.LOSSES + BoxHead.LOSSES + MaskHead.LOSSES
+LOSS_KEYS = RegionProposalNetwork.LOSSES + BOX_LOSSES + MASK_LOSSES
 """torchvision's names of the five Mask R-CNN losses (the total is their weighted sum). A model
 with a keypoint head has a sixth, ``loss_keypoint``: a model's own are
 :attr:`MaskRCNN.loss_keys`."""
 
-LEGACY_NAMES = (("rpn_head.", "rpn.head."), ("roi_heads.box_head.", "box_head."),
-                ("roi_heads.box_predictor.", "box_head."), ("roi_heads.mask_head.", "mask_head."))
-"""Parameter-name prefixes of checkpoints written before the stages had one file each
-(``old prefix -> new prefix``); :func:`upgrade_state_names` converts them on load."""
+
+def _sequential_to_numbered(name: str):
+    """``mask_fcn.2.`` (a Sequential's conv, ReLUs between) -> ``mask_fcn2.``: the i-th layer."""
+    return lambda m: f"{name}{int(m.group(1)) // 2 + 1}."
+
+
+STATE_NAME_RULES = (
+    # minimaskrcnn <= 0.1 (torchvision-like, the mask predictor inside the mask head)
+    (r"rpn_head\.", "rpn.head."),
+    (r"roi_heads\.mask_head\.mask_fcn\.(\d+)\.", _sequential_to_numbered("roi_heads.mask_head.mask_fcn")),
+    (r"roi_heads\.mask_head\.mask_fc\.(\d+)\.", _sequential_to_numbered("roi_heads.mask_head.mask_fc")),
+    (r"roi_heads\.mask_head\.(conv5_mask|mask_fcn_logits|mask_fc_logits)\.",
+     r"roi_heads.mask_predictor.\1."),
+    # one file per stage (BoxHead, MaskHead, KeypointHead stages beside the RPN)
+    (r"box_head\.(fc6|fc7)\.", r"roi_heads.box_head.\1."),
+    (r"box_head\.(cls_score|bbox_pred)\.", r"roi_heads.box_predictor.\1."),
+    (r"mask_head\.mask_fcn\.(\d+)\.", _sequential_to_numbered("roi_heads.mask_head.mask_fcn")),
+    (r"mask_head\.mask_fc\.(\d+)\.", _sequential_to_numbered("roi_heads.mask_head.mask_fc")),
+    (r"mask_head\.(conv5_mask|mask_fcn_logits|mask_fc_logits)\.", r"roi_heads.mask_predictor.\1."),
+    (r"keypoint_head\.keypoint_fcn\.(\d+)\.", r"roi_heads.keypoint_head.\1."),
+    (r"keypoint_head\.kps_score_lowres\.", "roi_heads.keypoint_predictor.kps_score_lowres."),
+)
+"""``(pattern, replacement)`` for the parameter names of older checkpoints, matched at the
+start of a name (first match wins; today's names match none). minimaskrcnn <= 0.1 wrote
+``rpn_head.*``, ``roi_heads.box_head.*``, ``roi_heads.box_predictor.*`` and
+``roi_heads.mask_head.{mask_fcn.i, conv5_mask, mask_fcn_logits}``; the one-file-per-stage layout
+wrote ``box_head.{fc6, fc7, cls_score, bbox_pred}``, ``mask_head.{mask_fcn.i, conv5_mask,
+mask_fcn_logits}`` (``mask_fc.i``, ``mask_fc_logits`` for the MLP head) and
+``keypoint_head.{keypoint_fcn.i, kps_score_lowres}``."""
 
 
 def upgrade_state_names(state: dict) -> dict:
-    """Rename the parameters of a checkpoint written by minimaskrcnn <= 0.1 (``rpn_head.*``,
-    ``roi_heads.box_head.*``, ``roi_heads.box_predictor.*``, ``roi_heads.mask_head.*``) to
-    today's names (``rpn.head.*``, ``box_head.*``, ``mask_head.*``); other names pass through."""
+    """Rename the parameters (or momentum buffers) of a checkpoint written with an older naming
+    (:data:`STATE_NAME_RULES`) to today's; other names pass through. Returns a new dict, in the
+    same order, with the same values."""
     out = {}
     for name, value in state.items():
-        for old, new in LEGACY_NAMES:
-            if name.startswith(old):
-                name = new + name[len(old):]
+        for pattern, replacement in STATE_NAME_RULES:
+            new, n = re.subn("^" + pattern, replacement, name, count=1)
+            if n:
+                name = new
                 break
         out[name] = value
     return out
@@ -77,14 +112,13 @@ class MaskRCNNCache(NamedTuple):
     backbone: object
     fpn: object
     rpn: object
-    box_head: object
-    mask_head: object
-    keypoint_head: object = None
+    roi_heads: object
 
 
 class MaskRCNN(Stage):
-    """The network of ``ModelConfig``, five stages (parameters: ``backbone``, ``fpn``, ``rpn``,
-    ``box_head``, ``mask_head``). Build it with :func:`build_model`.
+    """The network of ``ModelConfig``: ``transform``, then the stages ``backbone``, ``fpn``,
+    ``rpn``, ``roi_heads`` (torchvision ``MaskRCNN``'s attributes). Build it with
+    :func:`build_model`.
 
     Methods:
         forward_train(images, targets, rng) -> (proposals, losses dict of floats, cache)
@@ -95,10 +129,10 @@ class MaskRCNN(Stage):
             ``"cpu"`` / ``"cuda"``); ``xp`` / ``device`` tell where they are now
 
     On a GPU (``model.to(cupy)``) the calls take the same host inputs (NumPy images and
-    targets, as the data loader makes them): each batch is copied to the device once
-    (:meth:`transform`, :meth:`check_targets`), every activation, gradient and parameter stays
-    there, and :meth:`predict` returns host (NumPy) detections. The host synchronisations of an
-    iteration are listed in docs/kernels.md ("The network on a GPU: where the host syncs").
+    targets, as the data loader makes them): each batch is copied to the device once (by the
+    :attr:`transform`), every activation, gradient and parameter stays there, and
+    :meth:`predict` returns host (NumPy) detections. The host synchronisations of an iteration
+    are listed in docs/kernels.md ("The network on a GPU: where the host syncs").
     """
 
     def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
@@ -113,15 +147,13 @@ class MaskRCNN(Stage):
         else:
             self.fpn = FPN(cfg.stage_channels, cfg.fpn_channels, rng)
         self.rpn = RegionProposalNetwork(cfg, rng)
-        self.box_head = BoxHead(cfg, rng)
-        self.mask_head = MaskHead(cfg, rng)
-        self.keypoint_head = KeypointHead(cfg, rng) if cfg.num_keypoints else None
+        self.roi_heads = build_roi_heads(cfg, rng)
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
         """This model's loss names: :data:`LOSS_KEYS`, plus ``loss_keypoint`` with a keypoint
         head (``num_keypoints > 0``)."""
-        return LOSS_KEYS + (KeypointHead.LOSSES if self.keypoint_head is not None else ())
+        return RegionProposalNetwork.LOSSES + self.roi_heads.loss_keys
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -165,21 +197,23 @@ class MaskRCNN(Stage):
             images: list of N ``(3, h_i, w_i)`` float32 arrays (standardised; sizes may differ).
             targets: list of N dicts: ``boxes (G_i, 4) float32 [x1, y1, x2, y2]`` pixels with
                 positive width and height, ``labels (G_i,) int64`` in 1..K, ``masks (G_i, h_i,
-                w_i) uint8``. ``G_i = 0`` is allowed (every anchor and RoI is background).
-            rng: a ``np.random.Generator`` driving the RPN's and then the box head's sampler
+                w_i) uint8`` (and ``keypoints (G_i, K, 3)`` with a keypoint head). ``G_i = 0`` is
+                allowed (every anchor and RoI is background).
+            rng: a ``np.random.Generator`` driving the RPN's and then the RoI heads' sampler
                 for the whole batch, or a list of N Generators, one per image (each image then
                 samples from its own stream: what data-parallel training needs).
             proposals: optional list of N ``(P_i, 4)`` boxes used instead of the RPN's (the
                 gradient check holds them fixed; the RPN losses are computed as usual).
             timer: optional :class:`~minimaskrcnn.model.timing.StageTimer` collecting seconds
-                per stage.
+                per stage (``backbone_fpn``, ``rpn``, ``box_head``, ``mask_head``,
+                ``keypoint_head``).
             sum_counts: sums each loss normaliser over data-parallel ranks (identity: one
                 process holds the whole batch).
 
         Returns:
             ``(proposals, losses, cache)``: the RPN's proposals (list of N ``(P_i, 4)``),
-            ``losses`` mapping the five torchvision loss names (:data:`LOSS_KEYS`) to Python
-            floats, and a :class:`MaskRCNNCache` for :meth:`backward`.
+            ``losses`` mapping the loss names (:attr:`loss_keys`) to Python floats, and a
+            :class:`MaskRCNNCache` for :meth:`backward`.
 
         Raises:
             TypeError / ValueError: malformed images or targets (naming the argument and index),
@@ -188,30 +222,17 @@ class MaskRCNN(Stage):
         """
         timer = timer or NullTimer()
         images, targets = self.transform(images, targets, dtype=self.dtype, xp=self.xp)
-        image_size = images.tensors.shape[-2:]
         with timer("backbone_fpn"):
             feats, _, c_backbone = self.backbone.forward_train(images.tensors)  # C2..C5
             pyramid, _, c_fpn = self.fpn.forward_train(self._fpn_inputs(feats))  # P2..P6
-            roi_maps = self._roi_maps(pyramid)  # P2..P5
         with timer("rpn"):
             proposals, rpn_losses, c_rpn = self.rpn.forward_train(
                 pyramid, images, targets, rng, proposals=proposals, sum_counts=sum_counts)
-        with timer("roi_heads"):
-            sampled, box_losses, c_box = self.box_head.forward_train(
-                roi_maps, proposals, image_size, targets, rng, sum_counts=sum_counts)
-        with timer("mask_head"):
-            _, mask_losses, c_mask = self.mask_head.forward_train(
-                roi_maps, sampled, image_size, [t["masks"] for t in targets],
-                sum_counts=sum_counts)
-        losses = {**rpn_losses, **box_losses, **mask_losses}
-        c_kp = None
-        if self.keypoint_head is not None:
-            with timer("keypoint_head"):
-                _, kp_losses, c_kp = self.keypoint_head.forward_train(
-                    roi_maps, sampled, image_size, [t["keypoints"] for t in targets],
-                    sum_counts=sum_counts)
-            losses.update(kp_losses)
-        return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_box, c_mask, c_kp)
+        _, roi_losses, c_roi_heads = self.roi_heads.forward_train(
+            self._roi_maps(pyramid), proposals, images, targets, rng, sum_counts=sum_counts,
+            timer=timer)
+        losses = {**rpn_losses, **roi_losses}
+        return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_roi_heads)
 
     def backward(self, dy, cache: MaskRCNNCache, loss_weights=None):
         """Backward through every stage in reverse; returns d images ``(N, 3, H, W)`` (padded).
@@ -223,7 +244,7 @@ class MaskRCNN(Stage):
             dy: ``None``: the training forward's outputs (proposals) carry no gradient; what
                 flows back starts at the losses.
             cache: the :class:`MaskRCNNCache` of :meth:`forward_train`.
-            loss_weights: ``{loss name: weight}`` (:data:`LOSS_KEYS`; a missing name weighs 1).
+            loss_weights: ``{loss name: weight}`` (:attr:`loss_keys`; a missing name weighs 1).
 
         Raises:
             ValueError: ``dy`` is not ``None``, or a loss name in ``loss_weights`` is unknown.
@@ -239,19 +260,11 @@ class MaskRCNN(Stage):
         if unknown:
             raise ValueError(f"loss_weights: unknown loss names {unknown}; "
                              f"losses: {self.loss_keys}")
-        d_mask = self.mask_head.backward(None, cache.mask_head, loss_weights)  # dP2..dP5 or None
-        d_box = self.box_head.backward(None, cache.box_head, loss_weights)  # dP2..dP5
-        if d_mask is not None:
-            d_box = [b + m for b, m in zip(d_box, d_mask, strict=True)]
-        if self.keypoint_head is not None:
-            d_kp = self.keypoint_head.backward(None, cache.keypoint_head, loss_weights)
-            if d_kp is not None:
-                d_box = [b + k for b, k in zip(d_box, d_kp, strict=True)]
-        d_rpn = self.rpn.backward(None, cache.rpn, loss_weights)  # dP2..dP6
-        n_roi = len(d_box)  # the RoI heads' levels (P2..P5) come first, then the RPN's P6
-        d_pyramid = [b + r for b, r in zip(d_box, d_rpn[:n_roi], strict=True)] + d_rpn[n_roi:]
+        d_roi_maps = self.roi_heads.backward(None, cache.roi_heads, loss_weights)  # dP2..dP5
+        d_pyramid = self.rpn.backward(None, cache.rpn, loss_weights)  # dP2..dP6
+        d_pyramid = self._roi_maps_backward(d_roi_maps, d_pyramid)
         d_feats = self.fpn.backward(d_pyramid, cache.fpn)  # dC2..dC5
-        return self.backbone.backward(self._backbone_grads(d_feats), cache.backbone)
+        return self.backbone.backward(self._fpn_inputs_backward(d_feats), cache.backbone)
 
     # -- which maps each stage reads (features="fpn": C2..C5 -> P2..P6; "c5": C5 -> P5) -------
 
@@ -259,13 +272,20 @@ class MaskRCNN(Stage):
         """The backbone maps the FPN reads: C2..C5, or C5 alone (``features="c5"``)."""
         return feats[-len(self.fpn.inner_blocks):]
 
+    def _fpn_inputs_backward(self, d_feats):
+        """Mirror of :meth:`_fpn_inputs`: ``[dC2..dC5]`` for the backbone, ``None`` for the maps
+        the FPN did not read."""
+        return [None] * (len(self.backbone.layers) - len(d_feats)) + list(d_feats)
+
     def _roi_maps(self, pyramid):
         """The maps the RoI heads pool from: P2..P5 (not the RPN's P6), or ``[P5]``."""
         return pyramid[:-1] if self.fpn.p6 else pyramid
 
-    def _backbone_grads(self, d_feats):
-        """``[dC2..dC5]`` for the backbone, ``None`` for maps the FPN did not read."""
-        return [None] * (len(self.backbone.layers) - len(d_feats)) + list(d_feats)
+    def _roi_maps_backward(self, d_roi_maps, d_pyramid):
+        """Mirror of :meth:`_roi_maps`: the RoI heads' gradients added to the pyramid's on the
+        maps they read (P6, the RPN's alone, passes through)."""
+        n = len(d_roi_maps)
+        return sum_levels(d_roi_maps, d_pyramid[:n]) + d_pyramid[n:]
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -276,6 +296,8 @@ class MaskRCNN(Stage):
             images: list of N ``(3, h_i, w_i)`` float arrays (standardised). With
                 ``config.image_scale != 1`` the network sees each resized by it (bilinear) and
                 everything returned is mapped back to these images' pixels.
+            timer: optional :class:`~minimaskrcnn.model.timing.StageTimer` (``backbone_fpn``,
+                ``rpn``, ``box_head``, ``mask_head``, ``keypoint_head``, ``postprocess``).
             mask_format: ``"bool"`` (dense masks) or ``"rle"`` (COCO run-length encodings,
                 pasted a few at a time: memory bounded by the image, for very large images).
 
@@ -283,7 +305,8 @@ class MaskRCNN(Stage):
             list of N dicts: ``boxes (D_i, 4) float32`` ``[x1, y1, x2, y2]`` pixels of the image,
             ``labels (D_i,) int64`` in 1..K, ``scores (D_i,) float32`` (decreasing),
             ``masks``: ``(D_i, h_i, w_i) bool`` (pasted probability >= ``mask_threshold``) or a
-            list of D_i RLE dicts.
+            list of D_i RLE dicts; with a keypoint head ``keypoints (D_i, K, 3) float32``
+            ``[x, y, 1]`` and ``keypoint_scores (D_i, K) float32``.
 
         Raises:
             TypeError: ``images`` not a non-empty list, an element not a float NumPy array.
@@ -294,20 +317,12 @@ class MaskRCNN(Stage):
         timer = timer or NullTimer()
         original_sizes = self.transform.image_sizes(images)
         images, _ = self.transform(images, dtype=self.dtype, xp=self.xp)
-        image_size = images.tensors.shape[-2:]
         with timer("backbone_fpn"):
             pyramid = self.fpn.predict(self._fpn_inputs(self.backbone.predict(images.tensors)))
-            roi_maps = self._roi_maps(pyramid)
         with timer("rpn"):
             proposals = self.rpn.predict(pyramid, images)
-        with timer("roi_heads"):
-            detections = self.box_head.predict(roi_maps, proposals, image_size,
-                                               images.image_sizes)
-        with timer("mask_head"):
-            detections = self.mask_head.predict(roi_maps, detections, image_size)
-        if self.keypoint_head is not None:
-            with timer("keypoint_head"):
-                detections = self.keypoint_head.predict(roi_maps, detections, image_size)
+        detections = self.roi_heads.predict(self._roi_maps(pyramid), proposals, images,
+                                            timer=timer)
         with timer("postprocess"):
             detections = self.transform.postprocess(detections, images.image_sizes,
                                                     original_sizes, mask_format=mask_format)

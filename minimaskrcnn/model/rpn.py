@@ -49,12 +49,21 @@ from minimaskrcnn.ops import (
 )
 
 
+class RPNHeadCache(NamedTuple):
+    """One level's cache of :class:`RPNHead`: its input ``(N, C, H_l, W_l)`` and the 3x3
+    conv's ReLU output (the sparse backward recomputes nothing else)."""
+
+    features: object
+    relu: object
+
+
 class RPNHead(Module):
     """conv 3x3 C -> C + ReLU, then 1x1 objectness (A) and 1x1 box deltas (4A), shared by every
     level (torchvision ``RPNHead``). Init: normal(std 0.01), zero bias.
 
     ``forward(features)`` takes the list of L maps ``(N, C, H_l, W_l)`` and returns
-    ``((objectness list (N, A, H_l, W_l), deltas list (N, 4A, H_l, W_l)), cache)``;
+    ``((objectness list (N, A, H_l, W_l), deltas list (N, 4A, H_l, W_l)), cache)`` (the cache:
+    one :class:`RPNHeadCache` per level);
     ``backward((d_objectness list, d_deltas list), cache)`` returns the list of feature gradients
     and accumulates the head's parameter gradients over all levels.
 
@@ -85,7 +94,7 @@ class RPNHead(Module):
             d, _ = self.bbox_pred.forward(r)
             objectness.append(o)
             deltas.append(d)
-            caches.append((x, r))  # the input and the ReLU output are all backward needs
+            caches.append(RPNHeadCache(x, r))  # all the sparse backward needs
         return (objectness, deltas), caches
 
     def backward(self, grads, cache):
@@ -94,7 +103,8 @@ class RPNHead(Module):
         w_box = self.bbox_pred.weight.data.reshape(self.bbox_pred.out_channels, -1)  # (4A, C)
         w3 = self.conv.weight.data.reshape(self.conv.out_channels, -1)  # (C, C*9)
         d_features = []
-        for do, dd, (x, r) in zip(d_objectness, d_deltas, cache, strict=True):
+        for do, dd, c in zip(d_objectness, d_deltas, cache, strict=True):
+            x, r = c.features, c.relu
             n, c, h, w = x.shape
             xp = get_array_module(x)
             dx_pad = xp.zeros((n, c, h + 2, w + 2), x.dtype)

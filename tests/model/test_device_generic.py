@@ -48,20 +48,19 @@ TRAIN_SYNCS = {
     "model/rpn.py:rpn_losses": "the two loss values",
     "model/rpn.py:filter_proposals": "op checks, score threshold, batched_nms per image",
     "model/box_head.py:select_training_samples": "op checks; RoI labels -> the host sampler",
-    "model/box_head.py:_predictions": "pooler: RoI checks, RoIs per level, roi_align checks",
+    "model/roi_heads.py:branch_forward": "pooler (box, mask): RoI checks, RoIs per level, "
+                                         "roi_align checks",
     "model/box_head.py:fastrcnn_loss": "the two loss values",
     "model/mask_head.py:mask_targets": "project_masks_on_boxes argument checks",
-    "model/mask_head.py:_logits": "pooler: RoI checks, RoIs per level, roi_align checks",
-    "model/mask_head.py:_loss": "mask_loss argument checks (and, in the GPU tiers, the value)",
+    "model/mask_head.py:maskrcnn_loss": "mask_loss argument checks (and, in the GPU tiers, the "
+                                        "value), in the forward only",
     "model/rpn.py:backward": "sparse RPN head backward: the sampled cells, per level",
-    "model/box_head.py:backward": "pooler backward: roi_align_backward argument checks",
-    "model/mask_head.py:backward": "pooler backward: roi_align_backward argument checks",
+    "model/roi_heads.py:branch_backward": "pooler backward: roi_align_backward argument checks",
 }
 PREDICT_SYNCS = {
     "model/rpn.py:filter_proposals": "small boxes, score threshold, NMS",
-    "model/box_head.py:_predictions": "pooler: RoI checks",
+    "model/roi_heads.py:branch_forward": "pooler (box, mask): RoI checks",
     "model/box_head.py:postprocess_detections": "score threshold, small boxes, NMS",
-    "model/mask_head.py:_logits": "pooler: RoI checks",
     "model/transform.py:postprocess": "pasted masks -> host (chunk by chunk)",
     "model/mask_rcnn.py:predict": "detections -> host",
 }

@@ -9,7 +9,15 @@ import pytest
 from minimaskrcnn.config import ModelConfig, get_preset
 from minimaskrcnn.model import LOSS_KEYS, build_model
 from minimaskrcnn.model.box_head import SampledRoIs
-from minimaskrcnn.model.keypoint_head import KeypointHead
+from minimaskrcnn.model.keypoint_head import (
+    KeypointRCNNHeads,
+    KeypointRCNNPredictor,
+    build_keypoint_branch,
+    keypoint_targets,
+    keypointrcnn_inference,
+    keypointrcnn_loss,
+)
+from minimaskrcnn.model.roi_heads import branch_backward, branch_forward, select_foreground
 from minimaskrcnn.testing.gradcheck import gradcheck
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -19,61 +27,78 @@ HEAD_CFG = ModelConfig(num_classes=2, fpn_channels=4, num_keypoints=3, keypoint_
 
 
 def _head_case(dtype=np.float64):
-    """A head, P2..P5 of a 64 x 64 batch of one image, 3 sampled RoIs (2 foreground) and the
-    keypoints of 2 ground truths (one keypoint outside its RoI, one not labelled)."""
+    """The keypoint branch (pooler, heads, predictor), P2..P5 of a 64 x 64 batch of one image,
+    the foreground of 3 sampled RoIs (2 foreground) and the keypoints of 2 ground truths (one
+    keypoint outside its RoI, one not labelled)."""
     rng = np.random.default_rng(0)
-    head = KeypointHead(HEAD_CFG, rng).astype(dtype)
-    for p in head.parameters():  # biases off zero: no ReLU input sits exactly on the kink
-        if p.data.ndim == 1:
-            p.data += rng.uniform(-0.1, 0.1, p.shape)
+    pool, head, predictor = build_keypoint_branch(HEAD_CFG, rng)
+    assert isinstance(head, KeypointRCNNHeads) and isinstance(predictor, KeypointRCNNPredictor)
+    for part in (head, predictor):
+        part.astype(dtype)
+        for p in part.parameters():  # biases off zero: no ReLU input sits exactly on the kink
+            if p.data.ndim == 1:
+                p.data += rng.uniform(-0.1, 0.1, p.shape)
     feats = [rng.normal(size=(1, 4, 64 // s, 64 // s)).astype(dtype) for s in (4, 8, 16, 32)]
     rois = np.array([[8, 10, 40, 44], [30, 5, 60, 30], [2, 2, 20, 20]], dtype)
-    sampled = SampledRoIs([rois], [np.array([1, 2, 0])], [np.array([0, 1, 0])])
+    sampled = SampledRoIs([rois], [np.array([0, 1, 0])], [np.array([1, 2, 0])],
+                          [np.zeros((3, 4), dtype)])
     gt_kp = [np.array([[[12, 15, 2], [30, 40, 2], [39.5, 9, 1]],
                        [[35, 10, 2], [59, 29, 2], [45, 20, 0]]], np.float32)]
-    return head, feats, sampled, gt_kp
+    return (pool, head, predictor), feats, select_foreground(sampled), gt_kp
 
 
-def test_keypoint_head_gradient_float64():
-    head, feats, sampled, gt_kp = _head_case()
-    _, losses, cache = head.forward_train(feats, sampled, (64, 64), gt_kp)
-    assert losses["loss_keypoint"] > 0
+def _forward(parts, feats, fg, gt_kp):
+    """What RoIHeads runs for the keypoint loss: the branch, the targets, the loss."""
+    logits, cache = branch_forward(*parts, feats, fg.rois, (64, 64))
+    targets, valid = keypoint_targets(fg.rois, fg.matched_idxs, gt_kp, logits.shape[-1],
+                                      logits.shape[1])
+    loss, d_logits = keypointrcnn_loss(logits, targets, valid, float(valid.sum()))
+    return loss, d_logits, valid, cache
+
+
+def test_keypoint_branch_gradient_float64():
+    parts, feats, fg, gt_kp = _head_case()
+    loss, _, valid, _ = _forward(parts, feats, fg, gt_kp)
+    assert loss > 0
     # RoI 0's third keypoint (39.5, 9) lies above the RoI (y < 10), RoI 1's third is not
-    # labelled (v = 0): both invalid; the background RoI 2 gets no target
-    np.testing.assert_array_equal(cache.valid, [[True, True, False], [True, True, False]])
+    # labelled (v = 0): both invalid; the background RoI 2 is not a foreground RoI
+    np.testing.assert_array_equal(valid, [[True, True, False], [True, True, False]])
+    params = parts[1].parameters() + parts[2].parameters()
 
     def f(*features):
-        _, out, c = head.forward_train(list(features), sampled, (64, 64), gt_kp)
+        out, d_logits, _, c = _forward(parts, list(features), fg, gt_kp)
 
         def backward(dy):
-            d = head.backward(None, c, {"loss_keypoint": float(dy)})
-            return tuple(d)
+            return tuple(branch_backward(*parts, d_logits * float(dy), c))
 
-        return np.array(out["loss_keypoint"]), backward
+        return np.array(out), backward
 
-    gradcheck(f, feats, params=head.parameters(), eps=1e-6, atol=1e-9, rtol=1e-5,
-              directions=8, seeds=(0, 1))
+    gradcheck(f, feats, params=params, eps=1e-6, atol=1e-9, rtol=1e-5, directions=8,
+              seeds=(0, 1))
 
 
-def test_keypoint_head_without_valid_keypoints_has_zero_loss_and_no_gradient():
-    head, feats, sampled, gt_kp = _head_case()
+def test_keypoint_branch_without_valid_keypoints_has_zero_loss_and_no_gradient():
+    parts, feats, fg, gt_kp = _head_case()
     gt_kp[0][..., 2] = 0  # nothing labelled
-    _, losses, cache = head.forward_train(feats, sampled, (64, 64), gt_kp)
-    assert losses == {"loss_keypoint": 0.0}
-    assert head.backward(None, cache) is None
+    loss, d_logits, _, cache = _forward(parts, feats, fg, gt_kp)
+    assert loss == 0.0 and not d_logits.any()
+    grads = branch_backward(*parts, d_logits, cache)
+    assert [g.shape for g in grads] == [f.shape for f in feats]
+    assert not any(g.any() for g in grads)
+    assert not any(p.grad.any() for part in parts[1:] for p in part.parameters())
 
 
-def test_keypoint_head_predict_shapes():
-    head, feats, _, _ = _head_case(np.float32)
-    dets = [{"boxes": np.array([[8, 10, 40, 44], [30, 5, 60, 30.5]], np.float32)}]
-    out = head.predict(feats, dets, (64, 64))[0]
-    assert out["keypoints"].shape == (2, 3, 3) and out["keypoints"].dtype == np.float32
-    assert out["keypoint_scores"].shape == (2, 3)
-    kp = out["keypoints"]
+def test_keypoint_inference_shapes():
+    parts, feats, _, _ = _head_case(np.float32)
+    boxes = [np.array([[8, 10, 40, 44], [30, 5, 60, 30.5]], np.float32), np.zeros((0, 4),
+                                                                                    np.float32)]
+    logits, _ = branch_forward(*parts, feats, boxes, (64, 64))
+    (kp, scores), (empty_kp, empty_scores) = keypointrcnn_inference(logits, boxes)
+    assert kp.shape == (2, 3, 3) and kp.dtype == np.float32
+    assert scores.shape == (2, 3) and scores.dtype == np.float32
     assert (kp[..., 2] == 1).all()
     assert (kp[0, :, 0] >= 8).all() and (kp[0, :, 0] <= 40).all()
-    empty = head.predict(feats, [{"boxes": np.zeros((0, 4), np.float32)}], (64, 64))[0]
-    assert empty["keypoints"].shape == (0, 3, 3) and empty["keypoint_scores"].shape == (0, 3)
+    assert empty_kp.shape == (0, 3, 3) and empty_scores.shape == (0, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,10 +148,12 @@ def test_model_with_keypoints_losses_weights_and_gradient_float64():
     _, _, _, cache = total(proposals)
     model.backward(None, cache, weights)
     params = dict(model.named_parameters())
-    assert all(np.abs(p.grad).sum() > 0 for n, p in params.items() if n.startswith("keypoint_head"))
+    assert all(np.abs(p.grad).sum() > 0 for n, p in params.items()
+               if n.startswith("roi_heads.keypoint_"))
     rng = np.random.default_rng(1)
     eps = 1e-7
-    for stage in ("keypoint_head.keypoint_fcn", "keypoint_head.kps_score_lowres", "fpn."):
+    for stage in ("roi_heads.keypoint_head.", "roi_heads.keypoint_predictor.kps_score_lowres",
+                  "fpn."):
         names = [n for n in params if n.startswith(stage)]
         direction = {n: rng.standard_normal(params[n].shape) for n in names[:3]}
         analytic = sum(float((params[n].grad * v).sum()) for n, v in direction.items())
@@ -161,8 +188,8 @@ def test_model_with_keypoints_predicts_keypoints_and_refuses_bad_targets():
 
 def test_model_without_keypoints_is_unchanged():
     model = build_model(dataclasses.replace(TINY_KP, num_keypoints=0), np.random.default_rng(0))
-    assert model.keypoint_head is None and model.loss_keys == LOSS_KEYS
-    assert not any(n.startswith("keypoint_head") for n, _ in model.named_parameters())
+    assert not model.roi_heads.has_keypoint() and model.loss_keys == LOSS_KEYS
+    assert not any("keypoint" in n for n, _ in model.named_parameters())
     images, targets = _batch()
     _, losses, _ = model.forward_train(images, targets, np.random.default_rng(0))
     assert set(losses) == set(LOSS_KEYS)

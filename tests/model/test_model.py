@@ -3,13 +3,14 @@ input handling (different sizes, no instances, degenerate boxes, mismatched mask
 ``predict`` and the state-dict round trip."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 
 import minimaskrcnn
 from minimaskrcnn.config import get_preset
-from minimaskrcnn.model import LOSS_KEYS, build_model
+from minimaskrcnn.model import LOSS_KEYS, build_model, upgrade_state_names
 from minimaskrcnn.testing.tiny import TINY, disc, target_from_masks, tiny_batch  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matrices: see conftest.py
@@ -27,7 +28,7 @@ def test_parameter_count_matches_torchvision():
     assert sum(counts.values()) == 2_479_803
     assert counts["backbone"] + counts["fpn"] == 1_406_176
     assert counts["rpn"] == 37_903
-    assert counts["box_head"] + counts["mask_head"] == 1_035_724
+    assert counts["roi_heads"] == 1_035_724
     assert all(p.data.dtype == np.float32 for p in model.parameters())
 
 
@@ -51,7 +52,7 @@ def test_init_follows_the_spec():
     assert np.all(model.backbone.gn1.weight.data == 1) and np.all(model.backbone.gn1.bias.data == 0)
     assert abs(model.rpn.head.conv.weight.data.std() - 0.01) < 0.001
     assert np.all(model.fpn.layer_blocks[0].bias.data == 0)
-    fc6 = model.box_head.fc6.weight.data  # U(+-1/sqrt(3136))
+    fc6 = model.roi_heads.box_head.fc6.weight.data  # U(+-1/sqrt(3136))
     assert np.abs(fc6).max() <= 1 / np.sqrt(64 * 49)
 
 
@@ -101,9 +102,11 @@ def _total(model, images, targets, proposals, seed):
 
 STAGES = ["backbone.conv1", "backbone.gn1", "backbone.layers.0", "backbone.layers.1",
           "backbone.layers.2", "backbone.layers.3", "fpn.inner_blocks", "fpn.layer_blocks",
-          "rpn.head", "box_head.fc", "box_head.cls_score", "box_head.bbox_pred"]
-FCN_STAGES = ["mask_head.mask_fcn.", "mask_head.conv5_mask", "mask_head.mask_fcn_logits"]
-MLP_STAGES = ["mask_head.mask_fc.", "mask_head.mask_fc_logits"]
+          "rpn.head", "roi_heads.box_head.fc", "roi_heads.box_predictor.cls_score",
+          "roi_heads.box_predictor.bbox_pred"]
+FCN_STAGES = ["roi_heads.mask_head.mask_fcn", "roi_heads.mask_predictor.conv5_mask",
+              "roi_heads.mask_predictor.mask_fcn_logits"]
+MLP_STAGES = ["roi_heads.mask_head.mask_fc", "roi_heads.mask_predictor.mask_fc_logits"]
 VARIANTS = {  # the paper's Table 2 model variants next to the default
     "default": ({}, FCN_STAGES),
     "c5": ({"features": "c5"}, FCN_STAGES),  # Table 2d: one stride-32 map, no FPN
@@ -147,7 +150,8 @@ def test_gradient_check_whole_training_loss_float64(variant):
     # every parameter receives a gradient, except the mask predictor's background channel
     k1 = 2 if cfg.mask_class_agnostic else cfg.num_classes + 1
     for name, p in params.items():
-        if name.startswith(("mask_head.mask_fcn_logits", "mask_head.mask_fc_logits")):
+        if name.startswith(("roi_heads.mask_predictor.mask_fcn_logits",
+                            "roi_heads.mask_predictor.mask_fc_logits")):
             g = p.grad.reshape(k1, -1)  # conv (k1, C, 1, 1) / linear (k1 M M, d): channel first
             assert not g[0].any() and g[1:].any(axis=1).all(), name
         else:
@@ -228,7 +232,7 @@ def test_batch_where_no_image_has_instances():
     assert losses["loss_mask"] == 0.0 and losses["loss_box_reg"] == 0.0
     assert losses["loss_rpn_box_reg"] == 0.0 and losses["loss_objectness"] > 0
     model.backward(None, cache)
-    assert not model.mask_head.mask_fcn_logits.weight.grad.any()
+    assert not model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad.any()
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -304,7 +308,7 @@ def test_sparse_rpn_head_backward_equals_the_dense_layers(density):
 
 def test_predict_with_no_detection_returns_empty_arrays():
     model = build_model(TINY, np.random.default_rng(0))
-    model.box_head.cls_score.bias.data[...] = [20.0, -20.0, -20.0]  # all background
+    model.roi_heads.box_predictor.cls_score.bias.data[...] = [20.0, -20.0, -20.0]  # background
     images, _ = tiny_batch()
     out = model.predict(images)
     for det, im in zip(out, images, strict=True):
@@ -412,23 +416,64 @@ def test_per_image_generators_need_one_per_image():
         model.forward_train(images, targets, [np.random.default_rng(0)])
 
 
-def test_older_checkpoint_names_load():
-    """Checkpoints written before the five-stage layout (rpn_head.*, roi_heads.*) load into the
-    same parameters."""
-    a = build_model(TINY, np.random.default_rng(1))
-    old = {}
-    for name, value in a.state_dict().items():
-        name = (name.replace("rpn.head.", "rpn_head.", 1)
-                .replace("box_head.cls_score.", "roi_heads.box_predictor.cls_score.", 1)
-                .replace("box_head.bbox_pred.", "roi_heads.box_predictor.bbox_pred.", 1)
-                .replace("box_head.fc", "roi_heads.box_head.fc", 1)
-                .replace("mask_head.", "roi_heads.mask_head.", 1))
-        old[name] = value
-    assert "rpn_head.conv.weight" in old and "roi_heads.box_predictor.cls_score.bias" in old
-    b = build_model(TINY, np.random.default_rng(2))
+OLD_NAMES = {
+    # minimaskrcnn <= 0.1: rpn_head.*, roi_heads.*, the mask predictor inside the mask head
+    "0.1": {"rpn.head.conv.weight": "rpn_head.conv.weight",
+            "roi_heads.box_head.fc6.bias": "roi_heads.box_head.fc6.bias",
+            "roi_heads.box_predictor.cls_score.weight": "roi_heads.box_predictor.cls_score.weight",
+            "roi_heads.mask_head.mask_fcn1.weight": "roi_heads.mask_head.mask_fcn.0.weight",
+            "roi_heads.mask_head.mask_fcn4.bias": "roi_heads.mask_head.mask_fcn.6.bias",
+            "roi_heads.mask_predictor.conv5_mask.weight": "roi_heads.mask_head.conv5_mask.weight",
+            "roi_heads.mask_predictor.mask_fcn_logits.bias":
+                "roi_heads.mask_head.mask_fcn_logits.bias"},
+    # one file per stage: box_head.*, mask_head.*, keypoint_head.* beside the RPN
+    "stages": {"roi_heads.box_head.fc7.weight": "box_head.fc7.weight",
+               "roi_heads.box_predictor.bbox_pred.bias": "box_head.bbox_pred.bias",
+               "roi_heads.mask_head.mask_fcn2.weight": "mask_head.mask_fcn.2.weight",
+               "roi_heads.mask_predictor.mask_fcn_logits.weight": "mask_head.mask_fcn_logits.weight",
+               "roi_heads.mask_head.mask_fc2.weight": "mask_head.mask_fc.2.weight",
+               "roi_heads.mask_predictor.mask_fc_logits.bias": "mask_head.mask_fc_logits.bias",
+               "roi_heads.keypoint_head.2.weight": "keypoint_head.keypoint_fcn.2.weight",
+               "roi_heads.keypoint_predictor.kps_score_lowres.bias":
+                   "keypoint_head.kps_score_lowres.bias"},
+}
+
+
+def _old_name(name, naming):
+    """A parameter's name in an older naming, written out rule by rule from the table above's
+    patterns (not through upgrade_state_names, which the test checks)."""
+    if naming == "0.1":
+        name = re.sub(r"^rpn\.head\.", "rpn_head.", name)
+        name = re.sub(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.",
+                      lambda m: f"roi_heads.mask_head.mask_fcn.{2 * int(m.group(1)) - 2}.", name)
+        return re.sub(r"^roi_heads\.mask_predictor\.", "roi_heads.mask_head.", name)
+    name = re.sub(r"^roi_heads\.box_(head|predictor)\.", "box_head.", name)
+    name = re.sub(r"^roi_heads\.mask_head\.mask_fc(n?)(\d+)\.",
+                  lambda m: f"mask_head.mask_fc{m.group(1)}.{2 * int(m.group(2)) - 2}.", name)
+    name = re.sub(r"^roi_heads\.mask_predictor\.", "mask_head.", name)
+    name = re.sub(r"^roi_heads\.keypoint_head\.", "keypoint_head.keypoint_fcn.", name)
+    return re.sub(r"^roi_heads\.keypoint_predictor\.", "keypoint_head.", name)
+
+
+@pytest.mark.parametrize("naming, change", [
+    ("0.1", {}), ("stages", {}), ("stages", {"mask_head_type": "mlp", "mask_mlp_dims": (12, 10)}),
+    ("stages", {"num_keypoints": 2, "keypoint_head_convs": 2, "keypoint_head_channels": 4}),
+])
+def test_older_checkpoint_names_load(naming, change):
+    """Checkpoints of each older naming load into the same parameters of today's model."""
+    cfg = dataclasses.replace(TINY, **change)
+    a = build_model(cfg, np.random.default_rng(1))
+    old = {_old_name(n, naming): v for n, v in a.state_dict().items()}
+    for new, was in OLD_NAMES[naming].items():  # the rewriting above, by hand
+        if new in a.state_dict():
+            assert was in old, (new, was)
+    assert list(upgrade_state_names(old)) == list(a.state_dict())  # order kept, every name
+    b = build_model(cfg, np.random.default_rng(2))
     b.load_state_dict(old)
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         np.testing.assert_array_equal(pa.data, pb.data, err_msg=n)
+    assert upgrade_state_names({"fpn.x": 1, "roi_heads.mask_head.mask_fcn1.w": 2}) == {
+        "fpn.x": 1, "roi_heads.mask_head.mask_fcn1.w": 2}  # today's names pass through
 
 
 def test_image_scale_predicts_on_the_resized_image_in_input_pixels():

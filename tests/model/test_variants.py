@@ -17,6 +17,8 @@ from minimaskrcnn.checkpoint import (
 )
 from minimaskrcnn.config import Config, ModelConfig, config_to_dict
 from minimaskrcnn.model import build_model
+from minimaskrcnn.model.mask_head import MaskRCNNMLPHead, MaskRCNNMLPPredictor, maskrcnn_inference
+from minimaskrcnn.model.roi_heads import branch_forward
 from minimaskrcnn.testing.tiny import TINY, tiny_batch
 
 
@@ -52,20 +54,30 @@ def test_c5_features_are_one_stride_32_map_with_every_anchor_size():
     assert [o["masks"].shape[1:] for o in out] == [(64, 64), (48, 60)]
 
 
+def _mask_logits(model, maps, rois, image_shape):
+    rh = model.roi_heads
+    logits, _ = branch_forward(rh.mask_roi_pool, rh.mask_head, rh.mask_predictor, maps, rois,
+                               image_shape)
+    return logits
+
+
 def test_mlp_mask_head_has_no_convolution_and_gives_k_plus_1_channels():
     model = _variant(mask_head_type="mlp", mask_mlp_dims=(12, 10))
-    names = sorted(n for n, _ in model.named_parameters() if n.startswith("mask_head."))
-    assert names == ["mask_head.mask_fc.0.bias", "mask_head.mask_fc.0.weight",
-                     "mask_head.mask_fc.2.bias", "mask_head.mask_fc.2.weight",
-                     "mask_head.mask_fc_logits.bias", "mask_head.mask_fc_logits.weight"]
+    names = sorted(n for n, _ in model.named_parameters() if n.startswith("roi_heads.mask_"))
+    assert names == ["roi_heads.mask_head.mask_fc1.bias", "roi_heads.mask_head.mask_fc1.weight",
+                     "roi_heads.mask_head.mask_fc2.bias", "roi_heads.mask_head.mask_fc2.weight",
+                     "roi_heads.mask_predictor.mask_fc_logits.bias",
+                     "roi_heads.mask_predictor.mask_fc_logits.weight"]
+    assert isinstance(model.roi_heads.mask_head, MaskRCNNMLPHead)
+    assert isinstance(model.roi_heads.mask_predictor, MaskRCNNMLPPredictor)
     s, m, k1 = TINY.mask_roi_size, TINY.mask_size, TINY.num_classes + 1
-    assert model.mask_head.mask_fc[0].weight.shape == (12, TINY.fpn_channels * s * s)
-    assert model.mask_head.mask_fc_logits.weight.shape == (k1 * m * m, 10)
+    assert model.roi_heads.mask_head.mask_fc1.weight.shape == (12, TINY.fpn_channels * s * s)
+    assert model.roi_heads.mask_predictor.mask_fc_logits.weight.shape == (k1 * m * m, 10)
     images, _ = tiny_batch()
     batch = model.transform(images)[0].tensors
     pyramid = model.fpn.predict(model.backbone.predict(batch))
     rois = [np.array([[4, 4, 30, 30], [10, 8, 40, 44]], np.float32)]
-    logits, _ = model.mask_head._logits(pyramid[:-1], rois, batch.shape[-2:])
+    logits = _mask_logits(model, pyramid[:-1], rois, batch.shape[-2:])
     assert logits.shape == (2, k1, m, m)
     out = model.predict(images)
     assert out[0]["masks"].shape[1:] == (64, 64)
@@ -73,25 +85,29 @@ def test_mlp_mask_head_has_no_convolution_and_gives_k_plus_1_channels():
 
 def test_class_agnostic_masks_read_one_channel_for_every_class():
     model = _variant(mask_class_agnostic=True)
-    assert model.mask_head.mask_fcn_logits.weight.shape[0] == 2  # background + one mask
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.shape[0] == 2  # bg + one mask
     images, _ = tiny_batch()
     batch, sizes = model.transform(images)[0]
     pyramid = model.fpn.predict(model.backbone.predict(batch))
     box = np.array([[6, 5, 40, 38]], np.float32)
-    dets = [{"boxes": np.concatenate([box, box]), "labels": np.array([1, 2], np.int64),
+    labels = np.array([1, 2], np.int64)
+    dets = [{"boxes": np.concatenate([box, box]), "labels": labels,
              "scores": np.array([0.9, 0.8], np.float32)}]
-    # the mask threshold at the median probability makes the masks non-trivial
-    logits, _ = model.mask_head._logits(pyramid[:-1], [dets[0]["boxes"]], batch.shape[-2:])
+    logits = _mask_logits(model, pyramid[:-1], [dets[0]["boxes"]], batch.shape[-2:])
     assert logits.shape[1] == 2
-    model.mask_head.threshold = float(np.median(1 / (1 + np.exp(-logits[0, 1]))))
-    out = model.mask_head.predict(pyramid[:-1], dets, batch.shape[-2:], sizes[:1])
+    probs = maskrcnn_inference(logits, [model.roi_heads.mask_channels(labels)], TINY.mask_loss)
+    dets[0]["masks"] = probs[0]
+    # the mask threshold at the median probability makes the masks non-trivial
+    model.transform.mask_threshold = float(np.median(1 / (1 + np.exp(-logits[0, 1]))))
+    out = model.transform.postprocess(dets, sizes[:1], sizes[:1])
     masks = out[0]["masks"]
     assert masks[0].any() and not masks[0].all()
     np.testing.assert_array_equal(masks[0], masks[1])  # class 1 and class 2: the same mask
     # class-specific masks differ between the classes on the same box
     model = _variant()
-    logits, _ = model.mask_head._logits(pyramid[:-1], [dets[0]["boxes"]], batch.shape[-2:])
+    logits = _mask_logits(model, pyramid[:-1], [dets[0]["boxes"]], batch.shape[-2:])
     assert not np.allclose(logits[0, 1], logits[0, 2])
+    np.testing.assert_array_equal(model.roi_heads.mask_channels(labels), labels)
 
 
 @pytest.mark.parametrize("change, match", [
