@@ -21,6 +21,7 @@ from minimaskrcnn.checkpoint import config_from_checkpoint, load_checkpoint
 from minimaskrcnn.data import standardize
 from minimaskrcnn.model import build_model
 from minimaskrcnn.model.mask_head import mask_probabilities
+from minimaskrcnn.model.roi_heads import branch_forward
 
 N_IMAGES = 50
 
@@ -38,10 +39,12 @@ def measure(model, cfg, val) -> str:
     inside, inter, union, inter_arg, union_arg = [], 0, 0, 0, 0
     for i in range(N_IMAGES):
         image, target = val[i]
-        batch, _ = model.transform([standardize(image)])
+        batch = model.transform([standardize(image)])[0].tensors
         maps = model._roi_maps(model.fpn.predict(model._fpn_inputs(model.backbone.predict(batch))))
-        logits, _ = model.mask_head._logits(maps, [target["boxes"]], batch.shape[-2:])
-        channels = model.mask_head._channels(target["labels"])
+        rh = model.roi_heads
+        logits, _ = branch_forward(rh.mask_roi_pool, rh.mask_head, rh.mask_predictor, maps,
+                                   [target["boxes"]], batch.shape[-2:])
+        channels = rh.mask_channels(target["labels"])
         p = mask_probabilities(logits, channels, cfg.model.mask_loss)
         gt = ops.project_masks_on_boxes(target["masks"], target["boxes"],
                                         np.arange(len(target["boxes"])), 28) >= 0.5

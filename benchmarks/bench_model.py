@@ -4,9 +4,10 @@ Training: ``nuclei-mini``, batch 4 random 256x256 crops (with flips) of the embe
 sample (``minimaskrcnn.data.load_sample("train")``), fixed batches, a warm-up of 2 iterations
 (Numba compiles), then the median of ``--iters`` iterations of forward_train + backward (+ an SGD
 step is not included: it is the training loop's). Stages (``StageTimer``): backbone+FPN, RPN
-(head, anchor targets, losses, proposals), RoI heads (sampling, box RoIAlign, box head and its
-losses), mask head (mask targets, mask RoIAlign, mask head, mask loss), backward (every stage's
-backward, timed around ``model.backward``).
+(head, anchor targets, losses, proposals), box head (RoI sampling, box RoIAlign, box head and
+its losses), mask head (mask RoIAlign, mask head, mask targets, mask loss), backward (every
+stage's backward, timed around ``model.backward``). Inference adds postprocess (the masks pasted
+into the image).
 
 Inference: ``model.predict`` on each image of the embedded val sample at native size, one image
 at a time, median seconds per image. The model is untrained (init weights), so its
@@ -52,7 +53,8 @@ from minimaskrcnn.data import load_sample  # noqa: E402
 from minimaskrcnn.data.transforms import sample_crop, standardize  # noqa: E402
 from minimaskrcnn.model import StageTimer, build_model  # noqa: E402
 
-STAGES = ("backbone_fpn", "rpn", "roi_heads", "mask_head", "backward")
+STAGES = ("backbone_fpn", "rpn", "box_head", "mask_head", "backward")
+INFERENCE_STAGES = ("backbone_fpn", "rpn", "box_head", "mask_head", "postprocess")
 
 
 def training_batch(cfg, rng):
@@ -84,14 +86,13 @@ def bench_training(model, images, targets, iters, rng):
         for s in STAGES:
             stages[s].append(timer.seconds.get(s, 0.0))
     n_gt = [t["boxes"].shape[0] for t in targets]
-    labels = cache.mask_head.labels  # foreground RoIs (the mask head's batch); None: none
-    n_fg = 0 if labels is None else labels.shape[0]
+    n_fg = cache.roi_heads.mask.d_mask_logits.shape[0]  # foreground RoIs (the mask head's batch)
     return statistics.median(totals), {s: statistics.median(v) for s, v in stages.items()}, n_gt, n_fg
 
 
 def bench_inference(model, n_images):
     ds = load_sample("val")
-    times, stages, dets, sizes = [], {s: [] for s in STAGES[:4]}, [], []
+    times, stages, dets, sizes = [], {s: [] for s in INFERENCE_STAGES}, [], []
     model.predict([standardize(ds[0][0])])  # warm-up
     for i in range(min(n_images, len(ds))):
         image = standardize(ds[i][0])
@@ -159,15 +160,16 @@ def main():
         import dataclasses  # noqa: PLC0415
 
         model.config = dataclasses.replace(model.config, detections_per_img=args.max_dets)
-        model.box_head.detections_per_img = args.max_dets
+        model.roi_heads.detections_per_img = args.max_dets
     t_img, stages, dets, sizes = bench_inference(model, args.images)
     print(f"\ninference, untrained nuclei-mini, val images at native size {sizes}, "
           f"detections {dets}, median seconds per image")
     print("| stage | s/image |\n|---|---|")
     print(f"| backbone_fpn | {stages['backbone_fpn']:.3f} |")
     print(f"| rpn | {stages['rpn']:.3f} |")
-    print(f"| box head + postprocess | {stages['roi_heads']:.3f} |")
-    print(f"| mask head + paste | {stages['mask_head']:.3f} |")
+    print(f"| box head + postprocess_detections | {stages['box_head']:.3f} |")
+    print(f"| mask head | {stages['mask_head']:.3f} |")
+    print(f"| paste masks (transform.postprocess) | {stages['postprocess']:.3f} |")
     print(f"| **total** | **{t_img:.3f}** |  (torchvision's results: 0.24-0.29, trained model)")
 
     if args.torch:
