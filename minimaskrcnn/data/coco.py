@@ -9,7 +9,10 @@ finite, and every RLE decodes to exactly ``h * w`` pixels in non-negative runs (
 ``counts`` string is decoded here first, :func:`rle_string_counts`), because pycocotools
 segfaults on a NaN polygon and runs for minutes on runs that sum past ``h * w``.
 
-Image kinds read (Pillow): grey, grey+alpha, palette, RGB, RGBA, 8 or 16 bit. The result is
+Image kinds read: by Pillow grey, grey+alpha, palette, RGB, RGBA, 8 or 16 bit; ``.tif`` /
+``.tiff`` files by tifffile (microscopy's format: a 2D plane ``(H, W)``, or ``(H, W, C)`` / ``(C,
+H, W)`` with C <= 4 channels or samples, any integer or float dtype; axes of length 1 are
+dropped, stacks of planes refused). The result is
 always ``(H, W, 3) uint8`` RGB: grey is replicated to three channels, alpha is dropped, and a
 16-bit (or 32-bit / float) image is scaled to 8 bit by ``round(x * 255 / max(x))`` over the
 image (its own maximum, not 65535, so a 12-bit microscopy image keeps its full range; an all-zero
@@ -43,15 +46,23 @@ import io
 import json
 import math
 import os
+import struct
 from collections.abc import Mapping
 
 import numpy as np
+import tifffile
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-__all__ = ["MAX_PIXELS", "CocoDataset", "DatasetError", "flip_pairs", "read_image",
-           "rle_string_counts", "to_rgb_uint8"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "TIFF_SUFFIXES", "CocoDataset", "DatasetError",
+           "flip_pairs", "read_image", "rle_string_counts", "to_rgb_uint8"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+"""File name endings (any case) that :func:`read_image` reads with tifffile, not Pillow."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIXES)
+"""File name endings (any case) of the images a folder of inputs is taken to hold."""
 
 _OUTSIDE_TOLERANCE = 1.0
 """Pixels a bbox or polygon may reach past the image border before it counts as outside."""
@@ -97,13 +108,22 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Read an image file with Pillow into ``(H, W, 3) uint8`` RGB (see :func:`to_rgb_uint8`).
+    """Read an image file into ``(H, W, 3) uint8`` RGB (see :func:`to_rgb_uint8`): ``.tif`` /
+    ``.tiff`` with tifffile (:func:`_read_tiff`), any other with Pillow.
 
     Raises:
-        DatasetError: the file is missing or Pillow cannot decode it (message names the path).
+        DatasetError: the file is missing, cannot be decoded, or is not one 2D image (a TIFF
+            stack); the message names the path.
     """
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: image file not found")
+    if path.lower().endswith(TIFF_SUFFIXES):
+        arr = _read_tiff(path)
+        try:
+            return to_rgb_uint8(arr)
+        except ValueError as e:
+            raise DatasetError(f"{path}: {e}") from None
     try:
         with Image.open(path) as img:
             img.load()
@@ -120,6 +140,50 @@ def read_image(path: str) -> np.ndarray:
         return to_rgb_uint8(arr)
     except ValueError as e:
         raise DatasetError(f"{path}: {e}") from None
+
+
+_TIFF_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, struct.error,
+                NotImplementedError)
+"""What tifffile raises on a file it cannot decode (its ``TiffFileError`` is a ValueError; a
+compression it lacks the codec for, a truncated file, a file with no image)."""
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    """The first image series of a TIFF file as ``(H, W)`` or ``(H, W, C)``, C <= 4, in the
+    file's dtype (``tifffile.TiffFile(path).series[0]``; its ``axes`` say which axis is which).
+
+    Axes of length 1 are dropped; one channel or sample axis (``C`` or ``S``) of at most 4 is
+    moved last (``(C, H, W)`` planar or ImageJ hyperstacks become ``(H, W, C)``).
+
+    Raises:
+        DatasetError: the file cannot be decoded; more than one plane (a Z stack, a time series,
+            a multi-page file of unknown axes ``Q``) or more than 4 channels; a float image with
+            NaN or infinite values.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr, axes = series.asarray(), series.axes
+    except _TIFF_ERRORS as e:
+        raise DatasetError(f"{path}: cannot read TIFF image ({e})") from None
+    shape = arr.shape
+    keep = [k for k, n in enumerate(shape) if n > 1 or axes[k] in "YX"]
+    arr = arr.reshape([shape[k] for k in keep])
+    axes = "".join(axes[k] for k in keep)
+    other = [k for k, a in enumerate(axes) if a not in "YX"]
+    if (axes.replace("S", "").replace("C", "") != "YX" or len(other) > 1
+            or (other and arr.shape[other[0]] > 4)):
+        raise DatasetError(f"{path}: a TIFF of shape {shape} (tifffile axes {series.axes}): "
+                           "read_image takes one 2D image, grey or up to 4 channels; save one "
+                           "plane of the stack")
+    if other:
+        arr = np.moveaxis(arr, other[0], -1)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DatasetError(f"{path}: the TIFF image has NaN or infinite values")
+    if arr.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: TIFF pixel type {arr.dtype} is not a number read_image "
+                           "converts (integers or floats)")
+    return arr
 
 
 # --------------------------------------------------------------------------------------------
