@@ -20,7 +20,7 @@ Output, the layout of ``docs/results.md``'s ``dsb2018/``::
     DIR/images/<id>.png     (H, W, 3) uint8 RGB (grey replicated; read as data.coco.read_image)
     DIR/train.json          COCO instances of the project's train split (481 images)
     DIR/val.json            COCO instances of the project's val split (82 images)
-    DIR/rest.json           the images of the input in neither list (Kaggle's 670 has 107)
+    DIR/rest.json           the images of the input in neither list (101 of the fixed copy's 664)
 
 The split is the project's (``dsb2018_split/train.txt`` and ``val.txt`` in the package: one image
 id a line, stratified by image size and modality). Each file numbers its images 1..N in
