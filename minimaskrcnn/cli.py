@@ -23,8 +23,9 @@ transforms, optimiser and evaluation, and a schedule cut to fit a 2-core CPU: se
 :func:`demo_config`.
 
 Imports: the library (NumPy, Numba, the network: about 0.3 s) is imported inside the command
-that runs, each such line says so, and this module imports only the standard library, so that
-``minimaskrcnn --help`` and an argument error answer at once (0.07 s instead of 0.37 s).
+that runs, each such line says so, and this module imports only the standard library (and
+:mod:`minimaskrcnn._atomic`, which needs nothing else), so that ``minimaskrcnn --help`` and an
+argument error answer at once (0.07 s instead of 0.37 s).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import math
 import os
 import sys
 import time
+
+from minimaskrcnn._atomic import write_atomic  # standard library only: cheap for --help
 
 DEMO_ITERATIONS = 150
 """Iterations of ``minimaskrcnn demo``. Measured 2026-11-29 on this project's 2-core machine from
@@ -329,10 +332,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
               f"({len(pred['scores'])} in all), {dt:.2f} s -> {out_png}")
     evaluation.write_results_json(os.path.join(args.out, "results.json"),
                                   evaluation.coco_results(results, category_ids))
-    with open(os.path.join(args.out, "images.json"), "w", encoding="utf-8") as f:
-        json.dump({"images": records,
-                   "categories": [{"id": c, "name": n}
-                                  for c, n in zip(category_ids, class_names, strict=True)]}, f)
+    write_atomic(os.path.join(args.out, "images.json"), json.dumps(
+        {"images": records, "categories": [{"id": c, "name": n} for c, n in
+                                           zip(category_ids, class_names, strict=True)]}))
     print(f"wrote {os.path.join(args.out, 'results.json')} (COCO results; image ids in "
           f"{os.path.join(args.out, 'images.json')})")
     return 0
