@@ -18,7 +18,7 @@ def exercise_1():
     136 x 176, C3/P3 68 x 88, C4/P4 34 x 44, C5/P5 17 x 22; P6 = P5[::2, ::2] takes rows and
     columns 0, 2, ..., so 9 x 11 (ceil(17 / 2), ceil(22 / 2)): an odd size rounds up.
     """
-    batch, sizes = MODEL.transform([np.zeros((3, 520, 696), np.float32)])
+    batch, sizes = MODEL.transform([np.zeros((3, 520, 696), np.float32)])[0]  # the ImageList
     assert batch.shape[-2:] == (544, 704) and sizes == [(520, 696)]
     C, _ = MODEL.backbone.forward(batch)
     P, _ = MODEL.fpn.forward(C)
