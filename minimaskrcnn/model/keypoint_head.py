@@ -112,7 +112,8 @@ def build_keypoint_branch(cfg, rng: np.random.Generator):
     """``(keypoint_roi_pool, keypoint_head, keypoint_predictor)`` of ``cfg`` (``num_keypoints``
     >= 1): the ``keypoint_roi_size`` pooler of ``roi_op``, :class:`KeypointRCNNHeads`,
     :class:`KeypointRCNNPredictor`; built, then re-initialised (head, predictor) in the order of
-    the first versions' draws from ``rng`` (see :func:`~minimaskrcnn.model.mask_head.build_mask_branch`).
+    the first versions' draws from ``rng`` (as
+    :func:`~minimaskrcnn.model.mask_head.build_mask_branch`).
 
     Raises:
         ValueError: ``num_keypoints < 1``.

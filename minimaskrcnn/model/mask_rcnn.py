@@ -6,8 +6,9 @@ largest h and w rounded up to a multiple of 32), C FPN channels, K classes.
 
 The network is four stages with the protocol of :mod:`minimaskrcnn.model.stage`
 (``forward_train`` -> outputs, losses, cache; ``predict``; ``backward(d_outputs, cache,
-loss_weights)`` -> d_inputs), the RoI heads holding three heads: six parts with the keypoint
-head, one file each, read in this order (``docs/model.md``)::
+loss_weights)`` -> d_inputs): backbone, FPN, RPN and the RoI heads, which run the box and mask
+heads and, with ``num_keypoints > 0``, the keypoint head. Five parts (six with keypoints) after
+the transform, one file each, read in this order (``docs/model.md``)::
 
     images -> transform.py   GeneralizedRCNNTransform -> ImageList (N, 3, H, W) + image_sizes
       -> backbone.py  ResNetGN              -> C2..C5
@@ -69,8 +70,10 @@ def _sequential_to_numbered(name: str):
 STATE_NAME_RULES = (
     # minimaskrcnn <= 0.1 (torchvision-like, the mask predictor inside the mask head)
     (r"rpn_head\.", "rpn.head."),
-    (r"roi_heads\.mask_head\.mask_fcn\.(\d+)\.", _sequential_to_numbered("roi_heads.mask_head.mask_fcn")),
-    (r"roi_heads\.mask_head\.mask_fc\.(\d+)\.", _sequential_to_numbered("roi_heads.mask_head.mask_fc")),
+    (r"roi_heads\.mask_head\.mask_fcn\.(\d+)\.",
+     _sequential_to_numbered("roi_heads.mask_head.mask_fcn")),
+    (r"roi_heads\.mask_head\.mask_fc\.(\d+)\.",
+     _sequential_to_numbered("roi_heads.mask_head.mask_fc")),
     (r"roi_heads\.mask_head\.(conv5_mask|mask_fcn_logits|mask_fc_logits)\.",
      r"roi_heads.mask_predictor.\1."),
     # one file per stage (BoxHead, MaskHead, KeypointHead stages beside the RPN)

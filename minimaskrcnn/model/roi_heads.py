@@ -10,9 +10,10 @@ Each head is a branch of three injected parts, run the same way (:func:`branch_f
 
     P2..P5 + RoIs -> roi_pool (MultiScaleRoIPooler) -> head -> predictor -> outputs
 
-    box       box_roi_pool 7x7    TwoMLPHead              FastRCNNPredictor     (model/box_head.py)
-    mask      mask_roi_pool 14x14 MaskRCNNHeads / MLP     MaskRCNNPredictor / MLP (model/mask_head.py)
-    keypoint  keypoint_roi_pool   KeypointRCNNHeads       KeypointRCNNPredictor (model/keypoint_head.py)
+    branch    roi_pool    head                 predictor              file (model/)
+    box       7x7         TwoMLPHead           FastRCNNPredictor      box_head.py
+    mask      14x14       MaskRCNNHeads / MLP  MaskRCNNPredictor / MLP mask_head.py
+    keypoint  14x14       KeypointRCNNHeads    KeypointRCNNPredictor  keypoint_head.py
 
 Training (:meth:`RoIHeads.forward_train`)::
 

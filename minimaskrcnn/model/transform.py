@@ -218,7 +218,8 @@ class GeneralizedRCNNTransform:
         sizes = []
         for i, im in enumerate(images):
             if not isinstance(im, np.ndarray) and not backend.is_cupy_array(im):
-                raise TypeError(f"images[{i}] must be a numpy array (3, H, W), got {type(im).__name__}")
+                raise TypeError(f"images[{i}] must be a numpy array (3, H, W), got "
+                                f"{type(im).__name__}")
             if im.ndim != 3 or im.shape[0] != 3 or im.shape[1] < 1 or im.shape[2] < 1:
                 raise ValueError(f"images[{i}] must have shape (3, H, W), got {im.shape}")
             if not np.issubdtype(im.dtype, np.floating):
