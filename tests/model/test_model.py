@@ -11,6 +11,8 @@ import pytest
 import minimaskrcnn
 from minimaskrcnn.config import get_preset
 from minimaskrcnn.model import LOSS_KEYS, build_model, upgrade_state_names
+from minimaskrcnn.model.rpn import RPNHead
+from minimaskrcnn.model.transform import resize_bilinear
 from minimaskrcnn.testing.tiny import TINY, disc, target_from_masks, tiny_batch  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matrices: see conftest.py
@@ -279,8 +281,6 @@ def test_softmax_mask_loss_and_other_roi_ops_run():
 def test_sparse_rpn_head_backward_equals_the_dense_layers(density):
     """RPNHead.backward works on the cells with a nonzero gradient only; it must give the
     same result as chaining the layers' own (dense) backward passes."""
-    from minimaskrcnn.model.rpn import RPNHead
-
     rng = np.random.default_rng(0)
     head = RPNHead(8, 3, rng).astype(np.float64)
     for p in head.parameters():
@@ -480,8 +480,6 @@ def test_image_scale_predicts_on_the_resized_image_in_input_pixels():
     # a model with image_scale=2 on an image == the same weights at scale 1 on the image resized
     # 2x (resize_bilinear, itself checked in test_transform.py), boxes and keypoints halved,
     # masks pasted at the input size
-    from minimaskrcnn.model.transform import resize_bilinear
-
     cfg = dataclasses.replace(TINY, box_score_thresh=0.0, num_keypoints=2, keypoint_head_convs=1,
                               keypoint_head_channels=8, keypoint_roi_size=4,
                               keypoint_heatmap_size=16)
