@@ -19,8 +19,9 @@ Errors are printed as one line on stderr with a non-zero exit status, never a tr
 
 Data parallelism: ``mpiexec -n W minimaskrcnn train|evaluate|predict ...`` runs W processes (on
 one machine or several) that share the work (:mod:`minimaskrcnn.distributed`); rank 0
-alone prints and writes files, and an error on any rank stops all of them with its line on
-stderr (prefixed ``[rank r]``). ``minimaskrcnn demo`` starts itself under ``mpiexec`` with one
+alone prints and writes files (``predict``: each rank writes the overlays and label images of
+its own images, rank 0 the JSON files), and an error on any rank stops all of them with its
+line on stderr (prefixed ``[rank r]``). ``minimaskrcnn demo`` starts itself under ``mpiexec`` with one
 process per core (``--workers``; :func:`minimaskrcnn.distributed.relaunch_under_mpi`).
 
 The demo schedule (``nuclei-mini-demo``) is ``nuclei-mini`` with the same model, data

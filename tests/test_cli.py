@@ -453,3 +453,25 @@ def test_train_keypoints_on_the_shipped_lego_battery_photos(tmp_path, capsys):
         cfg = json.load(f)
     assert cfg["model"]["num_keypoints"] == 5 and len(cfg["dataset"]["keypoint_names"]) == 5
     assert "keypoints" in _lines(os.path.join(out, "val.jsonl"))[0]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_weights_and_checkpoint_are_one_option(command, capsys):
+    """``--weights NAME_OR_PATH`` with ``--checkpoint`` (the older spelling) as the same option;
+    the help says both forms (a shipped name, a checkpoint path)."""
+    from minimaskrcnn.cli import build_parser
+
+    rest = (["--coco-json", "v.json", "--images", "im", "--out", "o"] if command == "evaluate"
+            else ["im.png", "--out", "o"])
+    parser = build_parser()
+    for option in ("--weights", "--checkpoint"):
+        args = parser.parse_args([command, option, "nuclei-mini-dsb2018", *rest])
+        assert args.weights == "nuclei-mini-dsb2018" and not hasattr(args, "checkpoint")
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--weights NAME_OR_PATH, --checkpoint NAME_OR_PATH" in text
+    assert "nuclei-mini-dsb2018" in text and "checkpoint_003000.npz" in text
+    with pytest.raises(SystemExit) as e:  # still required
+        parser.parse_args([command, *rest])
+    assert e.value.code == 2
