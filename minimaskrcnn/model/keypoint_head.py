@@ -80,19 +80,20 @@ class KeypointRCNNPredictorCache(NamedTuple):
 
 
 class KeypointRCNNPredictor(Module):
-    """ConvTranspose 4x4 stride 2 padding 1, then bilinear 2x (torchvision
-    ``KeypointRCNNPredictor``): ``(R, d, S, S)`` -> logits ``(R, K, 4S, 4S)``. Parameters
-    ``kps_score_lowres``.
+    """ConvTranspose 4x4 stride 2 padding 1, then bilinear ``up_scale``x (torchvision
+    ``KeypointRCNNPredictor``, whose ``up_scale`` is 2): ``(R, d, S, S)`` -> logits ``(R, K,
+    2 up_scale S, 2 up_scale S)``. Parameters ``kps_score_lowres``.
 
     Args:
         in_channels: d; num_keypoints: K; rng: the torch-default weights (then
-            :meth:`reset_parameters`).
+            :meth:`reset_parameters`); up_scale: the bilinear upsampling factor (>= 1).
     """
 
-    def __init__(self, in_channels: int, num_keypoints: int, rng: np.random.Generator):
+    def __init__(self, in_channels: int, num_keypoints: int, rng: np.random.Generator,
+                 up_scale: int = 2):
         self.kps_score_lowres = nn.ConvTranspose2d(in_channels, num_keypoints, 4, stride=2,
                                                    padding=1, rng=rng)
-        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.upsample = nn.Upsample(scale_factor=up_scale, mode="bilinear")
 
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """torchvision's init: Kaiming normal (fan_out, ReLU), zero bias."""
@@ -100,7 +101,7 @@ class KeypointRCNNPredictor(Module):
 
     def forward(self, x):
         h, c1 = self.kps_score_lowres.forward(x)  # (R, K, 2S, 2S)
-        logits, c2 = self.upsample.forward(h)  # (R, K, 4S, 4S)
+        logits, c2 = self.upsample.forward(h)  # (R, K, m, m), m = 2 up_scale S (4S)
         return logits, KeypointRCNNPredictorCache(c1, c2)
 
     def backward(self, dy, cache: KeypointRCNNPredictorCache):
@@ -126,7 +127,9 @@ def build_keypoint_branch(cfg, rng: np.random.Generator):
                                    canonical_level=cfg.canonical_level)
     width = cfg.keypoint_head_channels
     head = KeypointRCNNHeads(cfg.fpn_channels, (width,) * cfg.keypoint_head_convs, rng)
-    predictor = KeypointRCNNPredictor(width, cfg.num_keypoints, rng)
+    # the heatmap side m = keypoint_heatmap_size: 2x from the deconv, the rest bilinear
+    up_scale = cfg.keypoint_heatmap_size // (2 * cfg.keypoint_roi_size)
+    predictor = KeypointRCNNPredictor(width, cfg.num_keypoints, rng, up_scale=up_scale)
     head.reset_parameters(rng)
     predictor.reset_parameters(rng)
     return pool, head, predictor
