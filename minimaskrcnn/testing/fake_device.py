@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import importlib.util
 import operator
 import sys
 import traceback
@@ -36,6 +37,8 @@ import types
 from pathlib import Path
 
 import numpy as np
+
+from minimaskrcnn import backend
 
 SYNCS: list[tuple[str, str, str]] = []
 """``(model call site "file:function", innermost package call site, kind)`` per host sync."""
@@ -283,8 +286,6 @@ fake_cupy.__file__ = __file__
 def cupy_tier_names(package: str) -> frozenset:
     """Names a ``<package>/cupy.py`` tier module defines or imports (read with ``ast``: the
     module imports CuPy, so it is not imported here); empty when there is no such module."""
-    import importlib.util  # noqa: PLC0415  (only this probe needs it)
-
     spec = importlib.util.find_spec(package)
     path = Path(spec.origin).parent / "cupy.py" if spec and spec.origin else None
     if path is None or not path.exists():
@@ -305,8 +306,6 @@ def _numba_instead_of_cupy(original):
     default for CuPy arrays; a missing one raises ``TierUnavailableError`` as on a GPU), and its
     Numba CPU function runs on the unwrapped arrays, results wrapped again (a kernel: nothing
     inside is recorded)."""
-    from minimaskrcnn import backend  # noqa: PLC0415  (the module patched, looked up when installed)
-
     def implementation(package, name, tier, *arrays):
         if not any(isinstance(a, DeviceArray) for a in arrays):
             return original(package, name, tier, *arrays)
@@ -325,8 +324,6 @@ def _numba_instead_of_cupy(original):
 @contextlib.contextmanager
 def installed():
     """Install the fake ``cupy`` for the ``with`` block; :data:`SYNCS` is cleared on entry."""
-    from minimaskrcnn import backend  # noqa: PLC0415  (the module patched, looked up when installed)
-
     saved_module = sys.modules.get("cupy")
     saved_impl = backend.implementation
     sys.modules["cupy"] = fake_cupy
