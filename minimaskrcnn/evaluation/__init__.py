@@ -1,4 +1,6 @@
-"""Evaluation: COCO AP (pycocotools) for masks and boxes, the DSB 2018 score, metrics files.
+"""Evaluation: COCO AP (pycocotools) for masks, boxes and keypoints (OKS), the DSB 2018 score,
+metrics files. Sharded over data-parallel ranks (:mod:`minimaskrcnn.distributed`): each rank
+predicts its share of the images, rank 0 scores them.
 
     evaluate_coco(coco_gt, results_by_image, category_ids, max_dets)   -> segm / bbox AP, AP50, AP75
     keypoint_sigmas(model_cfg, dataset)                                -> OKS sigmas (keypoint AP)

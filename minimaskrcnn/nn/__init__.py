@@ -8,7 +8,7 @@ The protocol (one for every layer, see :mod:`minimaskrcnn.nn.module`)::
     for name, p in model.named_parameters(): ...   # "layer1.0.conv1.weight", p.data, p.grad
 
 Layers: :class:`Conv2d`, :class:`ConvTranspose2d`, :class:`Linear`, :class:`ReLU`,
-:class:`GroupNorm`, :class:`MaxPool2d`, :class:`Upsample` (nearest), :class:`Flatten`,
+:class:`GroupNorm`, :class:`MaxPool2d`, :class:`Upsample` (nearest or bilinear), :class:`Flatten`,
 :class:`Sequential`, :class:`Identity`, and :func:`add` for summing two branches. Initialisers
 are in :mod:`minimaskrcnn.nn.init`, losses (each returning ``(loss, dloss_dinput)``) in
 :mod:`minimaskrcnn.nn.losses`. Parameters are float32 and a layer refuses an input of another
