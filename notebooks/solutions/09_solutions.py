@@ -1,68 +1,107 @@
 """Chapter 9 (kernels on the GPU), answers to the exercises, checked by asserts.
 
 Run: ``python notebooks/solutions/09_solutions.py`` (``tests/test_solutions.py`` runs it too).
+Each ``exercise_k()`` runs the experiment and returns the answer that ``check("09.k", answer)``
+in the chapter compares a learner's with.
 """
 
-import numpy as np
+import json
+import math
+import os
+import subprocess
+import sys
 
-import minimaskrcnn.ops as ops
+from minimaskrcnn import backend
+from minimaskrcnn.ops._cuda_common import ROI_MAX_BLOCKS, launch_1d
+
+CHANNELS, BINS = 64, 7 * 7  # nuclei-mini's FPN width, the box head's 7 x 7 RoIAlign
+
+
+def gpu_launch(n):
+    """``launch_1d(n, ROI_MAX_BLOCKS)`` as a GPU gets it (under the simulator ``launch_1d``
+    answers 2 blocks of 32 threads whatever ``n``: the same rule is then computed here)."""
+    if backend.cuda_simulator_enabled():
+        return max(1, min(math.ceil(n / 256), ROI_MAX_BLOCKS)), 256
+    return launch_1d(n, ROI_MAX_BLOCKS)
 
 
 def exercise_1():
-    """A grid-stride loop: thread t of T handles t, t + T, t + 2T, ... Show that every element of
-    n is handled exactly once for any launch, and how many elements the busiest thread gets.
+    """RoIAlign's forward kernel on a GPU is launched with ``launch_1d(R * C * 7 * 7,
+    ROI_MAX_BLOCKS)`` (one output element per thread, grid-stride loop). From how many RoIs R
+    (C = 64 channels) does some thread compute more than one output element?
 
-    The residues mod T partition 0..n-1, so every element has exactly one thread; the busiest
-    thread gets ceil(n / T) elements (T = blocks x threads per block).
+    256 threads a block, at most ROI_MAX_BLOCKS = 4096 blocks: 1,048,576 threads at most. R RoIs
+    have R * 3136 outputs: 334 RoIs (1,047,424 outputs, 4092 blocks) still fit one element a
+    thread; from 335 (1,050,560 outputs) the grid is capped at 4096 blocks and the grid-stride
+    loop gives the first threads a second element. nuclei-mini's box head sees 256 sampled RoIs
+    per training image, so a batch of two images already runs strided.
     """
-    for n in (1, 63, 64, 1000, 4097):
-        for blocks, threads in ((1, 1), (2, 32), (3, 64), (80, 128)):
-            total = blocks * threads
-            hits = np.zeros(n, np.int64)
-            per_thread = [len(range(t, n, total)) for t in range(total)]
-            for t in range(total):
-                hits[t::total] += 1
-            assert np.all(hits == 1)
-            assert max(per_thread) == -(-n // total)
-    return True
+    def busiest(r):
+        n = r * CHANNELS * BINS
+        blocks, threads = gpu_launch(n)
+        return math.ceil(n / (blocks * threads))
+
+    r = 1
+    while busiest(r) == 1:
+        r += 1
+    assert gpu_launch(334 * CHANNELS * BINS) == (4092, 256)
+    assert gpu_launch(r * CHANNELS * BINS) == (ROI_MAX_BLOCKS, 256) and busiest(r) == 2
+    return r
+
+
+SIMULATED_COMPARISON = r"""
+import json
+import numpy as np
+import minimaskrcnn.ops as ops
+from minimaskrcnn import backend
+assert backend.cuda_simulator_enabled()
+rows = []
+for seed in (0, 1):
+    rng = np.random.default_rng(seed)
+    feat = rng.normal(size=(1, 1, 8, 8)).astype(np.float32)
+    xy = rng.uniform(0, 16, (4, 2))
+    rois = np.concatenate([np.zeros((4, 1)), xy, xy + rng.uniform(8, 16, (4, 2))], 1).astype(np.float32)
+    grad = rng.normal(size=(4, 1, 7, 7)).astype(np.float32)
+    fwd = [ops.roi_align(feat, rois, 7, 0.25, 2, tier=t) for t in ("numpy", "cuda")]
+    bwd = [ops.roi_align_backward(grad, rois, feat.shape, 7, 0.25, 2, tier="numpy")]
+    bwd += [ops.roi_align_backward(grad, rois, feat.shape, 7, 0.25, 2, tier="cuda", deterministic=d)
+            for d in (False, True)]
+    for got, ref in ((fwd[1], fwd[0]), (bwd[1], bwd[0]), (bwd[2], bwd[0])):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)   # right to float rounding
+    rows.append([bool(np.array_equal(fwd[1], fwd[0])), bool(np.array_equal(bwd[1], bwd[0])),
+                 bool(np.array_equal(bwd[2], bwd[0]))])
+print(json.dumps(rows))
+"""
 
 
 def exercise_2():
-    """The bitmask NMS: how large is the suppression mask for 10,000 boxes? Then write the host
-    scan and check it against ``ops.nms``.
+    """On the simulator, which of RoIAlign's CUDA kernels give the NumPy tier's float32 result
+    bit for bit: the forward, the backward with atomics, the deterministic backward?
 
-    ceil(10000 / 64) = 157 words of 8 bytes per box: 10,000 x 157 x 8 = 12,560,000 bytes (12.6 MB),
-    against 100 MB for a bool matrix. The scan: walk the score-sorted boxes; keep box i unless
-    its bit is set in ``removed``; when keeping it, OR its row into ``removed``.
+    The forward: each output is one thread's sum of its bin's samples, the same expression in
+    the same order as the reference, so the bits agree. Both backwards agree only to rounding:
+    a gradient cell sums the contributions of several RoIs and bins, and float32 addition is
+    not associative. The atomic kernel adds them in thread order, the gather kernel in its own
+    fixed order (cell by cell, RoI by RoI), neither in the reference's order (RoI, bin, sample
+    scattered to four corners). Deterministic means the same bits on every run, not the
+    reference's bits. (On a GPU even the forward may differ in the last bit: the compiler fuses
+    multiply-adds, which the simulator, running Python, never does.)
+
+    Runs in a fresh interpreter: the simulator must be switched on before Numba is imported.
     """
-    assert 10_000 * -(-10_000 // 64) * 8 == 12_560_000
-    rng = np.random.default_rng(0)
-    n = 200
-    xy = rng.uniform(0, 80, (n, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(10, 40, (n, 2))], 1).astype(np.float32)
-    scores = rng.uniform(0, 1, n).astype(np.float32)
-    order = np.argsort(-scores, kind="stable")
-    iou = ops.box_iou(boxes[order], boxes[order], tier="numpy")
-    over = (iou > 0.5) & np.triu(np.ones((n, n), bool), 1)
-    words = -(-n // 64)
-    padded = np.zeros((n, words * 64), bool)
-    padded[:, :n] = over
-    bits = np.uint64(1) << np.arange(64, dtype=np.uint64)
-    mask = (padded.reshape(n, words, 64) * bits).sum(axis=2, dtype=np.uint64)
-    removed = np.zeros(words, np.uint64)
-    keep = []
-    for i in range(n):
-        if not (removed[i // 64] >> np.uint64(i % 64)) & np.uint64(1):
-            keep.append(i)
-            removed |= mask[i]
-    keep = order[np.array(keep, np.int64)]
-    np.testing.assert_array_equal(keep, ops.nms(boxes, scores, 0.5))
-    return len(keep)
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    out = subprocess.run([sys.executable, "-c", SIMULATED_COMPARISON], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    rows = json.loads(out.strip().splitlines()[-1])
+    assert all(row == rows[0] for row in rows), rows  # the same on two random inputs
+    assert rows[0] == [True, False, False]
+    return rows[0]
 
 
 def main():
-    print("1. grid-stride loops cover every element once:", exercise_1())
-    print("2. bitmask NMS keeps", exercise_2(), "of 200 boxes, as ops.nms does")
+    print("1. RoIs from which a RoIAlign forward thread computes two outputs:", exercise_1())
+    print("2. bit for bit on the simulator [forward, atomic backward, deterministic backward]:",
+          exercise_2())
 
 
 if __name__ == "__main__":
