@@ -443,10 +443,18 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.list:
         print(ablations.describe(tables, args.seeds, args.schedule))
         return 0
-    if args.report:
+    if args.report:  # only the tables with results: the page's other tables stay as written
+        results = ablations.load_results(args.out)
+        measured = [t for t in tables if ablations.table_results(t, results)]
+        if not measured:
+            raise CLIError(f"{args.out}: no finished run of table(s) {', '.join(tables)} in it "
+                           f"(no <table>/<arm>/seed<k>/result.json); {args.report} left as it is")
         summary = os.path.join(os.path.dirname(args.report), "results", "ablations.json")
-        ablations.write_report(args.out, args.report, tables, summary_path=summary)
-        print(f"wrote {args.report} (and {summary} if there are results) from {args.out}")
+        ablations.write_report(args.out, args.report, measured, summary_path=summary)
+        kept = [t for t in tables if t not in measured]
+        print(f"wrote table(s) {', '.join(measured)} of {args.report} and {summary} from "
+              f"{args.out}" + (f"; no results for {', '.join(kept)}: left as written"
+                               if kept else ""))
         return 0
     table = ablations.get_table(args.table or "2c")
     if any(a.dataset == "shapes" for a in table.arms):  # 2b: generated, no files to give
@@ -465,7 +473,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     schedule = ablations.SCHEDULES[args.schedule or table.schedule]
     if args.iters is not None:
         schedule = schedule.with_iterations(args.iters)
-    arms = [a for a in args.arms.split(",") if a] if args.arms else None
+    arms = None
+    if args.arms is not None:  # "" or "," is a typo, not "every arm"
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        if not arms:
+            raise CLIError(f"--arms {args.arms!r} names no arm; give comma-separated names "
+                           f"(minimaskrcnn ablate --list --table {table.name}), or leave --arms "
+                           "out for every arm")
     ablations.run_sweep(table, args.out, train_ds, val_ds,
                         seeds=range(args.first_seed, args.first_seed + args.seeds),
                         schedule=schedule, arms=arms, val_limit=args.val_limit,

@@ -455,10 +455,9 @@ def test_cli_list_report_and_missing_data(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "align_aligned" in out and "18 runs (3 seeds)" in out
     page = tmp_path / "a.md"
-    assert main(["ablate", "--out", str(tmp_path / "none"), "--report", str(page)]) == 0
-    text = page.read_text()
-    assert all(f"## Table {t}" in text for t in ablations.TABLES)
-    assert not (tmp_path / "results").exists()  # no results, no summary
+    assert main(["ablate", "--out", str(tmp_path / "none"), "--report", str(page)]) == 2
+    assert "no finished run" in capsys.readouterr().err
+    assert not page.exists() and not (tmp_path / "results").exists()  # nothing created
     assert main(["ablate", "--out", str(tmp_path / "x")]) == 2
     assert "--train-json, --images and --val-json" in capsys.readouterr().err
     assert main(["ablate", "--list", "--table", "2e"]) == 0
@@ -476,7 +475,9 @@ def test_compare_table_for_the_chapters(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match="not an ablation summary"):
         ablations.read_summary(str(bad))
-    write_report(str(tmp_path / "none"), str(tmp_path / "p.md"))  # no results: no summary
+    with pytest.raises(ValueError, match="no finished run"):  # no results: nothing written
+        write_report(str(tmp_path / "none"), str(tmp_path / "p.md"))
+    assert not (tmp_path / "p.md").exists()
     results = HAND_MADE[:1] + HAND_MADE[3:]  # pool: seed 0 only; align: 3 seeds
     summary = {"2c": summarize(results)}
     text = ablations.compare_table("2c", summary)
@@ -494,3 +495,42 @@ def test_footer_cost_ignores_a_paused_run():
     assert "1 runs of 600 iterations on 2 MPI rank(s): median 0.90 s/iteration, 10.0 minutes" in text
     no_median = dict(paused, seconds_per_iteration=None)  # then the logged total is all there is
     assert "84.3 minutes a run" in format_table("2c", [no_median])
+
+
+def test_report_of_a_folder_without_runs_keeps_the_page(tmp_path, capsys):
+    """issue 27: ``--report`` on a typo'd --out refused (rc 2), the measured page unchanged; a
+    sweep with results of 2c only rewrites 2c and leaves the other tables' rows as written."""
+    from minimaskrcnn.cli import main
+
+    sweep = tmp_path / "sweep"
+    for r in HAND_MADE:
+        d = run_dir(str(sweep), "2c", r["arm"], r["seed"])
+        os.makedirs(d)
+        json.dump(r, open(os.path.join(d, RESULT_FILE), "w"))
+    page = tmp_path / "docs" / "ablations.md"
+    page.parent.mkdir()
+    page.write_text("# Mine\n\n<!-- ablations:2b begin -->\nmeasured 2b\n<!-- ablations:2b end -->\n")
+    summary = tmp_path / "docs" / "results" / "ablations.json"
+    summary.parent.mkdir()
+    summary.write_text(json.dumps({"2b": {"softmax": {"n": 3}}}))
+    before = page.read_text()
+    assert main(["ablate", "--out", str(tmp_path / "typo"), "--report", str(page)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "typo: no finished run" in err[0] and "left as it is" in err[0]
+    assert page.read_text() == before
+    assert main(["ablate", "--out", str(sweep), "--report", str(page)]) == 0
+    # 2e's fcn arm is 2c's align: 2e has results too
+    assert "no results for 2b, 2d: left as written" in capsys.readouterr().out
+    text = page.read_text()
+    assert "measured 2b" in text and "## Table 2c" in text and "## Table 2d" not in text
+    assert set(json.load(open(summary))) == {"2b", "2c", "2e"}  # 2b's summary kept
+
+
+@pytest.mark.parametrize("arms", ["", ",", " , "])
+def test_empty_arms_refused(tmp_path, capsys, arms):
+    """issue 27: ``--arms ""`` (or ``,``) is a typo, not the whole table."""
+    from minimaskrcnn.cli import main
+
+    assert main(["ablate", "--sample", "--out", str(tmp_path / "s"), "--arms", arms]) == 2
+    err = capsys.readouterr().err
+    assert "names no arm" in err and not (tmp_path / "s").exists()

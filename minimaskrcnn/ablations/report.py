@@ -204,19 +204,23 @@ def write_report(sweep_dir: str, path: str, tables: Sequence[str] = tuple(TABLES
     so the hand-written rest of the page stays; a table without markers is appended under a
     heading; a missing page is created.
 
-    If ``summary_path`` is given and there are results, also write there (JSON) ``{table: {arm:
-    summarize(...)[arm]}}`` for the tables with results: what the chapters read
-    (``docs/results/ablations.json``).
+    If ``summary_path`` is given, also write there (JSON) ``{table: {arm: summarize(...)[arm]}}``
+    for the tables with results, keeping the other tables the file already holds: what the
+    chapters read (``docs/results/ablations.json``).
 
     Returns:
         The page's new text.
 
     Raises:
-        ValueError: an unknown table, an unreadable result file.
+        ValueError: an unknown table, an unreadable result file, a sweep folder without any
+            result (nothing is written then: the page's measured rows stay).
     """
     results = load_results(sweep_dir)
-    if summary_path is not None and results:
-        summary = {}
+    if not results:
+        raise ValueError(f"{sweep_dir}: no finished run in it (no <table>/<arm>/seed<k>/"
+                         f"{RESULT_FILE}); {path} left as it is")
+    if summary_path is not None:
+        summary = read_summary(summary_path)
         for name in tables:
             of_table = table_results(name, results)
             if of_table:
