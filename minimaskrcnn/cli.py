@@ -324,6 +324,42 @@ def _image_files(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
     return files
 
 
+def _output_stem(out: str, image_id: int, path: str) -> str:
+    """``<out>/NNNN_<stem>``: where ``predict`` writes image ``image_id``'s files."""
+    return os.path.join(out, f"{image_id:04d}_{os.path.splitext(os.path.basename(path))[0]}")
+
+
+def _predict_outputs(files: list[str], args) -> list[str]:
+    """Every file ``predict`` writes for ``files`` into ``args.out``, in order."""
+    out = []
+    for k, path in enumerate(files):
+        stem = _output_stem(args.out, k + 1, path)
+        out += [f"{stem}.png"] + ([f"{stem}.labels.png"] if args.labels else [])
+    return out + [os.path.join(args.out, "results.json"), os.path.join(args.out, "images.json")]
+
+
+def _check_predict_outputs(files: list[str], args) -> None:
+    """Before any work: ``--out`` is a folder (or missing), no output is one of the inputs, and
+    (without ``--overwrite``) no output exists yet.
+
+    Raises:
+        CLIError: naming the first clashing file and how many others clash.
+    """
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out}: a file, not a folder")
+    outputs = _predict_outputs(files, args)
+    inputs = {os.path.realpath(f) for f in files}
+    written_over = [p for p in outputs if os.path.realpath(p) in inputs]
+    if written_over:  # even with --overwrite: an input is never replaced by its overlay
+        raise CLIError(f"{written_over[0]}: an input image, and predict would write an output "
+                       f"there; choose another --out")
+    clash = [] if args.overwrite else [p for p in outputs if os.path.lexists(p)]
+    if clash:
+        more = f" (and {len(clash) - 1} more of predict's outputs)" if len(clash) > 1 else ""
+        raise CLIError(f"{clash[0]} already exists{more}; choose another --out, or give "
+                       "--overwrite to replace predict's outputs there")
+
+
 def _predict_one(model, path: str, image_id: int, args, skeleton) -> dict:
     """Detections of one image; its overlay PNG (and label PNG with ``--labels``) written into
     ``args.out`` by the rank that predicted it. Returns what rank 0 needs for the results JSON
@@ -337,7 +373,7 @@ def _predict_one(model, path: str, image_id: int, args, skeleton) -> dict:
     # masks as run-length encodings, pasted a few at a time: memory bounded by the image
     pred = model.predict([data.standardize(image)], mask_format="rle")[0]
     seconds = time.perf_counter() - t0
-    stem = os.path.join(args.out, f"{image_id:04d}_{os.path.splitext(os.path.basename(path))[0]}")
+    stem = _output_stem(args.out, image_id, path)
     shown = viz.shown_detections(pred, args.score_thresh, (h, w))
     viz.save_overlay(f"{stem}.png", image, shown, score_thresh=args.score_thresh,
                      skeleton=skeleton)
@@ -351,16 +387,20 @@ def _predict_one(model, path: str, image_id: int, args, skeleton) -> dict:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from minimaskrcnn import distributed, evaluation, model_zoo  # lazy: not for --help
+    from minimaskrcnn import data, distributed, evaluation, model_zoo  # lazy: not for --help
     from minimaskrcnn.data.coco import IMAGE_SUFFIXES  # the library: not loaded by --help
 
     files = _image_files(args.images, IMAGE_SUFFIXES)
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    _check_predict_outputs(files, args)
     model = model_zoo.load_model(args.weights, args.device)
     category_ids, class_names, _, skeleton = model_zoo.get_metadata(args.weights)
-    os.makedirs(args.out, exist_ok=True)
     comm = distributed.get_comm()  # under mpiexec: the images are shared among the ranks
+    for k in distributed.shard(len(files), comm):  # a bad image: one line before any work
+        data.read_image(files[k])
+    comm.barrier()  # no rank writes before every rank has read its images
+    os.makedirs(args.out, exist_ok=True)
     # each rank writes its own images' overlays and label images; rank 0 the JSON files
     mine = [_predict_one(model, files[k], k + 1, args, skeleton)
             for k in distributed.shard(len(files), comm)]
@@ -601,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "grey PNG, 0 background, value i the detection of i-th highest score, "
                         "overlapping pixels to the higher score (CellProfiler, Cellpose, "
                         "StarDist, napari, Fiji read it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier predict in --out (without it an "
+                        "existing file of the same name is refused; an input image never is "
+                        "written over)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs (default %(default)s)")
     p.set_defaults(func=_cmd_predict)

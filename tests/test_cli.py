@@ -475,3 +475,49 @@ def test_weights_and_checkpoint_are_one_option(command, capsys):
     with pytest.raises(SystemExit) as e:  # still required
         parser.parse_args([command, *rest])
     assert e.value.code == 2
+
+
+def test_predict_never_writes_over_a_file(run_dir, tmp_path, capsys):
+    """issue 27: ``predict d/a.png d/0001_a.png --out d`` would replace the input 0001_a.png with
+    an overlay: refused before any work, naming it (even with --overwrite); an existing output
+    of an earlier predict is refused without --overwrite; an --out that is a file is refused
+    before the model loads."""
+    ckpt = os.path.join(run_dir, "checkpoint_000002.npz")
+    d = tmp_path / "d"
+    d.mkdir()
+    src = os.path.join(IMAGES, sorted(os.listdir(IMAGES))[0])
+    shutil.copy(src, d / "a.png")
+    shutil.copy(src, d / "0001_a.png")
+    before = (d / "0001_a.png").read_bytes()
+    _one_line_error(["predict", str(d / "a.png"), str(d / "0001_a.png"), "--checkpoint", ckpt,
+                     "--out", str(d), "--overwrite"], capsys, str(d / "0001_a.png"),
+                    "an input image")
+    assert (d / "0001_a.png").read_bytes() == before and sorted(os.listdir(d)) == [
+        "0001_a.png", "a.png"]
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text("mine")
+    _one_line_error(["predict", str(d / "a.png"), "--checkpoint", ckpt, "--out", str(out)],
+                    capsys, str(out / "results.json"), "already exists")
+    assert os.listdir(out) == ["results.json"] and (out / "results.json").read_text() == "mine"
+    assert main(["predict", str(d / "a.png"), "--checkpoint", ckpt, "--out", str(out),
+                 "--overwrite"]) == 0
+    assert (out / "0001_a.png").is_file() and (out / "results.json").read_text() != "mine"
+    (tmp_path / "f").write_text("x")
+    _one_line_error(["predict", str(d / "a.png"), "--checkpoint", "none.npz", "--out",
+                     str(tmp_path / "f")], capsys, "--out", "a file, not a folder")
+
+
+def test_predict_reads_every_image_before_predicting(run_dir, tmp_path, capsys):
+    """issue 27: a bad 9th image was reported after predicting the first 8 (and nothing written):
+    now one line naming it before any prediction, and --out not even made."""
+    d = tmp_path / "d"
+    d.mkdir()
+    src = os.path.join(IMAGES, sorted(os.listdir(IMAGES))[0])
+    for k in range(8):
+        shutil.copy(src, d / f"im{k}.png")
+    (d / "im8.png").write_bytes(b"not an image")
+    _one_line_error(["predict", str(d), "--checkpoint", os.path.join(run_dir,
+                     "checkpoint_000002.npz"), "--out", str(tmp_path / "o")], capsys,
+                    str(d / "im8.png"), "cannot read image")
+    assert not (tmp_path / "o").exists()
