@@ -265,6 +265,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config.apply_overrides(base, _train_overrides(args))
     train_ds, val_ds, overrides = _train_data(args, cfg, preset)
     cfg = config.apply_overrides(cfg, overrides)
+    if val_ds is not None:  # no OKS sigmas: refused now, not at the first validation
+        _check_sigmas(cfg.model, val_ds, args.val_json or "the validation data")
     evaluate = None if val_ds is None else functools.partial(
         evaluation.evaluate_model, dataset=val_ds, eval_cfg=cfg.eval, limit=args.val_limit)
     result = loop.train(cfg, train_ds, args.out, evaluate=evaluate, resume=args.resume,
@@ -274,6 +276,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result["val"]:
         print(evaluation.format_metrics(result["val"][-1]))
     return 0
+
+
+def _check_sigmas(model_cfg, dataset, name: str) -> None:
+    """Refuse (one line naming ``name``) keypoint data whose OKS sigmas are unknown, before the
+    work that would need them (:func:`minimaskrcnn.evaluation.keypoint_sigmas`)."""
+    from minimaskrcnn import evaluation  # the library: not loaded by --help
+
+    try:
+        evaluation.keypoint_sigmas(model_cfg, dataset)
+    except ValueError as e:
+        raise CLIError(f"{name}: {e}") from None
+
+
+def _make_out(out: str) -> None:
+    """Make the output folder ``out`` at the start, so that a bad one (a file, no permission)
+    is one line before the work rather than after it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out {out}: a file, not a folder")
+    os.makedirs(out, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: no permission to write there")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -286,7 +309,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if list(ds.category_ids) != list(category_ids):
         raise CLIError(f"{args.coco_json} has category ids {list(ds.category_ids)}, but the "
                        f"checkpoint's model was trained on {list(category_ids)}")
+    _check_sigmas(cfg.model, ds, args.coco_json)
     comm = distributed.get_comm()  # under mpiexec: the images are shared among the ranks
+    if comm.is_main:  # rank 0 alone writes
+        _make_out(args.out)
     metrics = evaluation.evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
                                         progress=not args.no_progress,
                                         category_ids=category_ids, comm=comm)

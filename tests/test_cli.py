@@ -521,3 +521,34 @@ def test_predict_reads_every_image_before_predicting(run_dir, tmp_path, capsys):
                      "checkpoint_000002.npz"), "--out", str(tmp_path / "o")], capsys,
                     str(d / "im8.png"), "cannot read image")
     assert not (tmp_path / "o").exists()
+
+
+def test_keypoint_data_without_sigmas_refused_before_training(tmp_path, capsys):
+    """issue 27: keypoint validation data without OKS sigmas died at the first validation,
+    before any checkpoint; now one line naming the file before training."""
+    from minimaskrcnn.data.lego_battery import lego_battery_paths
+
+    train_json, images = lego_battery_paths("train")
+    val_json, _ = lego_battery_paths("val")
+    with open(val_json) as f:
+        d = json.load(f)
+    for c in d["categories"]:
+        del c["sigmas"]
+    bad = tmp_path / "val.json"
+    bad.write_text(json.dumps(d))
+    out = tmp_path / "run"
+    _one_line_error(["train", "--preset", "keypoints-mini", "--train-json", train_json,
+                     "--images", images, "--val-json", str(bad), "--out", str(out), "--iters",
+                     "1", "--batch-size", "1", "--crop-size", "64", "--no-progress"], capsys,
+                    str(bad), "no OKS sigmas for 5 keypoints")
+    assert not out.exists()
+
+
+def test_evaluate_checks_out_before_the_work(run_dir, tmp_path, capsys):
+    """issue 27: an --out that is a file was found only after evaluating every image."""
+    (tmp_path / "f").write_text("x")
+    err = _one_line_error(["evaluate", "--checkpoint", os.path.join(run_dir,
+                           "checkpoint_000002.npz"), "--coco-json", VAL_JSON, "--images", IMAGES,
+                           "--out", str(tmp_path / "f"), "--no-progress"], capsys,
+                          "--out", "a file, not a folder")
+    assert "mask AP" not in capsys.readouterr().out + err
