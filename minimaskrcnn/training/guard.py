@@ -3,7 +3,9 @@
 :func:`~minimaskrcnn.training.step.train_step` checks the loss terms before backward
 (:func:`check_losses`), the gradients before the update (:func:`check_gradients`) and the
 parameters and momentum buffers after it (:func:`check_update`); the loop checks the state once
-more before writing a checkpoint (:func:`first_nonfinite_state`). A failed check raises
+more before writing a checkpoint (:func:`first_nonfinite_state`, and :func:`diverged_parameters`:
+a finite state whose parameters have grown past :data:`DIVERGED_PARAMETER` is not saved either,
+so that the last good checkpoint named is one a run can resume from). A failed check raises
 :class:`NonFiniteLossError`, whose message names the iteration, the term and the last good
 checkpoint (torchvision's ``train_one_epoch`` stops on a non-finite loss the same way, with a
 message). On a GPU each check is one host synchronisation for all of its arrays.
@@ -16,8 +18,9 @@ from collections.abc import Iterable, Mapping
 
 from minimaskrcnn.backend import get_array_module
 
-__all__ = ["NonFiniteLossError", "check_gradients", "check_losses", "check_update",
-           "first_nonfinite", "first_nonfinite_state", "largest_parameter", "last_good"]
+__all__ = ["DIVERGED_PARAMETER", "NonFiniteLossError", "check_gradients", "check_losses",
+           "check_update", "diverged_parameters", "first_nonfinite", "first_nonfinite_state",
+           "largest_parameter", "last_good"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -107,9 +110,29 @@ def check_update(model, optimizer, iteration: int, lr: float, last_checkpoint: s
             f"training stopped, nothing saved, {last_good(last_checkpoint)}", losses)
 
 
+def _largest(model) -> tuple[str, float]:
+    return max(((n, float(get_array_module(p.data).abs(p.data).max()) if p.data.size else 0.0)
+                for n, p in model.named_parameters()), key=lambda x: x[1], default=("-", 0.0))
+
+
 def largest_parameter(model) -> str:
     """``"largest |parameter| <value> (<name>)"``: what a diverging model's error shows."""
-    name, value = max(((n, float(get_array_module(p.data).abs(p.data).max()) if p.data.size
-                        else 0.0) for n, p in model.named_parameters()),
-                      key=lambda x: x[1], default=("-", 0.0))
+    name, value = _largest(model)
+    return f"largest |parameter| {value:.3g} ({name})"
+
+
+DIVERGED_PARAMETER = 1e4
+"""A parameter larger than this in magnitude (finite or not) marks a diverging run, whose state
+is not saved as a good checkpoint. Trained weights stay far below it (the largest of the shipped
+nuclei-mini-dsb2018 is 3.9); a run stopped by the guard had reached 8.7e29 (issue 27: resuming
+from that checkpoint failed at once)."""
+
+
+def diverged_parameters(model) -> str | None:
+    """``"largest |parameter| <value> (<name>)"`` when a parameter is over
+    :data:`DIVERGED_PARAMETER` in magnitude or not finite, else None (one pass over the
+    parameters: called once per checkpoint, not per step)."""
+    name, value = _largest(model)
+    if math.isfinite(value) and value <= DIVERGED_PARAMETER:
+        return None
     return f"largest |parameter| {value:.3g} ({name})"

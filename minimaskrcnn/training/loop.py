@@ -72,7 +72,13 @@ from minimaskrcnn.distributed import (
     split_batch,
 )
 from minimaskrcnn.model import LOSS_KEYS, build_model, upgrade_state_names
-from minimaskrcnn.training.guard import NonFiniteLossError, first_nonfinite_state
+from minimaskrcnn.training.guard import (
+    DIVERGED_PARAMETER,
+    NonFiniteLossError,
+    diverged_parameters,
+    first_nonfinite_state,
+    last_good,
+)
 from minimaskrcnn.training.optim import SGD, WarmupMultiStepLR
 from minimaskrcnn.training.run_folder import RunFolder, RunFolderError
 from minimaskrcnn.training.step import train_step
@@ -376,6 +382,11 @@ def _save(run: _Run, iteration: int) -> None:
     if bad is not None:  # the guard stops before this; never store a diverged state
         raise NonFiniteLossError(f"iteration {iteration}: {bad} is not finite; not saving a "
                                  f"checkpoint")
+    huge = diverged_parameters(run.model)
+    if huge is not None:  # finite but diverging: resuming from it would fail at once
+        raise NonFiniteLossError(f"iteration {iteration}: training is diverging ({huge}, over "
+                                 f"{DIVERGED_PARAMETER:g}); training stopped, not saving a "
+                                 f"checkpoint, {last_good(run.last_checkpoint)}")
     rng_state = {"seed": int(run.cfg.train.seed), "next_iteration": int(iteration),
                  "streams": Stream.describe()}
     run.last_checkpoint = run.folder.save_checkpoint(run.model, run.optimizer, iteration,

@@ -457,3 +457,33 @@ def test_train_on_a_device_equals_the_cpu(tmp_path):
                               strict=True):
         np.testing.assert_allclose(np.asarray(q.data.get()), p.data, rtol=1e-5, atol=1e-6,
                                    err_msg=n)
+
+
+class GrowingModel(FakeModel):
+    """From the 4th forward (iteration 3) gradients of 1e8: the parameters grow past 1e6 while
+    every loss, gradient and parameter stays finite (a run diverging slowly)."""
+
+    def backward(self, dy, cache, loss_weights=None):
+        super().backward(dy, cache)
+        if self.calls >= 4:
+            self.w.grad[...] = -1e8
+
+
+def test_a_diverging_state_is_never_the_last_good_checkpoint(tmp_path, data):
+    """issue 27: the guard named as last good a checkpoint whose parameters reached 8.7e29, and
+    --resume from it failed at once; a checkpoint past DIVERGED_PARAMETER is not written, the
+    one named is finite and small, and resuming from it works."""
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"iteration 6: training is diverging "
+                                                 r"\(largest \|parameter\| .* \(w\), over 10000\)"
+                                                 r".*the last good checkpoint is .*"
+                                                 r"checkpoint_000003\.npz"):
+        _run(tmp_path, data, cfg=_cfg(checkpoint_every=3), model_factory=GrowingModel)
+    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint_")) == [
+        "checkpoint_000003.npz"]
+    assert find_last_checkpoint(str(out)).endswith("checkpoint_000003.npz")
+    ck = load_checkpoint(str(out / "checkpoint_000003.npz"))
+    assert all(np.abs(v).max() < 1e4 for v in ck.params.values())
+    resumed = train(_cfg(checkpoint_every=3), data, str(out), resume=True,
+                    model_factory=FakeModel, progress=False)
+    assert resumed["iteration"] == 8
