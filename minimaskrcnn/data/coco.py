@@ -584,8 +584,15 @@ class CocoDataset:
                 raise DatasetError(f"{self.source}: image_dir is required when images are not given")
             if not os.path.isdir(self.image_dir):
                 raise DatasetError(f"{self.image_dir}: image folder not found")
-            for im in d["images"]:
-                path = os.path.join(self.image_dir, im["file_name"])
+            for k, im in enumerate(d["images"]):
+                name = im["file_name"]
+                parts = os.path.normpath(name).replace(os.sep, "/").split("/")
+                if os.path.isabs(name) or parts[0] == "..":  # never read outside the folder
+                    raise DatasetError(
+                        f"{self.source}: images[{k}] (id {im['id']}): file_name {name!r:.200} "
+                        f"lies outside the image folder {self.image_dir} (an absolute path, or "
+                        "one that climbs out with ..); give it relative to the folder")
+                path = os.path.join(self.image_dir, name)
                 if not os.path.isfile(path):
                     raise DatasetError(
                         f"{self.source}: image id {im['id']}: file {path} not found")

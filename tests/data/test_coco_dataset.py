@@ -392,3 +392,23 @@ def test_generated_records_give_a_clear_error_or_a_valid_dataset(tmp_path_factor
             image, target = ds[i]
             assert target["masks"].shape[1:] == image.shape[:2]
             assert len(target["labels"]) == len(target["masks"]) == len(target["boxes"])
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "sub/../../outside.png", "ABS"])
+def test_file_name_outside_the_image_folder_refused(tmp_path, name):
+    """issue 27: ``../`` or an absolute path in file_name was read (``/etc/passwd`` opened);
+    now refused at construction with one line naming the record, though the file exists."""
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "outside.png")
+    d = _base()
+    d["images"][1]["file_name"] = str(tmp_path / "outside.png") if name == "ABS" else name
+    ann, img_dir = _write(tmp_path, {**d, "images": d["images"][:1]})
+    ann_path = tmp_path / "ann.json"
+    ann_path.write_text(json.dumps(d))
+    with pytest.raises(DatasetError, match=r"ann\.json: images\[1\] \(id 9\): file_name .*"
+                                           r"outside\.png' lies outside the image folder"):
+        CocoDataset(str(ann_path), img_dir)
+    d["images"][1]["file_name"] = "sub/../empty.png"  # climbs back in: read as empty.png
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "imgs" / "empty.png")
+    (tmp_path / "imgs" / "sub").mkdir()
+    ann_path.write_text(json.dumps(d))
+    assert len(CocoDataset(str(ann_path), img_dir)) == 2
