@@ -552,3 +552,20 @@ def test_evaluate_checks_out_before_the_work(run_dir, tmp_path, capsys):
                            "--out", str(tmp_path / "f"), "--no-progress"], capsys,
                           "--out", "a file, not a folder")
     assert "mask AP" not in capsys.readouterr().out + err
+
+
+def test_an_image_over_pillows_limit_in_the_commands(run_dir, tmp_path, capsys, monkeypatch):
+    """issue 27: DecompressionBombError traceback in train, evaluate and predict; now one line
+    naming the file (Pillow's limit lowered so that the sample's images trip it)."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    ckpt = os.path.join(run_dir, "checkpoint_000002.npz")
+    name = sorted(os.listdir(IMAGES))[0]
+    _one_line_error(["predict", os.path.join(IMAGES, name), "--checkpoint", ckpt, "--out",
+                     str(tmp_path / "p")], capsys, name, "exceeds limit")
+    _one_line_error(["evaluate", "--checkpoint", ckpt, "--coco-json", VAL_JSON, "--images", IMAGES,
+                     "--out", str(tmp_path / "e"), "--limit", "1", "--no-progress"], capsys,
+                    "cannot read image", "exceeds limit")
+    _one_line_error([*TRAIN, "--out", str(tmp_path / "t"), "--iters", "1", *SMALL], capsys,
+                    "cannot read image", "exceeds limit")

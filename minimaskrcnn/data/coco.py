@@ -134,6 +134,9 @@ def read_image(path: str) -> np.ndarray:
             elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("RGB")
             arr = np.asarray(img)
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow's size limit
+        raise DatasetError(f"{path}: cannot read image: {e} (Pillow refuses images over "
+                           f"{2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read image ({e})") from None
     try:

@@ -84,8 +84,9 @@ _FINGERPRINT_CHARS = 16
 """Hex characters kept of each sha256 in ``fingerprints.tsv`` (64 bits: a changed image or mask
 set goes unnoticed with probability 2**-64)."""
 
-_PNG_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error)
-"""What Pillow raises on a file that is not a PNG, truncated, or corrupt."""
+_PNG_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error,
+               Image.DecompressionBombError)
+"""What Pillow raises on a file that is not a PNG, truncated, corrupt, or over its size limit."""
 
 
 # --------------------------------------------------------------------------------------------

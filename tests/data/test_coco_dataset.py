@@ -412,3 +412,14 @@ def test_file_name_outside_the_image_folder_refused(tmp_path, name):
     (tmp_path / "imgs" / "sub").mkdir()
     ann_path.write_text(json.dumps(d))
     assert len(CocoDataset(str(ann_path), img_dir)) == 2
+
+
+def test_an_image_over_pillows_limit_is_one_line(tmp_path, monkeypatch):
+    """issue 27: a PNG over Pillow's size limit (20000 x 20000) gave a DecompressionBombError
+    traceback; the limit is lowered here so that a small file trips it."""
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DatasetError, match=r"big\.png: cannot read image: Image size \(10000 "
+                                           r"pixels\) exceeds limit.*over 2000 pixels"):
+        read_image(str(path))
