@@ -55,7 +55,7 @@ PARAM_PREFIX = "param/"
 """Parameter arrays are stored as ``param/<dotted name>``."""
 
 __all__ = [
-    "FORMAT", "META_KEY", "PARAM_PREFIX", "TMP_PREFIX", "VERSION", "Checkpoint", "CheckpointError",
+    "FORMAT", "MAX_CHECKPOINT_BYTES", "META_KEY", "PARAM_PREFIX", "TMP_PREFIX", "VERSION", "Checkpoint", "CheckpointError",
     "config_from_checkpoint", "generator_from_state", "load_checkpoint", "load_weights",
     "remove_temporary_files", "restore", "save_checkpoint",
 ]
@@ -208,6 +208,19 @@ _NON_NEGATIVE_INT = {"mask_head_convs", "seed", "warmup_iters", "milestones", "n
                      "keypoint_head_convs"}
 """Integer fields that may be 0 (``num_keypoints = 0``: no keypoint head)."""
 _POSITIVE_FLOAT = {"base_lr", "gamma", "bbox_xform_clip", "box_coder_weights", "aspect_ratios"}
+_MAX_INT = {"stem_channels": 4096, "fpn_channels": 4096, "representation_size": 16384,
+            "mask_head_channels": 4096, "keypoint_head_channels": 4096, "num_classes": 100_000,
+            "num_keypoints": 1024, "mask_head_convs": 64, "keypoint_head_convs": 64,
+            "box_roi_size": 256, "mask_roi_size": 256, "keypoint_roi_size": 256,
+            "mask_size": 1024, "keypoint_heatmap_size": 1024}
+"""Upper bounds of the fields that size the network's arrays, far above every preset (64
+FPN channels): a crafted config cannot make the model allocate gigabytes before its parameters
+are compared with the file's (issue 27: ``fpn_channels`` huge took 7.6 GB)."""
+MAX_CHECKPOINT_BYTES = 1 << 30
+"""The most bytes the arrays of a checkpoint may hold once read (1 GiB; nuclei-mini's weights are
+10 MB, a checkpoint with momentum 20 MB). Checked from the archive's directory and every array's
+header before anything is read, so a zip bomb or a header claiming terabytes is refused without
+allocating."""
 
 
 def _check_value(where: str, name: str, value, default) -> None:
@@ -232,6 +245,8 @@ def _check_value(where: str, name: str, value, default) -> None:
     if isinstance(default, int):
         if not isinstance(value, int) or isinstance(value, bool):
             fail("must be an integer")
+        if name in _MAX_INT and value > _MAX_INT[name]:
+            fail(f"must be <= {_MAX_INT[name]}")
         if name in _ANY_INT:
             return
         low = 0 if name in _NON_NEGATIVE_INT else 1
@@ -378,9 +393,47 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # np.load would return a .npy's array, not an archive
+        raise CheckpointError(f"{path} is not an .npz archive (a .npy array, or another kind of "
+                              "file?); a checkpoint is the .npz file `minimaskrcnn train` writes")
+    _check_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not an .npz "
+                              f"archive): {type(e).__name__}: {e}") from None
+
+
+def _check_sizes(path: str) -> None:
+    """Refuse, before reading any array, an archive whose members hold more than
+    :data:`MAX_CHECKPOINT_BYTES` once decompressed, or a member whose array header claims more
+    bytes than the member holds.
+
+    Raises:
+        CheckpointError: naming the path (and the member).
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(f"{path}: its arrays would take {total} bytes, more than a "
+                                      f"checkpoint may ({MAX_CHECKPOINT_BYTES}); not read")
+            for info in infos:
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                    header = f.tell()
+                claimed = math.prod(shape) * dtype.itemsize
+                if claimed > info.file_size - header:
+                    raise CheckpointError(
+                        f"{path}: array {info.filename} claims {claimed} bytes (shape "
+                        f"{shape!r:.80}) but holds {info.file_size - header}; not read")
+    except CheckpointError:
+        raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not an .npz "
                               f"archive): {type(e).__name__}: {e}") from None

@@ -205,6 +205,8 @@ def _model_checkpoint(tmp_path, *, edit_config=None, params=None, optimizer=None
     (lambda c: c.update(model=None), r"config\.model must be an object, got None"),
     (lambda c: c["model"].update(num_classes="2"), r"config\.model\.num_classes must be an integer, got '2'"),
     (lambda c: c["model"].update(size_divisible=0), r"config\.model\.size_divisible must be >= 1, got 0"),
+    # issue 27: building the model of this config took 7.6 GB before the shapes were compared
+    (lambda c: c["model"].update(fpn_channels=10**6), r"fpn_channels must be <= 4096, got 1000000"),
     (lambda c: c["model"].update(detections_per_img=-5), r"detections_per_img must be >= 1, got -5"),
     (lambda c: c["model"].update(mask_threshold=float("nan")), r"mask_threshold must be finite, got nan"),
     (lambda c: c["model"].update(box_nms_thresh=1.5), r"box_nms_thresh must be in \[0, 1\]"),
@@ -305,3 +307,40 @@ def test_a_checkpoint_under_older_names_resumes_through_upgrade_names(tmp_path):
         restore(ck, fresh, fresh_opt)
     restore(ck, fresh, fresh_opt, upgrade_names=upgrade)
     assert fresh_opt.state_dict()["buffers"].keys() == opt.state_dict()["buffers"].keys()
+
+
+def test_crafted_archives_are_refused_before_allocating(tmp_path, monkeypatch):
+    """issue 27: a .npy given as a checkpoint (TypeError traceback), an array header claiming
+    4 TiB (MemoryError), a zip bomb (1.36 GB allocated before the refusal): one line each, the
+    sizes checked from the archive's directory and the array headers before reading."""
+    import io
+    import tracemalloc
+    import zipfile
+
+    import minimaskrcnn.checkpoint as ck
+
+    npy = tmp_path / "w.npy"
+    np.save(npy, np.zeros(3, np.float32))
+    with pytest.raises(CheckpointError, match=r"w\.npy is not an \.npz archive \(a \.npy array"):
+        load_checkpoint(str(npy))
+    huge = tmp_path / "huge.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1 << 40,)})
+    with zipfile.ZipFile(huge, "w") as zf:
+        zf.writestr("__meta__.npy", header.getvalue() + bytes(16))
+    with pytest.raises(CheckpointError, match=r"huge\.npz: array __meta__\.npy claims "
+                                              r"4398046511104 bytes .* but holds 16; not read"):
+        load_checkpoint(str(huge))
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, __meta__=np.zeros(8 << 20, np.uint8))  # 8 MB of zeros, ~8 kB
+    assert os.path.getsize(bomb) < 100_000
+    monkeypatch.setattr(ck, "MAX_CHECKPOINT_BYTES", 1 << 20)  # the 1 GiB limit, scaled down
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"bomb\.npz: its arrays would take 8388\d+ "
+                                                  r"bytes, more than a checkpoint may \(1048576\)"):
+            load_checkpoint(str(bomb))
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20  # nothing of its size allocated
+    finally:
+        tracemalloc.stop()

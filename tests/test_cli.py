@@ -569,3 +569,11 @@ def test_an_image_over_pillows_limit_in_the_commands(run_dir, tmp_path, capsys, 
                     "cannot read image", "exceeds limit")
     _one_line_error([*TRAIN, "--out", str(tmp_path / "t"), "--iters", "1", *SMALL], capsys,
                     "cannot read image", "exceeds limit")
+
+
+def test_a_npy_as_checkpoint_is_one_line(tmp_path, capsys):
+    """issue 27: a .npy given as --checkpoint was a TypeError traceback."""
+    np.save(tmp_path / "w.npy", np.zeros(3, np.float32))
+    _one_line_error(["predict", os.path.join(IMAGES, sorted(os.listdir(IMAGES))[0]),
+                     "--checkpoint", str(tmp_path / "w.npy"), "--out", str(tmp_path / "p")],
+                    capsys, "w.npy is not an .npz archive")
