@@ -4,6 +4,7 @@ rank 0's decisions under a data-parallel communicator, and the report's tables."
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -534,3 +535,32 @@ def test_empty_arms_refused(tmp_path, capsys, arms):
     assert main(["ablate", "--sample", "--out", str(tmp_path / "s"), "--arms", arms]) == 2
     err = capsys.readouterr().err
     assert "names no arm" in err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", r"holds list \[\], not an object"),
+    ("null", r"holds NoneType None, not an object"),
+    ("MISSING_METRICS", r"no number at metrics\.segm\.AP"),
+    ("STRING_SEED", r"seed is '0', not an integer"),
+])
+def test_report_names_a_bad_result_file(tmp_path, capsys, content, message):
+    """issue 27: result.json holding [] or null was an AttributeError traceback, missing metrics
+    "error: metrics", a string seed "invalid literal for int()" naming no file."""
+    from minimaskrcnn.cli import main
+
+    d = run_dir(str(tmp_path / "sweep"), "2c", "pool", 0)
+    os.makedirs(d)
+    r = _result("pool", 0, 0.3)
+    if content == "MISSING_METRICS":
+        content = json.dumps({k: v for k, v in r.items() if k != "metrics"})
+    elif content == "STRING_SEED":
+        content = json.dumps(dict(r, seed="0"))
+    path = os.path.join(d, RESULT_FILE)
+    with open(path, "w") as f:
+        f.write(content)
+    assert main(["ablate", "--out", str(tmp_path / "sweep"), "--report",
+                 str(tmp_path / "a.md")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(re.escape(path) + r": not a result file \(" + message, err), err
+    assert "delete it to run that run again" in err and not (tmp_path / "a.md").exists()

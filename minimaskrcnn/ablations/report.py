@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from minimaskrcnn._atomic import write_atomic
-from minimaskrcnn.ablations.sweep import RESULT_FILE, read_json, write_json
+from minimaskrcnn.ablations.sweep import RESULT_FILE, read_json, read_result, write_json
 from minimaskrcnn.ablations.tables import TABLES, Schedule, Table, get_schedule, get_table
 
 __all__ = ["METRIC_KEYS", "compare_table", "describe", "format_table", "load_results",
@@ -37,7 +37,17 @@ def load_results(sweep_dir: str, table: str | None = None) -> list[dict]:
         ValueError: an unreadable result file (named).
     """
     pattern = os.path.join(sweep_dir, table or "*", "*", "seed*", RESULT_FILE)
-    results = [read_json(p) for p in glob.glob(pattern)]
+    results = []
+    for path in glob.glob(pattern):
+        r = read_result(path)
+        try:
+            for key, sub in METRIC_KEYS:
+                _metric(r, key, sub)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ValueError(f"{path}: not a result file (no number at metrics.{key}"
+                             f"{'' if sub is None else '.' + sub}); delete it to run that run "
+                             "again") from None
+        results.append(r)
     return sorted(results, key=lambda r: (str(r.get("table")), str(r.get("arm")),
                                           int(r.get("seed", 0))))
 

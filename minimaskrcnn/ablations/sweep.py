@@ -51,7 +51,7 @@ from minimaskrcnn.evaluation import evaluate_model
 from minimaskrcnn.training.loop import train
 from minimaskrcnn.training.run_folder import RunFolder, checkpoint_iteration
 
-__all__ = ["RESULT_FILE", "read_json", "run_dir", "run_state", "run_sweep", "write_json"]
+__all__ = ["RESULT_FILE", "read_json", "read_result", "run_dir", "run_state", "run_sweep", "write_json"]
 
 RESULT_FILE = "result.json"
 
@@ -80,6 +80,32 @@ def read_json(path: str) -> dict:
             from None
 
 
+def read_result(path: str) -> dict:
+    """A run's ``result.json``, checked: an object with ``table`` and ``arm`` strings and
+    ``seed`` and ``iterations`` integers.
+
+    Raises:
+        ValueError: the file is not JSON or not such an object (one line naming it, saying to
+            delete it to run that run again).
+    """
+    r = read_json(path)
+    problem = None
+    if not isinstance(r, dict):
+        problem = f"holds {type(r).__name__} {r!r:.40}, not an object"
+    else:
+        for key, kind in (("table", str), ("arm", str), ("seed", int), ("iterations", int)):
+            if key in r and (not isinstance(r[key], kind) or isinstance(r[key], bool)):
+                problem = f"{key} is {r[key]!r:.40}, not {'a string' if kind is str else 'an integer'}"
+                break
+            if key not in r and key != "iterations":
+                problem = f"has no {key!r}"
+                break
+    if problem is not None:
+        raise ValueError(f"{path}: not a result file ({problem}); delete it to run that run "
+                         "again")
+    return r
+
+
 def run_state(path: str) -> tuple[str, int]:
     """What a run folder needs: ``("done", iterations)`` (it has a ``result.json``),
     ``("resume", iteration)`` (a checkpoint at ``iteration``), or ``("fresh", 0)`` (nothing
@@ -91,7 +117,7 @@ def run_state(path: str) -> tuple[str, int]:
     """
     result = os.path.join(path, RESULT_FILE)
     if os.path.isfile(result):
-        return "done", int(read_json(result).get("iterations", 0))
+        return "done", int(read_result(result).get("iterations", 0))
     if not os.path.isdir(path):
         return "fresh", 0
     last = RunFolder(path).last_checkpoint()
@@ -204,7 +230,7 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
         decision = None
         if comm.is_main:
             state, at = run_state(path)
-            stored = read_json(os.path.join(path, RESULT_FILE)) if state == "done" else None
+            stored = read_result(os.path.join(path, RESULT_FILE)) if state == "done" else None
             decision = (state, at, stored)
         state, at, stored = comm.bcast(decision)
         head = f"[{n}/{len(plan)}] {tab.name}/{arm.name}/seed{seed}"
