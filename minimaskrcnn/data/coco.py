@@ -47,6 +47,7 @@ import json
 import math
 import os
 import struct
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -388,6 +389,7 @@ def _check_dataset(d, source: str) -> None:
 
     tol = _OUTSIDE_TOLERANCE
     ann_ids = set()
+    kp_seen = kp_in_box = 0  # labelled keypoints of annotations with a bbox, those inside it
     for k, a in enumerate(d["annotations"]):
         where = f"{source}: annotations[{k}] (id {a.get('id') if isinstance(a, dict) else None!r:.40})"
         if not isinstance(a, dict):
@@ -420,7 +422,8 @@ def _check_dataset(d, source: str) -> None:
         if "segmentation" in a:
             a["segmentation"] = _check_segmentation(a["segmentation"], h, w, where)
         if "keypoints" in a:
-            _check_keypoints(a, num_kp.get(a["category_id"]), where)
+            _check_keypoints(a, num_kp.get(a["category_id"]), where, h, w)
+            kp_seen, kp_in_box = _count_in_box(a, kp_seen, kp_in_box)
         if "bbox" in a:
             b = a["bbox"]
             if not (isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)):
@@ -429,6 +432,25 @@ def _check_dataset(d, source: str) -> None:
             x, y, bw, bh = (float(v) for v in b)
             if bw < 0 or bh < 0 or x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
                 raise DatasetError(f"{where}: bbox {b} lies outside the image")
+    if kp_seen and not kp_in_box:
+        warnings.warn(f"{source}: none of the {kp_seen} labelled keypoints lies inside its "
+                      "instance's bbox: the keypoint head gets no target (loss_keypoint 0); are "
+                      "x and y swapped, or the boxes in another frame?", stacklevel=3)
+
+
+def _count_in_box(a: dict, seen: int, inside: int) -> tuple[int, int]:
+    """``(seen, inside)`` plus the labelled keypoints of annotation ``a`` (with a valid bbox)
+    and those inside its bbox."""
+    b = a.get("bbox")
+    if not (isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)):
+        return seen, inside
+    x0, y0, bw, bh = (float(v) for v in b)
+    kp = a["keypoints"]
+    for x, y, v in zip(kp[0::3], kp[1::3], kp[2::3], strict=True):
+        if v > 0:
+            seen += 1
+            inside += x0 <= x <= x0 + bw and y0 <= y <= y0 + bh
+    return seen, inside
 
 
 def _check_keypoint_category(c: dict, where: str) -> int:
@@ -437,6 +459,10 @@ def _check_keypoint_category(c: dict, where: str) -> int:
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise DatasetError(f"{where}: 'keypoints' must be a non-empty list of names")
     K = len(names)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:  # a name twice would make one keypoint part of two flip pairs
+        raise DatasetError(f"{where}: keypoint names must be distinct, {duplicates!r:.80} "
+                           "appear more than once")
     skeleton = c.get("skeleton", [])
     if not (isinstance(skeleton, list) and all(
             isinstance(e, list) and len(e) == 2 and all(_is_int(v) and 1 <= v <= K for v in e)
@@ -449,8 +475,10 @@ def _check_keypoint_category(c: dict, where: str) -> int:
     return K
 
 
-def _check_keypoints(a: dict, K: int | None, where: str) -> None:
-    """Check an annotation's ``keypoints`` against its category's K; fill ``num_keypoints``."""
+def _check_keypoints(a: dict, K: int | None, where: str, h: int, w: int) -> None:
+    """Check an annotation's ``keypoints`` against its category's K and its ``h x w`` image
+    (a labelled keypoint, v > 0, must lie inside it, as polygons and boxes must); fill
+    ``num_keypoints``."""
     kp = a["keypoints"]
     if K is None:
         raise DatasetError(f"{where}: has keypoints but category {a['category_id']} names none "
@@ -463,6 +491,11 @@ def _check_keypoints(a: dict, K: int | None, where: str) -> None:
     v = kp[2::3]
     if any(x not in (0, 1, 2) for x in v):
         raise DatasetError(f"{where}: keypoint visibilities must be 0, 1 or 2, got {v}")
+    tol = _OUTSIDE_TOLERANCE
+    for j, (x, y, vis) in enumerate(zip(kp[0::3], kp[1::3], v, strict=True)):
+        if vis > 0 and not (-tol <= x <= w + tol and -tol <= y <= h + tol):
+            raise DatasetError(f"{where}: keypoint {j + 1} ({x:.6g}, {y:.6g}) lies outside the "
+                               "image")
     labelled = sum(1 for x in v if x > 0)
     if "num_keypoints" not in a:
         a["num_keypoints"] = labelled

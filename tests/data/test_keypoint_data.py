@@ -199,3 +199,43 @@ def test_evaluate_model_on_lego_battery_skips_mask_ap():
     metrics = evaluate_model(build_model(cfg, np.random.default_rng(0)), val,
                              EvalConfig(max_dets=(20,)), limit=1)
     assert "segm" not in metrics and {"bbox", "keypoints"} <= set(metrics)
+
+
+@pytest.mark.parametrize("x, y", [(1e6, 5.0), (5.0, -40.0), (1e300, 5.0)])
+def test_keypoints_outside_the_image_are_refused(kp_data, x, y):
+    """issue 27: keypoints outside the image, or at 1e300 (inf in float32), were accepted
+    although polygons and boxes outside are refused."""
+    images, coco = kp_data
+    bad = copy.deepcopy(coco)
+    a = bad["annotations"][1]
+    a["keypoints"][3:5] = [x, y]
+    a["keypoints"][5] = 2
+    with pytest.raises(DatasetError, match=r"annotations\[1\] \(id 2\).*: keypoint 2 "
+                                           r"\(.*\) lies outside the image"):
+        CocoDataset(bad, images=images)
+    a["keypoints"][5] = 0  # unlabelled: its x, y mean nothing
+    a["num_keypoints"] -= 1
+    CocoDataset(bad, images=images)
+
+
+def test_every_keypoint_outside_its_box_is_warned(kp_data):
+    """issue 27: a set whose keypoints all lie outside their boxes trained with loss_keypoint 0
+    and no warning."""
+    images, coco = kp_data
+    bad = copy.deepcopy(coco)
+    for a in bad["annotations"]:
+        x, y, bw, bh = a["bbox"]
+        a["bbox"] = [0, 0, 1, 1] if x > 3 or y > 3 else [60, 60, 1, 1]
+    with pytest.warns(UserWarning, match=r"none of the \d+ labelled keypoints lies inside its "
+                                         r"instance's bbox"):
+        CocoDataset(bad, images=images)
+
+
+def test_duplicate_keypoint_names_are_refused(kp_data):
+    """issue 27: a name twice made one keypoint part of two flip pairs."""
+    images, coco = kp_data
+    bad = copy.deepcopy(coco)
+    bad["categories"][0]["keypoints"] = ["left_base", "left_base", "right_base"]
+    with pytest.raises(DatasetError, match=r"categories\[0\]: keypoint names must be distinct, "
+                                           r"\['left_base'\] appear more than once"):
+        CocoDataset(bad, images=images)
