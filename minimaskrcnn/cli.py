@@ -229,8 +229,11 @@ def _train_data(args, cfg, preset: str) -> tuple:
                        "(its categories name no 'keypoints')")
     if cfg.model.num_keypoints and k != cfg.model.num_keypoints:
         if args.resume:
-            raise CLIError(f"the run predicts {cfg.model.num_keypoints} keypoints per instance, "
-                           f"but {args.train_json} has {k}")
+            data = (args.train_json if args.train_json is not None
+                    else "the generated triangles (no --train-json given)")
+            raise CLIError(f"{args.out}: the run predicts {cfg.model.num_keypoints} keypoints "
+                           f"per instance, but {data} has {k}; resume with the run's "
+                           "--train-json and --images")
         # the head follows the data, as the classes do; its OKS sigmas are then the data's
         print(f"{args.train_json}: {k} keypoints per instance (the preset has "
               f"{cfg.model.num_keypoints}): the keypoint head predicts {k}")

@@ -453,6 +453,10 @@ def test_train_keypoints_on_the_shipped_lego_battery_photos(tmp_path, capsys):
         cfg = json.load(f)
     assert cfg["model"]["num_keypoints"] == 5 and len(cfg["dataset"]["keypoint_names"]) == 5
     assert "keypoints" in _lines(os.path.join(out, "val.jsonl"))[0]
+    # issue 27: resuming it on generated data said "...but None has 3"
+    _one_line_error(["train", "--out", out, "--resume", "--iters", "2", "--no-progress"], capsys,
+                    "the run predicts 5 keypoints per instance, but the generated triangles (no "
+                    "--train-json given) has 3; resume with the run's --train-json and --images")
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
