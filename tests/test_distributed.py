@@ -445,6 +445,14 @@ elif scenario == "mismatch":
     else:
         raise AssertionError("no layout mismatch detected")
 
+elif scenario == "interrupt":                  # Ctrl-C reaching a rank in the middle of work
+    with d.abort_on_error(c):
+        if c.rank == 1:
+            raise KeyboardInterrupt
+        x = np.ones(4)
+        c.Allreduce(d.IN_PLACE, x, op=d.SUM)
+    say("NOT REACHED")
+
 elif scenario in ("abort", "excepthook"):
     if scenario == "excepthook":
         d.install_excepthook(c)
@@ -509,3 +517,13 @@ def test_a_raising_rank_aborts_the_job(script, scenario, message):
     assert "Traceback" not in out.stderr
     assert "NOT REACHED" not in out.stdout
     assert seconds < 30, f"the job took {seconds:.1f} s to stop"
+
+
+@needs_mpi
+def test_ctrl_c_under_mpiexec_is_rc_130_interrupted(script):
+    """issue 27: Ctrl-C under ``mpiexec train`` printed "[rank 0] KeyboardInterrupt: (no
+    message)" with rc 1; one process says "interrupted" with rc 130, and so does the job."""
+    out, seconds = run_mpi(script, "interrupt", timeout=60)
+    assert out.returncode == 130, (out.returncode, out.stderr)
+    assert "[rank 1] interrupted" in out.stderr and "KeyboardInterrupt" not in out.stderr
+    assert "NOT REACHED" not in out.stdout and seconds < 30

@@ -326,6 +326,10 @@ def error_line(exc: BaseException, rank: int) -> str:
     return "\n".join(f"[rank {rank}] {line}" for line in text.splitlines())
 
 
+INTERRUPTED_CODE = 130
+"""The exit status of a job stopped by Ctrl-C (128 + SIGINT, what a shell reports)."""
+
+
 def _is_clean_exit(exc: BaseException) -> bool:
     return isinstance(exc, SystemExit) and exc.code in (None, 0)
 
@@ -334,9 +338,10 @@ def _is_clean_exit(exc: BaseException) -> bool:
 def abort_on_error(comm: Comm | None = None, *, code: int = 1) -> Iterator[Comm]:
     """Run a block so that an exception on any one rank stops the whole MPI job, with no hang.
 
-    Under MPI (W > 1), an exception escaping the block (including ``KeyboardInterrupt`` and
-    ``SystemExit`` with a non-zero code) prints :func:`error_line` (``[rank r] ExcType:
-    message``, no traceback) to stderr and calls ``MPI_Abort(code)``: ``mpiexec`` kills every
+    Under MPI (W > 1), an exception escaping the block (including ``SystemExit`` with a
+    non-zero code) prints :func:`error_line` (``[rank r] ExcType: message``, no traceback) to
+    stderr and calls ``MPI_Abort(code)`` (``KeyboardInterrupt``, Ctrl-C: ``[rank r]
+    interrupted`` and ``MPI_Abort(130)``, :data:`INTERRUPTED_CODE`): ``mpiexec`` kills every
     rank, including those blocked in a collective, and exits non-zero. Files written before
     (the last good checkpoint) stay as they are. One process: the exception propagates
     unchanged (with its traceback). Yields the communicator::
@@ -350,6 +355,9 @@ def abort_on_error(comm: Comm | None = None, *, code: int = 1) -> Iterator[Comm]
     except BaseException as e:
         if not comm.is_distributed or _is_clean_exit(e):
             raise
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C: as one process says it, rc 130
+            print(f"[rank {comm.rank}] interrupted", file=sys.stderr, flush=True)
+            comm.abort(INTERRUPTED_CODE)
         print(error_line(e, comm.rank), file=sys.stderr, flush=True)
         comm.abort(code)
         raise  # not reached: abort() does not return
