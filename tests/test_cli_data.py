@@ -9,6 +9,7 @@ sample (real nuclei: every image has detections above 0.5), about a second an im
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -276,3 +277,49 @@ def test_predict_under_mpiexec_equals_one_process(tmp_path):
         a = read_label_png(one / f"{k + 1:04d}_im{k}.labels.png")
         assert a.max() > 0
         assert np.array_equal(a, read_label_png(two / f"{k + 1:04d}_im{k}.labels.png"))
+
+
+def _mpmd(first, second, timeout=120):
+    """``mpiexec -n 1 minimaskrcnn FIRST : -n 1 minimaskrcnn SECOND`` (two programs)."""
+    cmd = [MPIEXEC, "-n", "1", sys.executable, "-m", "minimaskrcnn", *first,
+           ":", "-n", "1", sys.executable, "-m", "minimaskrcnn", *second]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(MPIEXEC is None or shutil.which("mpiexec", path=BINDIR) is None,
+                    reason="needs mpich's mpiexec beside the interpreter (pip install mpi4py mpich)")
+@pytest.mark.parametrize("case", ["train --iters", "train --train-json", "evaluate --coco-json",
+                                  "predict images"])
+def test_ranks_that_disagree_stop_before_any_work(tmp_path, case):
+    """issue 27: ``mpiexec -n 1 minimaskrcnn train ... --iters 2 : -n 1 ... --iters 3`` hung;
+    another --train-json trained to the end with rc 0; MPMD evaluate with another --coco-json
+    per rank mixed the images; MPMD predict with other image lists wrote one file's detections
+    under another's name. Now every rank prints one line naming the option and the rank, rc 2,
+    before any work (nothing written), well within the timeout."""
+    train_json, images = sample_paths("train")
+    out = str(tmp_path / "out")
+    if case.startswith("train"):
+        base = ["train", "--preset", "shapes-mini", "--train-json", train_json, "--images",
+                images, "--out", out, "--batch-size", "2", "--crop-size", "64", "--no-progress"]
+        if case == "train --iters":
+            first, second, key = [*base, "--iters", "2"], [*base, "--iters", "3"], "--iters"
+        else:
+            first = [*base, "--iters", "2"]
+            second = [*first]
+            second[second.index(train_json)] = VAL_JSON
+            key = "--train-json"
+    elif case == "evaluate --coco-json":
+        base = ["evaluate", "--weights", WEIGHTS, "--images", IMAGES, "--out", out,
+                "--no-progress", "--coco-json"]
+        first, second, key = [*base, VAL_JSON], [*base, train_json], "--coco-json"
+    else:
+        base = ["predict", "--weights", WEIGHTS, "--out", out]
+        first, second, key = [*base, *VAL_FILES[:2]], [*base, *VAL_FILES[1:3]], "--images"
+    r = _mpmd(first, second)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    for rank in (0, 1):  # one line each (mpiexec may join the ranks' output on one line)
+        mine = re.findall(rf"\[rank {rank}\] minimaskrcnn \w+: error: the ranks disagree: "
+                          rf"{re.escape(key)} .*? on rank 1 but .*? on rank 0; every rank must "
+                          r"run the same command on the same data", r.stderr)
+        assert len(mine) == 1, r.stderr
+    assert "Traceback" not in r.stderr and not os.path.exists(out)

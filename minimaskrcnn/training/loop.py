@@ -217,6 +217,11 @@ def train(cfg: Config, train_dataset, out_dir: str, *, evaluate: Callable | None
                        evaluate=evaluate, on_validation=on_validation,
                        config_dict=checkpoint_config(cfg, train_dataset), last_checkpoint=last)
             start = _resume(run) if resume else 0
+            if comm.size > 1 and resume:  # the same checkpoint name, but is it the same file?
+                starts = comm.allgather(start)
+                if len(set(starts)) > 1:
+                    raise ValueError(f"{last} holds iteration {start} on this rank, but "
+                                     f"{starts[0]} on rank 0")
             if comm.size > 1:  # one model: rank 0's parameters everywhere, checked by checksum
                 broadcast_parameters(run.model, comm)
                 check_parameters_equal(run.model, comm)
@@ -264,11 +269,17 @@ def _prepare_folder(folder: RunFolder, cfg: Config, dataset, *, resume: bool, ov
     if comm.is_main:
         folder.remove_temporary_files()
     last = None
-    if resume:
-        last = folder.last_checkpoint()
+    if resume:  # rank 0 decides the checkpoint (each rank may read its own copy of the folder)
+        last = folder.last_checkpoint() if comm.is_main else None
+        if comm.size > 1:
+            name = comm.bcast(None if last is None else os.path.basename(last))
+            last = None if name is None else os.path.join(folder.path, name)
         if last is None:
             raise FileNotFoundError(f"{folder.path}: no checkpoint to resume from "
                                     f"({os.path.basename(folder.last_path)} missing)")
+        if not os.path.isfile(last):
+            raise FileNotFoundError(f"{last}: rank 0 resumes from it, but this rank has no such "
+                                    "file")
         _check_resume_config(cfg, dataset, last)
     elif comm.is_main:
         existing = folder.run_files()
