@@ -354,11 +354,14 @@ def test_demo_replaces_its_own_folder_but_not_a_training_run(run_dir, tmp_path, 
 
 
 def test_divergence_at_a_huge_lr_stops_with_one_line_and_a_log_record(tmp_path, capsys):
+    """A huge lr (30: the parameters pass 1e4 by the second checkpoint; 1e6 stops before the
+    first): one line naming the last good checkpoint, which holds finite, small values and from
+    which --resume runs (issue 27: one at 8.7e29 failed at once with "rel_codes contains NaN")."""
     out = str(tmp_path / "lr")
-    err = _one_line_error(["train", "--preset", "shapes-mini", "--shapes", "4", "--out", out,
-                           "--iters", "12", "--batch-size", "1", "--crop-size", "64",
-                           "--checkpoint-every", "2", "--val-every", "100", "--no-progress",
-                           "--lr", "1e6"], capsys, "training stopped")
+    argv = ["train", "--preset", "shapes-mini", "--shapes", "4", "--out", out, "--iters", "12",
+            "--batch-size", "1", "--crop-size", "64", "--checkpoint-every", "2", "--val-every",
+            "100", "--no-progress", "--lr", "30"]
+    err = _one_line_error(argv, capsys, "training stopped")
     m = re.search(r"error: iteration (\d+): .*the last good checkpoint is (\S+)$", err.strip())
     assert m, err
     last = _lines(os.path.join(out, "log.jsonl"))[-1]
@@ -369,8 +372,12 @@ def test_divergence_at_a_huge_lr_stops_with_one_line_and_a_log_record(tmp_path, 
     ck = load_checkpoint(m.group(2))
     assert all(np.isfinite(v).all() for v in ck.params.values())
     assert all(np.isfinite(v).all() for v in ck.optimizer_state["buffers"].values())
+    assert all(np.abs(v).max() <= 1e4 for v in ck.params.values())
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert os.path.join(out, f.read().strip()) == m.group(2)
+    # resuming from it trains on (and diverges again at this lr) instead of failing at once
+    err = _one_line_error([*argv, "--resume"], capsys, "training is diverging")
+    assert "NaN or inf" not in err
 
 
 @pytest.mark.parametrize("argv", [

@@ -369,7 +369,11 @@ def _train_iterations(run: _Run, batches: TrainBatches, ks: list[int], start: in
                     print(f"iteration {done}/{total}: loss {loss:.3f} ({terms}), lr {lr:.2e}, "
                           f"{tc.batch_size / dt:.2f} img/s", flush=True)
             if done % tc.checkpoint_every == 0 or done == total:
-                _save(run, done)
+                try:
+                    _save(run, done)
+                except NonFiniteLossError as e:  # a diverging state: in the log, then stop
+                    _write_record(log, {"iteration": done, "lr": lr, "error": str(e)})
+                    raise
             if run.evaluate is not None and (done % tc.val_every == 0 or done == total):
                 line = _validation_line(done, _validate(run, done))
                 if main:

@@ -482,6 +482,8 @@ def test_a_diverging_state_is_never_the_last_good_checkpoint(tmp_path, data):
     assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint_")) == [
         "checkpoint_000003.npz"]
     assert find_last_checkpoint(str(out)).endswith("checkpoint_000003.npz")
+    last = [json.loads(x) for x in open(out / "log.jsonl")][-1]
+    assert last["iteration"] == 6 and "training is diverging" in last["error"]
     ck = load_checkpoint(str(out / "checkpoint_000003.npz"))
     assert all(np.abs(v).max() < 1e4 for v in ck.params.values())
     resumed = train(_cfg(checkpoint_every=3), data, str(out), resume=True,
