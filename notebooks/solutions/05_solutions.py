@@ -1,47 +1,75 @@
-"""Chapter 5 (the heads), answers to the exercises, checked by asserts.
+"""Chapter 5 (the heads), the exercises' experiments, checked by asserts.
 
-Run: ``python notebooks/solutions/05_solutions.py`` (``tests/test_solutions.py`` runs it too).
+Run: ``python notebooks/solutions/05_solutions.py`` (prints every answer; ``tests/test_solutions.py``
+runs them too). Each ``exercise_k()`` returns what a learner writes into the chapter's stub cell
+``check("05.k", answer)``.
 """
+
+from functools import cache
 
 import numpy as np
 
 import minimaskrcnn.ops as ops
+from minimaskrcnn import load_model
+from minimaskrcnn.data import load_sample, standardize
+from minimaskrcnn.model.mask_head import mask_probabilities
+
+TOLERANCE = {1: 0.02, 3: 0.02}
+
+
+@cache
+def _model():
+    return load_model("nuclei-mini-dsb2018")
+
+
+def _pyramid(model, index):
+    """The val image ``index``, its ground truth, its ImageList and P2..P6 of the trained model."""
+    image, target = load_sample("val")[index]
+    images, _ = model.transform([standardize(image)])
+    return image, target, images, model.fpn.predict(model.backbone.predict(images.tensors))
 
 
 def exercise_1():
-    """The sigmoid mask loss of one RoI of class 2 (K = 3) on a 2 x 2 mask, by hand; then change
-    the logits of class 1. Which loss moves?
+    """The box head's refinement on val image 5 (the chapter's): the proposals it gives
+    P(nucleus) >= 0.5, decoded with the nucleus class's deltas and clipped; the mean IoU of these
+    boxes with their best-matching nucleus.
 
-    Sigmoid: the mean over the 4 pixels of max(x, 0) - x t + log(1 + exp(-|x|)) on channel 2 only,
-    so class 1's logits do not enter it at all. Softmax: class 1's logits are in the normaliser
-    of every pixel, so raising them raises the loss of the class-2 RoI.
+    Measured: 253 proposals; mean IoU 0.65 as proposed, 0.86 refined; 28 % of the proposals reach
+    IoU 0.7, 95 % of the refined boxes. The RPN's boxes only need to overlap a nucleus well enough
+    to be pooled (chapter 3); the box head, which sees the 7 x 7 features of the whole RoI, moves
+    them onto it. This second regression is the "R" that makes the detections' boxes good enough
+    for a mask that must be right to the pixel.
     """
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(1, 3, 2, 2))
-    labels = np.array([2])
-    targets = np.array([[[1.0, 0.0], [1.0, 1.0]]])
-    x = logits[0, 1]
-    by_hand = np.mean(np.maximum(x, 0) - x * targets[0] + np.log1p(np.exp(-np.abs(x))))
-    sig, _ = ops.mask_loss(logits, labels, targets, mode="sigmoid")
-    np.testing.assert_allclose(sig, by_hand, rtol=1e-12)
-    other = logits.copy()
-    other[0, 0] += 3.0                                   # class 1's mask, much more confident
-    sig2, _ = ops.mask_loss(other, labels, targets, mode="sigmoid")
-    soft, _ = ops.mask_loss(logits, labels, targets, mode="softmax")
-    soft2, _ = ops.mask_loss(other, labels, targets, mode="softmax")
-    assert sig2 == sig and soft2 > soft
-    return float(sig), float(soft), float(soft2)
+    model = _model()
+    _, target, images, pyramid = _pyramid(model, 5)
+    rh = model.roi_heads
+    proposals = model.rpn.predict(pyramid, images)[0]
+    pooled, _ = rh.box_roi_pool.forward(pyramid[:-1], [proposals], images.tensors.shape[-2:])
+    h, _ = rh.box_head.forward(pooled)
+    (logits, deltas), _ = rh.box_predictor.forward(h)
+    z = logits - logits.max(1, keepdims=True)
+    p_nucleus = (np.exp(z) / np.exp(z).sum(1, keepdims=True))[:, 1]
+    keep = p_nucleus >= 0.5
+    refined = rh.box_coder.decode(deltas, proposals).reshape(len(proposals), -1, 4)[:, 1]
+    refined = ops.clip_boxes_to_image(refined, images.image_sizes[0])
+    before = ops.box_iou(proposals[keep], target["boxes"]).max(1)
+    after = ops.box_iou(refined[keep], target["boxes"]).max(1)
+    assert keep.sum() > 100 and after.mean() > before.mean() + 0.1, (before.mean(), after.mean())
+    assert (after >= 0.7).mean() > 2 * (before >= 0.7).mean()
+    return float(after.mean())
 
 
 def exercise_2():
-    """Which pixels can a 28 x 28 mask pasted on the box [10, 10, 38, 38] reach?
+    """Which pixels can a 28 x 28 mask of ones pasted on the box [10, 10, 38, 38] reach, and which
+    are >= 0.5?
 
     The mask is padded to 30 x 30 and the box enlarged about its centre (24, 24) by 30/28: half
     side 14 x 30/28 = 15, so [9, 9, 39, 39], truncated to integers and inclusive: pixels 9..39,
-    31 on a side. The padded border is zero, so the outermost pixels 9 and 39 get 0, and a mask
-    of ones thresholded at 0.5 covers pixels 10..38: 29 pixels for a box 28 pixels wide (10..37),
-    one more at the right and at the bottom, from the inclusive end of the truncated box
-    (torchvision's paste does the same).
+    31 on a side. The padded border is zero, so the outermost pixels 9 and 39 get 0, and the mask
+    thresholded at 0.5 covers pixels 10..38: 29 pixels for a box 28 pixels wide (10..37), one more
+    at the right and at the bottom, from the inclusive end of the truncated box (torchvision's
+    paste does the same). On a nucleus 9 pixels wide (the 5th percentile of the longest box side
+    in the DSB2018 training images) one pixel more on each axis is about a fifth more area.
     """
     box = np.array([[10.0, 10.0, 38.0, 38.0]], np.float32)
     pasted = ops.paste_masks_in_image(np.ones((1, 28, 28), np.float32), box, (64, 64), padding=1)[0]
@@ -49,36 +77,50 @@ def exercise_2():
     assert ys.min() >= 9 and ys.max() <= 39 and xs.min() >= 9 and xs.max() <= 39
     ys, xs = np.nonzero(pasted >= 0.5)
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 38, 10, 38)
-    return pasted
+    return [int(xs.min()), int(xs.max())]
 
 
 def exercise_3():
-    """All mask logits 0 (an untrained head, roughly): the probability of the RoI's class at a
-    pixel, for K = 3, with each loss, and whether the pixel is in the mask at threshold 0.5.
+    """The trained mask branch on the ground-truth boxes of val image 2 (its nuclei are the
+    smallest of the val sample): the nucleus channel's probabilities pasted on those boxes at
+    0.5, the mean over the nuclei of each mask's IoU with its own nucleus.
 
-    Sigmoid: sigmoid(0) = 0.5, on the threshold: the pixel is in (>= 0.5), the whole box is mask.
-    Softmax: the class competes with the other K - 1 = 2 classes and the background logit 0:
-    1 / (K + 1) = 0.25, under 0.5: the mask is empty. That is why chapter 5's barely trained
-    softmax model (quick mode) has a mask IoU near 0: a class must beat all the others together
-    before its mask appears.
+    Measured: 0.73 with perfect boxes; a perfect head's targets on the same boxes (the chapter's
+    section 4 ceiling) 0.79; the masks ``model.predict`` returns (each nucleus's best match among
+    the detections scored >= 0.5) 0.57. Given the right box, the mask head comes within 0.06 of
+    what a 28 x 28 mask pasted back can do on nuclei this small; most of the loss in the
+    detections' masks, 0.16, comes from their boxes. On small objects the box bounds the mask.
     """
-    from minimaskrcnn.model.mask_head import mask_probabilities
+    model = _model()
+    image, target, images, pyramid = _pyramid(model, 2)
+    rh = model.roi_heads
+    boxes, gt_masks = target["boxes"], target["masks"].astype(bool)
+    idx = np.arange(len(boxes))
+    m, _ = rh.mask_roi_pool.forward(pyramid[:-1], [boxes], images.tensors.shape[-2:])
+    m, _ = rh.mask_head.forward(m)
+    logits, _ = rh.mask_predictor.forward(m)
+    prob = mask_probabilities(logits, np.ones(len(boxes), np.int64), "sigmoid")
+    pasted = ops.paste_masks_in_image(prob, boxes, image.shape[:2]) >= 0.5
 
-    logits = np.zeros((1, 4, 2, 2))  # (R, K + 1, M, M), channel 0 unused
-    sig = mask_probabilities(logits, np.array([2]), "sigmoid")
-    soft = mask_probabilities(logits, np.array([2]), "softmax")
-    np.testing.assert_allclose(sig, 0.5)
-    np.testing.assert_allclose(soft, 0.25)
-    assert (sig >= 0.5).all() and not (soft >= 0.5).any()
-    return float(sig[0, 0, 0]), float(soft[0, 0, 0])
+    def iou(masks):
+        return ((masks & gt_masks).sum((1, 2)) / np.maximum((masks | gt_masks).sum((1, 2)), 1))
+
+    on_gt = float(iou(pasted).mean())
+    ceiling = float(iou(ops.paste_masks_in_image(ops.project_masks_on_boxes(target["masks"], boxes, idx, 28),
+                                                 boxes, image.shape[:2]) >= 0.5).mean())
+    det = model.predict([standardize(image)])[0]
+    dm = det["masks"][det["scores"] >= 0.5].reshape(-1, gt_masks[0].size).astype(np.float64)
+    g = gt_masks.reshape(len(boxes), -1).astype(np.float64)
+    inter = g @ dm.T
+    detected = float((inter / (g.sum(1)[:, None] + dm.sum(1)[None] - inter)).max(1).mean())
+    assert detected + 0.1 < on_gt < ceiling, (detected, on_gt, ceiling)
+    return on_gt
 
 
 def main():
-    sig, soft, soft2 = exercise_1()
-    print(f"1. sigmoid loss {sig:.4f} (unchanged); softmax loss {soft:.4f} -> {soft2:.4f}")
-    p = exercise_2()
-    print("2. pasted support rows/cols", np.nonzero(p.any(1))[0][[0, -1]].tolist(), "; >= 0.5: 10..38")
-    print("3. probability at logits 0 (sigmoid, softmax):", exercise_3())
+    print(f"1. mean IoU of the refined boxes (P(nucleus) >= 0.5) on val image 5: {exercise_1():.3f}")
+    print("2. pixels >= 0.5 of a mask of ones pasted on [10, 10, 38, 38]:", exercise_2())
+    print(f"3. mean mask IoU of the trained mask head on val image 2's ground-truth boxes: {exercise_3():.3f}")
 
 
 if __name__ == "__main__":
