@@ -1,77 +1,108 @@
-"""Chapter 7 (training), answers to the exercises, checked by asserts.
+"""Chapter 7 (training): the exercises' experiments, checked by asserts.
 
-Run: ``python notebooks/solutions/07_solutions.py`` (``tests/test_solutions.py`` runs it too).
+Each ``exercise_k()`` runs its experiment and returns the answer the chapter's stub cell
+``check("07.k", answer)`` compares with. Run: ``python notebooks/solutions/07_solutions.py``.
 """
+
+import dataclasses
+import json
+import os
+import tempfile
 
 import numpy as np
 
-from minimaskrcnn import build_model, nn
-from minimaskrcnn.config import get_preset
+from minimaskrcnn import nn
+from minimaskrcnn.config import get_preset, shorten_schedule
+from minimaskrcnn.data import load_sample
+from minimaskrcnn.training.loop import NonFiniteLossError, train
 from minimaskrcnn.training.optim import SGD, warmup_multistep_lr
 
-TRAIN = get_preset("nuclei-mini").train
+PRESET = get_preset("nuclei-mini")
 
 
 def exercise_1():
-    """nuclei-mini's learning rate at iterations 0, 100, 200, 1999, 2000 and 2666.
+    """nuclei-mini's schedule with a 50-iteration warm-up from 0.1x: the learning rate at
+    iteration 20.
 
-    Linear warm-up over 200 iterations from 0.001x: lr = 0.01 (0.001 (1 - a) + a), a = it / 200,
-    so 1e-5 at 0 and 0.01 (0.0005 + 0.5) = 0.005005 at 100; 0.01 from 200 to 1999; x0.1 from the
-    milestone itself: 0.001 at 2000, 0.0001 at 2666.
+    Linear warm-up: lr = base (f (1 - a) + a), a = t / warmup_iters = 0.4, f = 0.1:
+    0.01 (0.06 + 0.4) = 0.0046 (the preset's warm-up, 200 iterations from 0.001x, gives
+    0.01 (0.0009 + 0.1) = 0.001009 there: the new one starts 100x higher and reaches the base
+    rate four times sooner).
     """
-    its = (0, 100, 200, 1999, 2000, 2666)
-    by_hand = [1e-5, 0.005005, 0.01, 0.01, 0.001, 0.0001]
-    got = [warmup_multistep_lr(it, TRAIN.base_lr, TRAIN.milestones, TRAIN.gamma, TRAIN.warmup_factor,
-                               TRAIN.warmup_iters) for it in its]
-    np.testing.assert_allclose(got, by_hand, rtol=1e-12)
-    return dict(zip(its, got, strict=True))
+    tc = dataclasses.replace(PRESET.train, warmup_iters=50, warmup_factor=0.1)
+    lr = warmup_multistep_lr(20, tc.base_lr, tc.milestones, tc.gamma, tc.warmup_factor,
+                             tc.warmup_iters)
+    np.testing.assert_allclose(lr, 0.01 * (0.1 * 0.6 + 0.4), rtol=1e-12)
+    preset_lr = warmup_multistep_lr(20, PRESET.train.base_lr, PRESET.train.milestones,
+                                    PRESET.train.gamma, PRESET.train.warmup_factor,
+                                    PRESET.train.warmup_iters)
+    np.testing.assert_allclose(preset_lr, 0.001009, rtol=1e-12)
+    return lr
+
+
+def live_config(base_lr_factor: float = 1.0):
+    """Section 3's live run: nuclei-mini's schedule cut to 40 iterations, 2 crops a batch."""
+    cfg = shorten_schedule(PRESET, 40)
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, batch_size=2, log_every=10, checkpoint_every=40,
+        base_lr=cfg.train.base_lr * base_lr_factor))
 
 
 def exercise_2():
-    """Two SGD steps by hand (momentum 0.9, weight decay 1e-4, lr 0.1) on theta = 1 with a
-    constant gradient 0.5.
+    """Section 3's live training at ten times the learning rate (0.1): the iteration at which the
+    divergence guard stops it (0-based, as its message counts).
 
-    d = g + wd theta; v = mu v + d; theta -= lr v:
-    step 1: d = 0.5001, v = 0.5001, theta = 0.94999;
-    step 2: d = 0.5 + 0.000094999 = 0.500094999, v = 0.45009 + 0.500094999 = 0.950184999,
-    theta = 0.94999 - 0.0950184999 = 0.8549715001.
+    The warm-up lasts 4 iterations (lr 1e-4, 0.025, 0.05, 0.075, then 0.1). The first two
+    iterations follow the normal run; the total loss is 6 at iterations 2-3, about 5,000 at
+    iteration 4 (the mask loss first: about 5,000 of it) and 1e17 at iteration 5, and at
+    iteration 6 the box decoding refuses the non-finite deltas: the guard stops the run there,
+    naming the largest parameter (a mask-head convolution, near 1e15), and the log's last record
+    carries the error.
     """
-    p = nn.Param(np.array([1.0]))
-    opt = SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4)
-    theta, v = 1.0, 0.0
-    for _ in range(2):
-        p.grad[:] = 0.5
-        opt.step()
-        d = 0.5 + 1e-4 * theta
-        v = 0.9 * v + d
-        theta -= 0.1 * v
-        np.testing.assert_allclose(p.data[0], theta, rtol=1e-12)
-    np.testing.assert_allclose(theta, 0.8549715001, rtol=1e-12)
-    return theta
+    with tempfile.TemporaryDirectory(prefix="minimaskrcnn_07_2_") as run_dir:
+        try:
+            train(live_config(10.0), load_sample("train"), run_dir, progress=False)
+        except NonFiniteLossError as e:
+            message = str(e)
+        else:
+            raise AssertionError("the run at lr x10 did not diverge")
+        with open(os.path.join(run_dir, "log.jsonl")) as f:
+            log = [json.loads(line) for line in f]
+    stopped = log[-1]["iteration"]
+    assert "error" in log[-1] and message.startswith(f"iteration {stopped}:"), message
+    assert max(r["loss"] for r in log[:-1]) > 1000 * log[0]["loss"]  # it blew up first
+    return stopped
 
 
 def exercise_3():
-    """The FPN's parameters in nuclei-mini, by hand.
+    """SGD with momentum 0.9, lr 1, no weight decay, a constant gradient 1: the step tends to
+    lr g / (1 - mu) = 10, and reaches 90 % of that after 22 steps.
 
-    Lateral 1x1 convs from C2..C5 (32, 64, 128, 256 channels) to 64, with bias:
-    (32 + 64 + 128 + 256) 64 + 4 x 64 = 30,976; output 3x3 convs 64 -> 64 with bias:
-    4 (64 64 9 + 64) = 147,712; total 178,688 of the model's 2,479,803.
+    The velocity after t steps is 1 + 0.9 + ... + 0.9^(t-1) = (1 - 0.9^t) / 0.1, at least 9 when
+    0.9^t <= 0.1, t >= ln 0.1 / ln 0.9 = 21.9. With momentum 0.9 the parameters move 10x the
+    learning rate times the gradient once the gradient stays steady: the rate they see is 10x
+    the nominal one. Starting at the full rate on an untrained network (large, consistent
+    gradients) is what the warm-up avoids, and exercise 2 shows what 10x does.
     """
-    by_hand = (32 + 64 + 128 + 256) * 64 + 4 * 64 + 4 * (64 * 64 * 9 + 64)
-    model = build_model("nuclei-mini", np.random.default_rng(0))
-    counts = {}
-    for name, p in model.named_parameters():
-        part = name.split(".")[0]
-        counts[part] = counts.get(part, 0) + p.data.size
-    assert by_hand == 178_688 == counts["fpn"]
-    assert sum(counts.values()) == 2_479_803
-    return by_hand
+    p = nn.Param(np.zeros(1))
+    opt = SGD([p], lr=1.0, momentum=0.9, weight_decay=0.0)
+    steps = []
+    for _ in range(40):
+        before = float(p.data[0])
+        p.grad[:] = 1.0
+        opt.step()
+        steps.append(before - float(p.data[0]))
+    steps = np.array(steps)
+    np.testing.assert_allclose(steps, (1 - 0.9 ** np.arange(1, 41)) / 0.1, rtol=1e-12)
+    first = int(np.argmax(steps >= 0.9 * 10)) + 1  # steps counted from 1
+    assert first == 22
+    return first
 
 
 def main():
-    print("1. learning rates:", exercise_1())
-    print(f"2. theta after two SGD steps: {exercise_2():.10f}")
-    print("3. FPN parameters:", exercise_3())
+    print("1. lr at iteration 20 with a 50-iteration warm-up from 0.1x:", exercise_1())
+    print("2. the guard stops the lr x10 run at iteration", exercise_2())
+    print("3. steps until the momentum step reaches 90 % of its limit:", exercise_3())
 
 
 if __name__ == "__main__":
