@@ -36,7 +36,10 @@ def open_atomic(path: str, mode: str = "w") -> Iterator[IO]:
 
     Raises:
         ValueError: another ``mode``.
-        OSError: the directory cannot be written (no temporary file is left).
+        OSError: the directory cannot be written, or a write fails (a full disk: ``ENOSPC``);
+            no temporary file is left, the target is untouched, and an error that names no
+            file is raised again naming ``path`` (same ``errno``: ``str(e)`` reads ``[Errno
+            28] No space left on device: '<path>'``).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"open_atomic: mode must be 'w' or 'wb', got {mode!r}")
@@ -49,9 +52,11 @@ def open_atomic(path: str, mode: str = "w") -> Iterator[IO]:
             os.chmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a write: say which file
+            raise OSError(e.errno, e.strerror or str(e), path) from e
         raise
 
 

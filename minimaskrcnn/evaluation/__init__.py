@@ -6,8 +6,14 @@ predicts its share of the images, rank 0 scores them.
     keypoint_sigmas(model_cfg, dataset)                                -> OKS sigmas (keypoint AP)
     dsb_score(gt_masks_by_image, results_by_image, score_thresh)       -> DSB 2018 score
     coco_results / write_results_json                                  -> COCO results JSON
+    predict_dataset(model, dataset) -> Predictions                     -> masks kept as RLEs
     evaluate_model(model, dataset, eval_cfg, out_dir)                  -> all of it for a model
     write_metrics / format_metrics                                     -> metrics.json, a table
+
+Memory is bounded by one image whatever the image count: the predictions' masks are kept as
+run-length encodings (:class:`Predictions`), pycocotools takes them as they are, and the DSB
+score decodes one image's ground truth and predictions at a time. Files are written atomically
+(:mod:`minimaskrcnn._atomic`): a full disk leaves no truncated file, and the error names it.
 """
 
 from __future__ import annotations
@@ -15,47 +21,111 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from minimaskrcnn._atomic import open_atomic
 from minimaskrcnn.data import standardize
 from minimaskrcnn.distributed import gather_to_main, get_comm, shard
 from minimaskrcnn.evaluation.coco_eval import coco_results, evaluate_coco, write_results_json
-from minimaskrcnn.evaluation.dsb import DSB_IOU_THRESHOLDS, dsb_image_score, dsb_score
+from minimaskrcnn.evaluation.dsb import (
+    DSB_IOU_THRESHOLDS,
+    dsb_image_score,
+    dsb_score,
+    mean_dsb_score,
+)
 from minimaskrcnn.evaluation.keypoints import keypoint_sigmas
 
 __all__ = [
-    "DSB_IOU_THRESHOLDS", "coco_results", "dsb_image_score", "dsb_score", "evaluate_coco",
-    "evaluate_model", "format_metrics", "keypoint_sigmas", "predict_dataset", "write_metrics",
-    "write_results_json",
+    "DSB_IOU_THRESHOLDS", "Predictions", "coco_results", "dataset_dsb_score", "dsb_image_score",
+    "dsb_score", "evaluate_coco", "evaluate_model", "format_metrics", "keypoint_sigmas",
+    "mean_dsb_score", "predict_dataset", "write_metrics", "write_results_json",
 ]
 
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.json"
 
 
+class Predictions(Mapping):
+    """``{image_id: prediction}`` held with run-length-encoded masks: a few kilobytes per image
+    instead of ``D x H x W`` bytes, so evaluation's memory is bounded by one image whatever the
+    image count. Reading an entry (``preds[image_id]``, ``.items()``, ``.values()``) decodes that
+    image's masks to ``(D, H, W) bool``, as ``model.predict`` returns them by default; the copy
+    is the caller's (nothing is cached).
+
+    ``encoded`` is the underlying ``{image_id: prediction}`` with ``masks`` a list of D
+    pycocotools RLEs (what :func:`coco_results` and :func:`evaluate_coco` take as they are).
+    """
+
+    def __init__(self):
+        self.encoded: dict = {}
+        self._sizes: dict = {}
+
+    def add(self, image_id: int, prediction: dict, image_size) -> None:
+        """Keep ``prediction`` (``masks`` dense ``(D, H, W)`` or D RLEs; dense ones are encoded)
+        of image ``image_id`` whose size is ``(H, W)``."""
+        masks = prediction["masks"]
+        if isinstance(masks, np.ndarray):  # a model without mask_format="rle"
+            m = np.asarray(masks, dtype=np.uint8).reshape(-1, *image_size)
+            masks = (mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0))) if len(m)
+                     else [])
+        self.encoded[int(image_id)] = {**prediction, "masks": list(masks)}
+        self._sizes[int(image_id)] = tuple(int(v) for v in image_size)
+
+    def image_size(self, image_id: int) -> tuple[int, int]:
+        """``(H, W)`` of image ``image_id``."""
+        return self._sizes[int(image_id)]
+
+    def decoded(self, image_id: int, score_thresh: float | None = None) -> dict:
+        """Image ``image_id``'s prediction with ``masks (D, H, W) bool``; with ``score_thresh``,
+        only the detections scored ``>= score_thresh`` (every per-detection array cut)."""
+        pred = self.encoded[int(image_id)]
+        rles, d = pred["masks"], len(pred["masks"])
+        keep = (np.arange(d) if score_thresh is None
+                else np.flatnonzero(np.asarray(pred["scores"], np.float64).reshape(-1)
+                                  >= score_thresh))  # as dsb_image_score compares
+        out = {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == d and score_thresh is
+                   not None else v) for k, v in pred.items()}
+        out["masks"] = (mask_utils.decode([rles[k] for k in keep]).transpose(2, 0, 1)
+                        .astype(bool) if len(keep)
+                        else np.zeros((0, *self._sizes[int(image_id)]), bool))
+        return out
+
+    def __getitem__(self, image_id) -> dict:
+        return self.decoded(image_id)
+
+    def __iter__(self):
+        return iter(self.encoded)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+
 def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool = False,
                     comm=None):
-    """Run ``model.predict`` on each image of a dataset at native size, one image at a time.
+    """Run ``model.predict(..., mask_format="rle")`` on each image of a dataset at native size,
+    one image at a time, keeping the masks run-length encoded (memory bounded by one image).
 
     With a data-parallel communicator of W ranks (:mod:`minimaskrcnn.distributed`),
     rank r predicts its contiguous share of the images (``shard``) and rank 0 gathers them all
-    in image order; the masks travel as COCO run-length encodings and are decoded on rank 0, so
-    the results equal one process's exactly.
+    in image order (the encodings are lossless), so the results equal one process's exactly.
 
     Args:
-        model: has ``predict(list of (3, H, W) float32) -> list of prediction dicts``.
+        model: has ``predict(list of (3, H, W) float32, mask_format="rle") -> list of
+            prediction dicts`` (``masks`` D RLEs; dense ``(D, H, W)`` masks are encoded here).
         dataset: a :class:`~minimaskrcnn.data.CocoDataset`.
         limit: only the first ``limit`` images (>= 1).
         progress: show a tqdm bar (rank 0).
         comm: a ``Comm``; default the process's (one process without ``mpiexec``).
 
     Returns:
-        ``(results_by_image, seconds)``: ``{image_id: prediction}`` and the ``(N,)`` wall-clock
-        seconds of each ``predict`` call (standardisation included, image reading not), on
-        rank 0; ``(None, None)`` on the other ranks.
+        ``(results_by_image, seconds)``: a :class:`Predictions` (``{image_id: prediction}``,
+        masks decoded when read) and the ``(N,)`` wall-clock seconds of each ``predict`` call
+        (standardisation and mask encoding included, image reading not), on rank 0;
+        ``(None, None)`` on the other ranks.
 
     Raises:
         ValueError: ``limit`` < 1, or a dataset without images (nothing to evaluate: AP would
@@ -67,41 +137,58 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
         raise ValueError(f"{getattr(dataset, 'source', 'the dataset')}: no images to evaluate")
     comm = get_comm() if comm is None else comm
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    results, seconds = {}, []
+    results, seconds = Predictions(), []
     for i in tqdm(shard(n, comm), desc="predict", unit="img", leave=False,
                   disable=not progress or not comm.is_main):
         image = dataset.load_image(i)
         t0 = time.perf_counter()
-        pred = model.predict([standardize(image)])[0]
+        pred = model.predict([standardize(image)], mask_format="rle")[0]
+        results.add(int(dataset.image_ids[i]), pred, image.shape[:2])
         seconds.append(time.perf_counter() - t0)
-        results[int(dataset.image_ids[i])] = pred
     if comm.size == 1:
         return results, np.asarray(seconds)
-
-    def encoded(pred):  # dense masks -> RLEs for the trip to rank 0 (lossless)
-        m = np.asarray(pred["masks"], dtype=np.uint8)
-        return {**pred, "masks": mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0))),
-                "mask_shape": m.shape}
-
-    parts = gather_to_main([([(i, encoded(p)) for i, p in results.items()], seconds)], comm)
+    mine = [(i, p, results.image_size(i)) for i, p in results.encoded.items()]
+    parts = gather_to_main([(mine, seconds)], comm)
     if not comm.is_main:
         return None, None
-    results, seconds = {}, []
+    results, seconds = Predictions(), []
     for items, secs in parts:
         seconds += secs
-        for image_id, pred in items:
-            shape = pred.pop("mask_shape")
-            rles = pred["masks"]
-            masks = (mask_utils.decode(rles).transpose(2, 0, 1).astype(bool) if shape[0]
-                     else np.zeros(shape, bool))
-            results[image_id] = {**pred, "masks": masks}
+        for image_id, pred, size in items:
+            results.add(image_id, pred, size)
     return results, np.asarray(seconds)
+
+
+def dataset_dsb_score(dataset, results: Predictions, score_thresh: float = 0.5) -> float:
+    """:func:`dsb_score` of ``results`` against ``dataset``'s non-crowd ground truth, one image
+    at a time: its ground truth and its kept predictions are decoded, scored and dropped.
+
+    Args:
+        dataset: a ``CocoDataset`` holding every image id of ``results``.
+        results: a :class:`Predictions`.
+        score_thresh: detections below it are left out.
+
+    Returns:
+        the mean over the images of :func:`dsb_image_score` (NaN without images).
+    """
+    index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
+
+    def per_image():
+        for image_id in results:
+            k = index_of[int(image_id)]
+            pred = results.decoded(image_id, score_thresh)  # only the kept detections
+            yield (dataset.decode_masks(k, dataset.annotations(k)), pred["masks"],
+                   pred["scores"])
+
+    return mean_dsb_score(per_image(), score_thresh)
 
 
 def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
                    limit: int | None = None, progress: bool = False,
                    category_ids=None, comm=None) -> dict:
-    """Predict every image of ``dataset`` and compute every metric.
+    """Predict every image of ``dataset`` and compute every metric, in memory bounded by one
+    image whatever the image count (masks kept as run-length encodings, the DSB score
+    accumulated one image at a time).
 
     Data-parallel (``comm`` of W ranks, or run under ``mpiexec``): the images are shared among
     the ranks (:func:`predict_dataset`), rank 0 computes the metrics (pycocotools) and writes the
@@ -111,7 +198,9 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         model: see :func:`predict_dataset`.
         dataset: the ground truth, a ``CocoDataset``.
         eval_cfg: an :class:`~minimaskrcnn.config.EvalConfig` (``max_dets``, ``dsb_score_thresh``).
-        out_dir: if given, write ``metrics.json`` and the COCO results JSON ``results.json`` there.
+        out_dir: if given, write ``metrics.json`` and the COCO results JSON ``results.json`` there
+            (atomically: a full disk leaves the old file or none, and the ``OSError`` names the
+            file).
         limit: evaluate only the first ``limit`` images (>= 1).
         category_ids: the COCO category id of each of the model's labels (``category_ids[label
             - 1]``): the ids the model was trained on (a checkpoint's
@@ -120,11 +209,13 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
 
     Returns:
         ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}, "dsb_score", "seconds_per_image"
-        (mean), "seconds_per_image_median", "num_images", "max_dets"}``.
+        (mean), "seconds_per_image_median", "num_images", "max_dets"}``; on rank 0 also
+        ``"_results"``: the :class:`Predictions` (masks decoded per image when read).
 
     Raises:
         ValueError: ``limit`` < 1, an empty dataset, or ``category_ids`` that are not the
             dataset's (the model's labels would be reported under other categories).
+        OSError: ``out_dir``'s files cannot be written (the message names the file).
     """
     if category_ids is None:
         category_ids = dataset.category_ids
@@ -138,14 +229,14 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         return comm.bcast(None)  # rank 0's metrics (without its predictions)
     # a dataset without masks (keypoint-only annotations, lego-battery) has no segm ground truth
     iou_types = ("segm", "bbox") if getattr(dataset, "has_masks", True) else ("bbox",)
-    metrics = evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets, iou_types)
+    metrics = evaluate_coco(dataset.coco, results.encoded, category_ids, eval_cfg.max_dets,
+                            iou_types)
     sigmas = keypoint_sigmas(model.config, dataset) if hasattr(model, "config") else None
     if sigmas is not None:  # a keypoint model on a keypoint dataset: OKS AP too
-        metrics.update(evaluate_coco(dataset.coco, results, category_ids, eval_cfg.max_dets,
-                                     iou_types=("keypoints",), keypoint_sigmas=sigmas))
-    index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
-    gt = {i: dataset.decode_masks(index_of[i], dataset.annotations(index_of[i])) for i in results}
-    metrics["dsb_score"] = dsb_score(gt, results, eval_cfg.dsb_score_thresh)
+        metrics.update(evaluate_coco(dataset.coco, results.encoded, category_ids,
+                                     eval_cfg.max_dets, iou_types=("keypoints",),
+                                     keypoint_sigmas=sigmas))
+    metrics["dsb_score"] = dataset_dsb_score(dataset, results, eval_cfg.dsb_score_thresh)
     metrics["seconds_per_image"] = float(seconds.mean()) if seconds.size else float("nan")
     metrics["seconds_per_image_median"] = float(np.median(seconds)) if seconds.size else float("nan")
     metrics["num_images"] = len(results)
@@ -153,7 +244,8 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         write_metrics(os.path.join(out_dir, METRICS_FILE), metrics)
-        write_results_json(os.path.join(out_dir, RESULTS_FILE), coco_results(results, category_ids))
+        write_results_json(os.path.join(out_dir, RESULTS_FILE),
+                           coco_results(results.encoded, category_ids))
     if comm.size > 1:
         comm.bcast(metrics)
     metrics["_results"] = results
@@ -161,8 +253,10 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
 
 
 def write_metrics(path: str, metrics: dict) -> None:
-    """Write the metrics (keys starting with ``_`` left out) as indented JSON."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Write the metrics (keys starting with ``_`` left out) as indented JSON, atomically
+    (:func:`minimaskrcnn._atomic.open_atomic`: the old file or the new one, never a truncated
+    one; an ``OSError`` names ``path``)."""
+    with open_atomic(path) as f:
         json.dump({k: v for k, v in metrics.items() if not k.startswith("_")}, f, indent=2)
         f.write("\n")
 

@@ -22,6 +22,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from minimaskrcnn._atomic import open_atomic
+
 __all__ = ["coco_results", "evaluate_coco", "write_results_json"]
 
 
@@ -93,8 +95,10 @@ def coco_results(results_by_image: dict, category_ids, *, iou_type: str | None =
 
 
 def write_results_json(path: str, results: list[dict]) -> None:
-    """Write :func:`coco_results` entries as a COCO results JSON file."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Write :func:`coco_results` entries as a COCO results JSON file, atomically
+    (:func:`minimaskrcnn._atomic.open_atomic`: the old file or the new one, never a truncated
+    or empty one; an ``OSError`` names ``path``)."""
+    with open_atomic(path) as f:
         json.dump(results, f)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DSB_IOU_THRESHOLDS", "dsb_image_score", "dsb_score", "non_overlapping"]
+__all__ = ["DSB_IOU_THRESHOLDS", "dsb_image_score", "dsb_score", "mean_dsb_score", "non_overlapping"]
 
 DSB_IOU_THRESHOLDS = np.round(np.arange(10) * 0.05 + 0.5, 2)
 """0.50, 0.55, ..., 0.95."""
@@ -106,9 +106,20 @@ def dsb_score(gt_masks_by_image: dict, results_by_image: dict, score_thresh: flo
     missing = [i for i in gt_masks_by_image if i not in results_by_image]
     if missing:
         raise ValueError(f"no prediction entry for image ids {missing[:5]}")
-    if not gt_masks_by_image:
-        return float("nan")
-    per_image = [dsb_image_score(gt, results_by_image[i]["masks"], results_by_image[i]["scores"],
-                                 score_thresh)
-                 for i, gt in gt_masks_by_image.items()]
-    return float(np.mean(per_image))
+    return mean_dsb_score(((gt, results_by_image[i]["masks"], results_by_image[i]["scores"])
+                           for i, gt in gt_masks_by_image.items()), score_thresh)
+
+
+def mean_dsb_score(images, score_thresh: float = 0.5) -> float:
+    """Mean DSB 2018 score over images given one at a time (memory: one image).
+
+    Args:
+        images: an iterable (a generator: each image decoded when reached) of ``(gt_masks (G,
+            H, W), pred_masks (D, H, W), scores (D,))``, as :func:`dsb_image_score` takes them.
+        score_thresh: detections below it are left out.
+
+    Returns:
+        the mean of the per-image scores in the order given (NaN without images).
+    """
+    per_image = [dsb_image_score(gt, masks, scores, score_thresh) for gt, masks, scores in images]
+    return float(np.mean(per_image)) if per_image else float("nan")

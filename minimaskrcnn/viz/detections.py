@@ -9,11 +9,13 @@ nothing touches pyplot's global state or needs a display.
 from __future__ import annotations
 
 import colorsys
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from minimaskrcnn._atomic import open_atomic
 from minimaskrcnn.data import standardize
 from minimaskrcnn.viz.figure import agg_figure
 
@@ -92,8 +94,11 @@ def _draw_keypoints(image, keypoints, keep, colours, skeleton):
 
 
 def save_overlay(path: str, image: np.ndarray, instances: dict, **kwargs) -> None:
-    """Write :func:`overlay` as a PNG (Pillow)."""
-    Image.fromarray(overlay(image, instances, **kwargs)).save(path)
+    """Write :func:`overlay` as a PNG (Pillow), atomically (:func:`minimaskrcnn._atomic.open_atomic`:
+    a full disk leaves no partial PNG, and the ``OSError`` names ``path``)."""
+    picture = Image.fromarray(overlay(image, instances, **kwargs))
+    with open_atomic(os.fspath(path), "wb") as f:
+        picture.save(f, format="PNG")
 
 
 def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=None,
@@ -124,7 +129,8 @@ def plot_predictions_vs_gt(images, targets, predictions, path: str, *, titles=No
             ax.set_title(title, fontsize=9)
             ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path)
+    with open_atomic(os.fspath(path), "wb") as f:  # no partial PNG on a full disk
+        fig.savefig(f, format="png")
 
 
 def plot_dataset_predictions(model, dataset, path: str, n: int, results=None) -> None:
