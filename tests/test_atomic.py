@@ -53,3 +53,22 @@ def test_temporary_files_finds_what_killed_writes_left(tmp_path):
 def test_a_bad_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="mode must be"), open_atomic(str(tmp_path / "a"), "a"):
         pass
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    """issue 27: a write failing with ENOSPC (raised here by fsync, after the data went into
+    the temporary file) leaves the old file whole, no temporary, and an error naming the file."""
+    import errno  # only this test simulates a full disk
+
+    path = tmp_path / "metrics.json"
+    write_atomic(str(path), "old\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as e:
+        write_atomic(str(path), "new and longer\n")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert str(path) in str(e.value)
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["metrics.json"]

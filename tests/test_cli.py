@@ -588,3 +588,52 @@ def test_a_npy_as_checkpoint_is_one_line(tmp_path, capsys):
     _one_line_error(["predict", os.path.join(IMAGES, sorted(os.listdir(IMAGES))[0]),
                      "--checkpoint", str(tmp_path / "w.npy"), "--out", str(tmp_path / "p")],
                     capsys, "w.npy is not an .npz archive")
+
+
+def _disk_full_for(monkeypatch, name):
+    """Make the atomic writer fail with ENOSPC for the file ``name`` only (its fsync, after the
+    data went into the temporary file: a disk that fills during the write)."""
+    import errno  # only these tests simulate a full disk
+
+    from minimaskrcnn._atomic import TMP_PREFIX
+
+    fsync = os.fsync
+
+    def failing(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(
+                f"{TMP_PREFIX}{name}-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "results.json", "predictions.png"])
+def test_a_full_disk_in_evaluate_is_one_line_naming_the_file(name, tmp_path, capsys, monkeypatch):
+    """issue 27: a full disk left a truncated metrics.json, an empty results.json or a 0-byte
+    PNG, and a message naming no file."""
+    out = tmp_path / "e"
+    _disk_full_for(monkeypatch, name)
+    _one_line_error(["evaluate", "--weights", "nuclei-mini-dsb2018", "--coco-json", VAL_JSON,
+                     "--images", IMAGES, "--out", str(out), "--limit", "1", "--figure", "1",
+                     "--no-progress"], capsys, "No space left on device", str(out / name))
+    assert name not in os.listdir(out)
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+    for f in os.listdir(out):  # what was written before is whole
+        if f.endswith(".json"):
+            with open(out / f) as fh:
+                json.load(fh)
+
+
+@pytest.mark.parametrize("name", ["0001_{stem}.png", "0001_{stem}.labels.png", "results.json",
+                                  "images.json"])
+def test_a_full_disk_in_predict_is_one_line_naming_the_file(name, tmp_path, capsys, monkeypatch):
+    """issue 27: as in evaluate, for predict's overlays, label images and JSON files."""
+    image = os.path.join(IMAGES, sorted(os.listdir(IMAGES))[0])
+    name = name.format(stem=os.path.splitext(os.path.basename(image))[0])
+    out = tmp_path / "p"
+    _disk_full_for(monkeypatch, name)
+    _one_line_error(["predict", image, "--weights", "nuclei-mini-dsb2018", "--labels", "--out",
+                     str(out)], capsys, "No space left on device", str(out / name))
+    assert name not in os.listdir(out)
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
