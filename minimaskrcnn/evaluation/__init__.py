@@ -12,7 +12,7 @@ predicts its share of the images, rank 0 scores them.
 
 Memory is bounded by one image whatever the image count: the predictions' masks are kept as
 run-length encodings (:class:`Predictions`), pycocotools takes them as they are, and the DSB
-score decodes one image's ground truth and predictions at a time. Files are written atomically
+score decodes one mask of one image at a time. Files are written atomically
 (:mod:`minimaskrcnn._atomic`): a full disk leaves no truncated file, and the error names it.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -34,6 +34,7 @@ from minimaskrcnn.evaluation.coco_eval import coco_results, evaluate_coco, write
 from minimaskrcnn.evaluation.dsb import (
     DSB_IOU_THRESHOLDS,
     dsb_image_score,
+    dsb_image_score_rle,
     dsb_score,
     mean_dsb_score,
 )
@@ -41,8 +42,8 @@ from minimaskrcnn.evaluation.keypoints import keypoint_sigmas
 
 __all__ = [
     "DSB_IOU_THRESHOLDS", "Predictions", "coco_results", "dataset_dsb_score", "dsb_image_score",
-    "dsb_score", "evaluate_coco", "evaluate_model", "format_metrics", "keypoint_sigmas",
-    "mean_dsb_score", "predict_dataset", "write_metrics", "write_results_json",
+    "dsb_image_score_rle", "dsb_score", "evaluate_coco", "evaluate_model", "format_metrics",
+    "keypoint_sigmas", "mean_dsb_score", "predict_dataset", "write_metrics", "write_results_json",
 ]
 
 METRICS_FILE = "metrics.json"
@@ -159,9 +160,25 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
     return results, np.asarray(seconds)
 
 
+class _GroundTruthMasks(Sequence):
+    """The non-crowd ground-truth masks of ``dataset[index]``, each ``(H, W) uint8`` decoded when
+    read (nothing kept)."""
+
+    def __init__(self, dataset, index: int):
+        self._dataset, self._index = dataset, index
+        self._anns = dataset.annotations(index)
+
+    def __len__(self) -> int:
+        return len(self._anns)
+
+    def __getitem__(self, g: int) -> np.ndarray:
+        return self._dataset.decode_masks(self._index, [self._anns[g]])[0]
+
+
 def dataset_dsb_score(dataset, results: Predictions, score_thresh: float = 0.5) -> float:
-    """:func:`dsb_score` of ``results`` against ``dataset``'s non-crowd ground truth, one image
-    at a time: its ground truth and its kept predictions are decoded, scored and dropped.
+    """:func:`dsb_score` of ``results`` against ``dataset``'s non-crowd ground truth (the same
+    value), one image and one mask at a time (:func:`dsb_image_score_rle`): memory is one
+    ``(H, W)`` label image and one image's ``(G, D)`` intersections.
 
     Args:
         dataset: a ``CocoDataset`` holding every image id of ``results``.
@@ -169,18 +186,17 @@ def dataset_dsb_score(dataset, results: Predictions, score_thresh: float = 0.5) 
         score_thresh: detections below it are left out.
 
     Returns:
-        the mean over the images of :func:`dsb_image_score` (NaN without images).
+        the mean over the images, in ``results``' order, of the per-image scores (NaN without
+        images).
     """
     index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
-
-    def per_image():
-        for image_id in results:
-            k = index_of[int(image_id)]
-            pred = results.decoded(image_id, score_thresh)  # only the kept detections
-            yield (dataset.decode_masks(k, dataset.annotations(k)), pred["masks"],
-                   pred["scores"])
-
-    return mean_dsb_score(per_image(), score_thresh)
+    per_image = []
+    for image_id in results:
+        pred = results.encoded[image_id]
+        per_image.append(dsb_image_score_rle(
+            _GroundTruthMasks(dataset, index_of[int(image_id)]), pred["masks"], pred["scores"],
+            results.image_size(image_id), score_thresh))
+    return float(np.mean(per_image)) if per_image else float("nan")
 
 
 def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
@@ -188,7 +204,7 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
                    category_ids=None, comm=None) -> dict:
     """Predict every image of ``dataset`` and compute every metric, in memory bounded by one
     image whatever the image count (masks kept as run-length encodings, the DSB score
-    accumulated one image at a time).
+    accumulated one image and one mask at a time).
 
     Data-parallel (``comm`` of W ranks, or run under ``mpiexec``): the images are shared among
     the ranks (:func:`predict_dataset`), rank 0 computes the metrics (pycocotools) and writes the

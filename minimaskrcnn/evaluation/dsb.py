@@ -17,8 +17,10 @@ scores 1, one with predictions but no ground truth 0.
 from __future__ import annotations
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
-__all__ = ["DSB_IOU_THRESHOLDS", "dsb_image_score", "dsb_score", "mean_dsb_score", "non_overlapping"]
+__all__ = ["DSB_IOU_THRESHOLDS", "dsb_image_score", "dsb_image_score_rle", "dsb_score",
+           "mean_dsb_score", "non_overlapping"]
 
 DSB_IOU_THRESHOLDS = np.round(np.arange(10) * 0.05 + 0.5, 2)
 """0.50, 0.55, ..., 0.95."""
@@ -68,8 +70,46 @@ def dsb_image_score(gt_masks: np.ndarray, pred_masks: np.ndarray, scores: np.nda
         raise ValueError(f"scores must be (D,) = ({pred_masks.shape[0]},), got {scores.shape}")
     keep = scores >= score_thresh
     lab = non_overlapping(pred_masks[keep], scores[keep])
+    return _score_of_labels(lab, gt_masks, gt_masks.shape[0])
+
+
+def dsb_image_score_rle(gt_masks, pred_rles, scores, image_size,
+                        score_thresh: float = 0.5) -> float:
+    """:func:`dsb_image_score` (the same value, bit for bit) decoding one mask at a time: memory
+    is an ``(H, W)`` label image and the ``(G, D)`` intersections, whatever ``G`` and ``D`` (an
+    image with thousands of instances).
+
+    Args:
+        gt_masks: an iterable of the G ground-truth ``(H, W)`` bool / uint8 masks (a generator
+            decoding each when reached), with ``len``.
+        pred_rles: the D predictions' pycocotools RLEs (``model.predict(...,
+            mask_format="rle")``).
+        scores: ``(D,)`` detection scores.
+        image_size: ``(H, W)``.
+        score_thresh: detections below it are left out.
+
+    Raises:
+        ValueError: scores not (D,), or a mask not ``(H, W)``.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != len(pred_rles):
+        raise ValueError(f"scores must be (D,) = ({len(pred_rles)},), got {scores.shape}")
+    h, w = (int(v) for v in image_size)
+    keep = np.flatnonzero(scores >= score_thresh)
+    lab = np.zeros((h, w), dtype=np.int64)  # non_overlapping, one decoded mask at a time
+    for k in np.argsort(-scores[keep], kind="stable")[::-1]:
+        m = mask_utils.decode(pred_rles[keep[k]]).astype(bool)
+        if m.shape != (h, w):
+            raise ValueError(f"a predicted mask is {m.shape}, the image {(h, w)}")
+        lab[m] = k + 1
+    return _score_of_labels(lab, gt_masks, len(gt_masks))
+
+
+def _score_of_labels(lab: np.ndarray, gt_masks, num_gt: int) -> float:
+    """The DSB score of the non-overlapping prediction labels ``lab (H, W)`` (0 background,
+    else 1 + kept index) against ``num_gt`` ground-truth masks given one at a time."""
     present = np.unique(lab[lab > 0])  # predictions left non-empty, as 1 + index
-    num_pred, num_gt = present.size, gt_masks.shape[0]
+    num_pred = present.size
     if num_gt == 0 or num_pred == 0:
         return 1.0 if num_gt == num_pred else 0.0
     remap = np.zeros(lab.max() + 1, dtype=np.int64)
@@ -77,9 +117,13 @@ def dsb_image_score(gt_masks: np.ndarray, pred_masks: np.ndarray, scores: np.nda
     lab = remap[lab]
     pred_area = np.bincount(lab.ravel(), minlength=num_pred + 1)[1:]
     inter = np.zeros((num_gt, num_pred), dtype=np.int64)
-    for g in range(num_gt):
-        inter[g] = np.bincount(lab[gt_masks[g]], minlength=num_pred + 1)[1:]
-    gt_area = gt_masks.reshape(num_gt, -1).sum(axis=1)
+    gt_area = np.zeros(num_gt, dtype=np.int64)
+    for g, m in enumerate(gt_masks):
+        m = np.asarray(m, dtype=bool)
+        if m.shape != lab.shape:
+            raise ValueError(f"a ground-truth mask is {m.shape}, the image {lab.shape}")
+        inter[g] = np.bincount(lab[m], minlength=num_pred + 1)[1:]
+        gt_area[g] = m.sum()
     iou = inter / (gt_area[:, None] + pred_area[None, :] - inter)
     per_t = []
     for t in DSB_IOU_THRESHOLDS:

@@ -109,3 +109,64 @@ def test_predictions_of_an_image_without_detections():
                     "labels": np.zeros(0, np.int64), "masks": np.zeros((0, 7, 9), bool)}, (7, 9))
     for i in (5, 6):
         assert results[i]["masks"].shape == (0, 7, 9) and results.encoded[i]["masks"] == []
+
+
+def _random_case(rng, g, d, h=24, w=20):
+    """``g`` ground-truth and ``d`` predicted random rectangles, scores with ties."""
+    def rects(n):
+        m = np.zeros((n, h, w), bool)
+        for k in range(n):
+            y0, x0 = rng.integers(0, h - 2), rng.integers(0, w - 2)
+            m[k, y0:rng.integers(y0 + 1, h + 1), x0:rng.integers(x0 + 1, w + 1)] = True
+        return m
+
+    return rects(g), rects(d), rng.choice([0.3, 0.5, 0.7, 0.9], size=d)
+
+
+def test_dsb_image_score_rle_equals_the_dense_score():
+    from minimaskrcnn.evaluation import dsb_image_score, dsb_image_score_rle
+
+    rng = np.random.default_rng(0)
+    for g, d in [(0, 0), (0, 3), (3, 0), (5, 5), (12, 30), (30, 8)]:
+        for _ in range(5):
+            gt, pred, scores = _random_case(rng, g, d)
+            rles = [_rle(m) for m in pred]
+            for thresh in (0.0, 0.5, 0.8):
+                assert dsb_image_score_rle(list(gt), rles, scores, gt.shape[1:], thresh) == \
+                    dsb_image_score(gt.reshape(g, 24, 20), pred.reshape(d, 24, 20), scores,
+                                    thresh)
+    with pytest.raises(ValueError, match=r"scores must be \(D,\)"):
+        dsb_image_score_rle([], [_rle(np.ones((2, 2), bool))], [0.9, 0.8], (2, 2))
+    with pytest.raises(ValueError, match="a ground-truth mask is"):
+        dsb_image_score_rle([np.ones((3, 2), bool)], [_rle(np.ones((2, 2), bool))], [0.9], (2, 2))
+
+
+def test_one_image_with_many_instances_is_scored_one_mask_at_a_time():
+    """issue 27: one image with 2,000 instances took 2 GB; the DSB score now holds one label
+    image and the (G, D) intersections, not the (G + D, H, W) dense masks."""
+    from minimaskrcnn.evaluation import dataset_dsb_score
+
+    h = w = 256
+    g = 400  # 5 x 5 squares on a grid: 26 MB of dense masks for truth and predictions
+    ys, xs = np.divmod(np.arange(g), 20)
+    masks = np.zeros((g, h, w), bool)
+    for k, (y, x) in enumerate(zip(ys, xs, strict=True)):
+        masks[k, 12 * y:12 * y + 5, 12 * x:12 * x + 5] = True
+    rles = [_rle(m) for m in masks]
+    d = {"images": [{"id": 1, "file_name": "x.png", "height": h, "width": w}],
+         "categories": [{"id": 1, "name": "nucleus"}],
+         "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": r,
+                          "iscrowd": 0} for k, r in enumerate(rles)]}
+    ds = CocoDataset(d, images={1: np.zeros((h, w, 3), np.uint8)})
+    results = Predictions()
+    results.add(1, {"boxes": np.zeros((g, 4), np.float32), "scores": np.full(g, 0.9, np.float32),
+                    "labels": np.ones(g, np.int64), "masks": rles}, (h, w))
+    del masks
+    tracemalloc.start()
+    try:
+        score = dataset_dsb_score(ds, results)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert score == 1.0
+    assert peak < g * h * w / 4, peak  # the dense truth alone is g * h * w bytes
