@@ -1,5 +1,6 @@
 """minimaskrcnn._atomic: the one atomic writer (a kill leaves the old file or the new one)."""
 
+import errno
 import os
 
 import pytest
@@ -58,8 +59,6 @@ def test_a_bad_mode_is_refused(tmp_path):
 def test_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
     """issue 27: a write failing with ENOSPC (raised here by fsync, after the data went into
     the temporary file) leaves the old file whole, no temporary, and an error naming the file."""
-    import errno  # only this test simulates a full disk
-
     path = tmp_path / "metrics.json"
     write_atomic(str(path), "old\n")
 

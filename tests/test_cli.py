@@ -1,6 +1,7 @@
 """The ``minimaskrcnn`` command on the embedded DSB2018 sample, a few iterations with small crops
 and the small ``shapes-mini`` network so that it stays quick in CI; and its one-line errors."""
 
+import errno
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from minimaskrcnn._atomic import TMP_PREFIX
 from minimaskrcnn.cli import demo_config, main
 from minimaskrcnn.data import sample_paths
 
@@ -593,10 +595,6 @@ def test_a_npy_as_checkpoint_is_one_line(tmp_path, capsys):
 def _disk_full_for(monkeypatch, name):
     """Make the atomic writer fail with ENOSPC for the file ``name`` only (its fsync, after the
     data went into the temporary file: a disk that fills during the write)."""
-    import errno  # only these tests simulate a full disk
-
-    from minimaskrcnn._atomic import TMP_PREFIX
-
     fsync = os.fsync
 
     def failing(fd):

@@ -11,7 +11,13 @@ from pycocotools import mask as mask_utils
 
 from minimaskrcnn.config import EvalConfig
 from minimaskrcnn.data import CocoDataset
-from minimaskrcnn.evaluation import Predictions, evaluate_model
+from minimaskrcnn.evaluation import (
+    Predictions,
+    dataset_dsb_score,
+    dsb_image_score,
+    dsb_image_score_rle,
+    evaluate_model,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
@@ -124,8 +130,6 @@ def _random_case(rng, g, d, h=24, w=20):
 
 
 def test_dsb_image_score_rle_equals_the_dense_score():
-    from minimaskrcnn.evaluation import dsb_image_score, dsb_image_score_rle
-
     rng = np.random.default_rng(0)
     for g, d in [(0, 0), (0, 3), (3, 0), (5, 5), (12, 30), (30, 8)]:
         for _ in range(5):
@@ -144,8 +148,6 @@ def test_dsb_image_score_rle_equals_the_dense_score():
 def test_one_image_with_many_instances_is_scored_one_mask_at_a_time():
     """issue 27: one image with 2,000 instances took 2 GB; the DSB score now holds one label
     image and the (G, D) intersections, not the (G + D, H, W) dense masks."""
-    from minimaskrcnn.evaluation import dataset_dsb_score
-
     h = w = 256
     g = 400  # 5 x 5 squares on a grid: 26 MB of dense masks for truth and predictions
     ys, xs = np.divmod(np.arange(g), 20)
