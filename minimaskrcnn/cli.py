@@ -123,66 +123,31 @@ def _train_overrides(args) -> dict:
             if getattr(args, option, None) is not None}
 
 
-def _file_fingerprint(path: str) -> str:
-    """``"<size> bytes, sha256 <hex>"`` of a file, ``"missing"``, or ``"a folder: <n> entries,
-    sha256 <hex>"`` of a folder's (name, size) list (not its contents: cheap for 30k images)."""
-    import hashlib  # standard library, only under mpiexec: not for --help
-
-    if os.path.isfile(path):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return f"{os.path.getsize(path)} bytes, sha256 {h.hexdigest()[:16]}"
-    if os.path.isdir(path):
-        h = hashlib.sha256()
-        names = sorted(os.listdir(path))
-        for name in names:
-            full = os.path.join(path, name)
-            h.update(f"{name}\0{os.path.getsize(full) if os.path.isfile(full) else -1}\n"
-                     .encode("utf-8", "surrogateescape"))
-        return f"a folder of {len(names)} entries, sha256 {h.hexdigest()[:16]}"
-    return "missing"
-
-
 _DATA_OPTIONS = ("train_json", "val_json", "coco_json", "images", "val_images", "weights",
                  "stage1_train")
 """Options naming files or folders whose contents every rank must see the same."""
 
 
 def _rank_fingerprint(args) -> dict:
-    """What every rank must agree on before any work (:func:`_check_ranks_agree`): the
+    """What every rank must agree on before any work (compared by
+    :func:`minimaskrcnn.distributed.first_disagreement`): the
     command's options, the size and checksum of every file or folder they name, ``predict``'s
     image list, and a resumed run's ``last_checkpoint`` and ``config.json``."""
+    from minimaskrcnn.distributed import file_fingerprint  # the library: not loaded by --help
+
     out = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items())
            if k not in ("func", "argv")}
     for k in _DATA_OPTIONS:
         value = getattr(args, k, None)
         if isinstance(value, str) and (os.path.exists(value) or k != "weights"):
-            out[f"the data of --{k.replace('_', '-')} {value}"] = _file_fingerprint(value)
+            out[f"the data of --{k.replace('_', '-')} {value}"] = file_fingerprint(value)
     if args.command == "predict":  # the image files in order, with their sizes and checksums
         paths = [p for p in args.images if os.path.exists(p)]
-        out["the image list"] = [(p, _file_fingerprint(p)) for p in paths]
+        out["the image list"] = [(p, file_fingerprint(p)) for p in paths]
     if getattr(args, "resume", False):  # each rank may read its own copy of the run folder
         for name in ("last_checkpoint", "config.json"):
-            out[f"the run folder's {name}"] = _file_fingerprint(os.path.join(args.out, name))
+            out[f"the run folder's {name}"] = file_fingerprint(os.path.join(args.out, name))
     return out
-
-
-def _check_ranks_agree(args, comm) -> str | None:
-    """Under ``mpiexec``: every rank's :func:`_rank_fingerprint` against rank 0's (one
-    allgather, before any work). Returns the line that names the first option and the rank
-    that differ (the same line on every rank), or None."""
-    mine = _rank_fingerprint(args)
-    everyone = comm.allgather(mine)
-    first = everyone[0]
-    for rank, theirs in enumerate(everyone[1:], 1):
-        for key in list(first) + [k for k in theirs if k not in first]:
-            if first.get(key) != theirs.get(key):
-                return (f"the ranks disagree: {key} is {theirs.get(key)!r:.200} on rank {rank} but "
-                        f"{first.get(key)!r:.200} on rank 0; every rank must run the same command "
-                        "on the same data")
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
              if not comm.is_main else contextlib.nullcontext())
     command = getattr(args, "command_name", args.command)
     if comm.size > 1:  # before any work: one line on every rank, then every rank stops
-        disagreement = _check_ranks_agree(args, comm)
+        disagreement = distributed.first_disagreement(
+            _rank_fingerprint(args), comm)
         if disagreement is not None:
             sys.stderr.write(f"{prefix}minimaskrcnn {command}: error: {disagreement}\n")
             sys.stderr.flush()  # one write: the ranks' lines do not interleave

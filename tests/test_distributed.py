@@ -527,3 +527,33 @@ def test_ctrl_c_under_mpiexec_is_rc_130_interrupted(script):
     assert out.returncode == 130, (out.returncode, out.stderr)
     assert "[rank 1] interrupted" in out.stderr and "KeyboardInterrupt" not in out.stderr
     assert "NOT REACHED" not in out.stdout and seconds < 30
+
+
+class _Ranks:
+    """A communicator whose allgather returns what each of several ranks gave (a stand-in for
+    W processes: the comparison is the same on every rank)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def allgather(self, obj):
+        return list(self.values)
+
+
+def test_first_disagreement_names_the_option_and_the_rank(tmp_path):
+    from minimaskrcnn.distributed import file_fingerprint, first_disagreement
+
+    a = {"--iters": 2, "--seed": 0}
+    assert first_disagreement(a, _Ranks([a, dict(a), dict(a)])) is None
+    line = first_disagreement(a, _Ranks([a, dict(a), {"--iters": 3, "--seed": 0}]))
+    assert line.startswith("the ranks disagree: --iters is 3 on rank 2 but 2 on rank 0")
+    line = first_disagreement(a, _Ranks([a, {**a, "--extra": 1}]))
+    assert "--extra is 1 on rank 1 but None on rank 0" in line
+    f = tmp_path / "train.json"
+    f.write_text("[1]")
+    one = file_fingerprint(str(f))
+    assert one.startswith("3 bytes, sha256 ")
+    f.write_text("[2]")
+    assert file_fingerprint(str(f)) != one  # same size, other bytes
+    assert file_fingerprint(str(tmp_path / "none")) == "missing"
+    assert file_fingerprint(str(tmp_path)).startswith("a folder of 1 entries")

@@ -7,7 +7,8 @@ and the launcher (Detectron2's ``utils/comm.py`` and ``engine/launch.py``).
                     bind_gradient_buffer (one fused MPI_Allreduce); allreduce_sum,
                     gather_to_main, broadcast_parameters
     consistency.py  parameter_digests / parameter_checksum / check_parameters_equal,
-                    ParameterMismatchError
+                    ParameterMismatchError; first_disagreement, file_fingerprint (the ranks
+                    started alike, on the same data)
     launch.py       usable_cores, find_mpiexec, choose_workers, relaunch_under_mpi
 
 ``mpiexec -n W minimaskrcnn train ...`` starts W ranks; each holds the whole model, runs its
@@ -47,6 +48,8 @@ from minimaskrcnn.distributed.comm import (
 from minimaskrcnn.distributed.consistency import (
     ParameterMismatchError,
     check_parameters_equal,
+    file_fingerprint,
+    first_disagreement,
     parameter_checksum,
     parameter_digests,
 )
@@ -61,7 +64,8 @@ __all__ = [
     "FORCE_ENV_VAR", "IN_PLACE", "MPI_LAUNCHER_ENV_VARS", "SUM", "Comm", "MPIComm",
     "ParameterMismatchError", "SingleProcessComm", "abort_on_error", "allreduce_gradients",
     "allreduce_sum", "bind_gradient_buffer", "broadcast_parameters", "check_parameters_equal",
-    "choose_workers", "error_line", "find_mpiexec", "gather_to_main", "get_comm",
+    "choose_workers", "error_line", "file_fingerprint", "find_mpiexec", "first_disagreement",
+    "gather_to_main", "get_comm",
     "install_excepthook", "launched_by_mpi", "main_only", "parameter_checksum",
     "parameter_digests", "relaunch_under_mpi", "shard", "shard_range", "split_batch",
     "usable_cores",

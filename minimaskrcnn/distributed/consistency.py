@@ -1,5 +1,7 @@
-"""Are the ranks' parameters the same? Exact digests of parameter lists, and the collective
-checks built on them (every rank reaches the same verdict, so none is left waiting).
+"""Do the ranks agree? Exact digests of parameter lists and the collective checks built on them
+(every rank reaches the same verdict, so none is left waiting); and, before any work, whether
+every rank was started with the same options on the same data (:func:`first_disagreement`,
+:func:`file_fingerprint`).
 
 The parameter arguments take ``model`` (anything with ``named_parameters()``),
 ``model.named_parameters()`` (``(name, Param)`` pairs), a ``{name: Param}`` dict, or a list of
@@ -10,6 +12,7 @@ Params (named by position); a :class:`~minimaskrcnn.nn.Param` is anything with `
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 
@@ -129,3 +132,40 @@ def check_parameters_equal(params, comm: Comm | None = None) -> str:
             "parameters differ. Broadcast the parameters from rank 0 at start "
             "(broadcast_parameters) and apply the same update on every rank")
     return parameter_checksum(params)
+
+
+def file_fingerprint(path: str) -> str:
+    """``"<size> bytes, sha256 <hex>"`` of a file, ``"a folder of <n> entries, sha256 <hex>"``
+    of a folder's (name, size) list (not its contents: cheap for 30k images), or ``"missing"``:
+    what two ranks compare to know they read the same data (each may read its own copy)."""
+    if os.path.isfile(path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return f"{os.path.getsize(path)} bytes, sha256 {h.hexdigest()[:16]}"
+    if os.path.isdir(path):
+        h = hashlib.sha256()
+        names = sorted(os.listdir(path))
+        for name in names:
+            full = os.path.join(path, name)
+            h.update(f"{name}\0{os.path.getsize(full) if os.path.isfile(full) else -1}\n"
+                     .encode("utf-8", "surrogateescape"))
+        return f"a folder of {len(names)} entries, sha256 {h.hexdigest()[:16]}"
+    return "missing"
+
+
+def first_disagreement(mine: dict, comm: Comm | None = None) -> str | None:
+    """Compare every rank's ``{what: value}`` with rank 0's (one allgather; call it on every
+    rank before any work). Returns the same line on every rank naming the first entry and the
+    first rank that differ (``"the ranks disagree: --iters is 3 on rank 1 but 2 on rank 0;
+    ..."``; values cut at 200 characters), or None when all agree."""
+    everyone = resolve(comm).allgather(mine)
+    first = everyone[0]
+    for rank, theirs in enumerate(everyone[1:], 1):
+        for key in list(first) + [k for k in theirs if k not in first]:
+            if first.get(key) != theirs.get(key):
+                return (f"the ranks disagree: {key} is {theirs.get(key)!r:.200} on rank {rank} but "
+                        f"{first.get(key)!r:.200} on rank 0; every rank must run the same command "
+                        "on the same data")
+    return None
