@@ -225,12 +225,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _train_data(args, cfg, preset: str) -> tuple:
     """``(train set, val set or None, overrides)``: the files given, or generated shapes for
-    shapes-mini / keypoints-mini; ``overrides`` fit ``cfg`` to the data's classes and
-    keypoints (:func:`minimaskrcnn.config.apply_overrides`)."""
+    shapes-mini / keypoints-mini, or the embedded lego-battery sample (train and val splits) for
+    lego-battery; ``overrides`` fit ``cfg`` to the data's classes and keypoints
+    (:func:`minimaskrcnn.config.apply_overrides`)."""
     from minimaskrcnn.data import keypoint_shapes, shapes  # the library: not loaded by --help
+    from minimaskrcnn.data.lego_battery import load_lego_battery  # the library: not for --help
 
     val_ds = None
-    if args.train_json is None and preset in ("shapes-mini", "keypoints-mini"):
+    if args.train_json is None and preset == "lego-battery":
+        print("training on the embedded lego-battery sample (27 photographs), validating on its "
+              "7 val photographs")
+        train_ds, val_ds = load_lego_battery("train"), load_lego_battery("val")
+    elif args.train_json is None and preset in ("shapes-mini", "keypoints-mini"):
         make = (shapes.shapes_dataset if preset == "shapes-mini"
                 else keypoint_shapes.keypoint_shapes_dataset)
         n = args.shapes
@@ -241,7 +247,8 @@ def _train_data(args, cfg, preset: str) -> tuple:
         val_ds = make(max(8, n // 10), seed=cfg.train.seed + 1000)
     elif args.train_json is None or args.images is None:
         raise CLIError("--train-json and --images are required (only --preset shapes-mini and "
-                       "keypoints-mini can train without them, on generated images)")
+                       "keypoints-mini can train without them, on generated images, and "
+                       "lego-battery, on the embedded sample)")
     else:
         train_ds = _dataset(args.train_json, args.images)
     if args.val_json:
@@ -451,6 +458,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     _check_predict_outputs(files, args)
     model = model_zoo.load_model(args.weights, args.device)
+    if args.labels and not model.config.mask_on:
+        raise CLIError(f"--labels writes the predicted masks, but {args.weights} has no mask "
+                       "head (mask_on is false)")
     category_ids, class_names, _, skeleton = model_zoo.get_metadata(args.weights)
     comm = distributed.get_comm()  # under mpiexec: the images are shared among the ranks
     for k in distributed.shard(len(files), comm):  # a bad image: one line before any work
@@ -632,8 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a preset on a COCO dataset")
-    p.add_argument("--preset", help="nuclei-mini (default), shapes-mini or keypoints-mini; with "
-                   "--resume, the run's")
+    p.add_argument("--preset", help="nuclei-mini (default), shapes-mini, keypoints-mini or "
+                   "lego-battery (keypoints, no mask head; without --train-json the embedded "
+                   "sample); with --resume, the run's")
     p.add_argument("--train-json", help="COCO instances file to train on (shapes-mini: "
                    "optional, generated shapes otherwise)")
     p.add_argument("--images", help="image folder of --train-json")

@@ -114,3 +114,29 @@ def test_shorten_schedule_cuts_warmup_and_milestones_in_proportion(iterations, w
         0.01, 4, 256, 500, 0.1)
     with pytest.raises(ValueError, match="iterations must be >= 1, got 0"):
         shorten_schedule(base, 0)
+
+
+def test_mask_on_field_validated_and_old_dicts_load_with_the_mask_head():
+    # Detectron2's MODEL.MASK_ON: on by default, so every earlier config builds the same network
+    assert ModelConfig().mask_on is True
+    assert all(get_preset(n).model.mask_on for n in ("nuclei-mini", "shapes-mini",
+                                                    "keypoints-mini"))
+    for bad in (0, 1, "false", None):
+        with pytest.raises(ValueError, match="mask_on must be True or False"):
+            ModelConfig(mask_on=bad)
+    with pytest.raises(ValueError, match="mask_on must be True or False"):
+        apply_overrides(get_preset("nuclei-mini"), {"model.mask_on": "no"})
+    # checkpoints and result.json files written before the field have no "mask_on"
+    d = config_to_dict(get_preset("keypoints-mini"))
+    del d["model"]["mask_on"]
+    assert config_from_dict(d).model.mask_on is True
+    off = apply_overrides(get_preset("nuclei-mini"), {"model.mask_on": False})
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(off)))) == off
+    assert not off.model.mask_on
+
+
+def test_lego_battery_preset_has_keypoints_and_no_mask_head():
+    cfg = get_preset("lego-battery")
+    assert cfg.name == "lego-battery" and not cfg.model.mask_on
+    assert cfg.model.num_keypoints == 5 and cfg.model.num_classes == 1
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg

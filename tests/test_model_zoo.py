@@ -131,3 +131,35 @@ def test_shipped_weights_load_and_detect():
     image, target = load_sample("val")[0]
     det = model.predict([standardize(image)])[0]
     assert (det["scores"] > 0.5).sum() >= len(target["boxes"]) // 2
+
+
+@pytest.mark.parametrize("mask_on", [False, True])
+def test_checkpoint_of_each_head_choice_round_trips(tmp_path, mask_on):
+    """issue 25: a model without a mask head (or with one) comes back as it was saved; a config
+    written before ``mask_on`` existed loads with the mask head; a bad value is one line."""
+    from minimaskrcnn.testing.tiny import TINY
+
+    cfg = dataclasses.replace(get_preset("lego-battery"), model=dataclasses.replace(
+        TINY, mask_on=mask_on, num_keypoints=5, keypoint_head_convs=1, keypoint_head_channels=8))
+    model = _model(cfg)
+    path = save_checkpoint(str(tmp_path / "w.npz"), model, config=config_to_dict(cfg))
+    loaded, got = load_model(path, return_config=True)
+    assert got.model == cfg.model and loaded.roi_heads.has_mask() == mask_on
+    assert loaded.loss_keys == model.loss_keys
+    for (n1, p1), (n2, p2) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
+        assert n1 == n2
+        np.testing.assert_array_equal(p1.data, p2.data)
+    old = config_to_dict(cfg)
+    del old["model"]["mask_on"]  # a checkpoint written before the field: the mask head is on
+    if mask_on:
+        path = save_checkpoint(str(tmp_path / "old.npz"), model, config=old)
+        assert load_model(path).roi_heads.has_mask()
+    else:  # its parameters do not fit the default (mask head on) network: refused, one line
+        path = save_checkpoint(str(tmp_path / "old.npz"), model, config=old)
+        with pytest.raises(CheckpointError, match="missing"):
+            load_model(path)
+    bad = config_to_dict(cfg)
+    bad["model"]["mask_on"] = "yes"
+    path = save_checkpoint(str(tmp_path / "bad.npz"), model, config=bad)
+    with pytest.raises(CheckpointError, match=r"config\.model\.mask_on must be true or false"):
+        load_model(path)

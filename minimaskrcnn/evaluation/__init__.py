@@ -43,7 +43,8 @@ from minimaskrcnn.evaluation.keypoints import keypoint_sigmas
 __all__ = [
     "DSB_IOU_THRESHOLDS", "Predictions", "coco_results", "dataset_dsb_score", "dsb_image_score",
     "dsb_image_score_rle", "dsb_score", "evaluate_coco", "evaluate_model", "format_metrics",
-    "keypoint_sigmas", "mean_dsb_score", "predict_dataset", "write_metrics", "write_results_json",
+    "keypoint_sigmas", "mean_dsb_score", "model_has_masks", "predict_dataset", "write_metrics",
+    "write_results_json",
 ]
 
 METRICS_FILE = "metrics.json"
@@ -66,14 +67,18 @@ class Predictions(Mapping):
         self._sizes: dict = {}
 
     def add(self, image_id: int, prediction: dict, image_size) -> None:
-        """Keep ``prediction`` (``masks`` dense ``(D, H, W)`` or D RLEs; dense ones are encoded)
-        of image ``image_id`` whose size is ``(H, W)``."""
-        masks = prediction["masks"]
-        if isinstance(masks, np.ndarray):  # a model without mask_format="rle"
-            m = np.asarray(masks, dtype=np.uint8).reshape(-1, *image_size)
-            masks = (mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0))) if len(m)
-                     else [])
-        self.encoded[int(image_id)] = {**prediction, "masks": list(masks)}
+        """Keep ``prediction`` (``masks`` dense ``(D, H, W)`` or D RLEs; dense ones are encoded;
+        a model without a mask head gives none, and the entry has none) of image ``image_id``
+        whose size is ``(H, W)``."""
+        entry = dict(prediction)
+        if "masks" in prediction:
+            masks = prediction["masks"]
+            if isinstance(masks, np.ndarray):  # a model without mask_format="rle"
+                m = np.asarray(masks, dtype=np.uint8).reshape(-1, *image_size)
+                masks = (mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0))) if len(m)
+                         else [])
+            entry["masks"] = list(masks)
+        self.encoded[int(image_id)] = entry
         self._sizes[int(image_id)] = tuple(int(v) for v in image_size)
 
     def image_size(self, image_id: int) -> tuple[int, int]:
@@ -81,18 +86,21 @@ class Predictions(Mapping):
         return self._sizes[int(image_id)]
 
     def decoded(self, image_id: int, score_thresh: float | None = None) -> dict:
-        """Image ``image_id``'s prediction with ``masks (D, H, W) bool``; with ``score_thresh``,
-        only the detections scored ``>= score_thresh`` (every per-detection array cut)."""
+        """Image ``image_id``'s prediction with ``masks (D, H, W) bool`` (none without a mask
+        head); with ``score_thresh``, only the detections scored ``>= score_thresh`` (every
+        per-detection array cut)."""
         pred = self.encoded[int(image_id)]
-        rles, d = pred["masks"], len(pred["masks"])
+        d = len(pred["scores"])
         keep = (np.arange(d) if score_thresh is None
                 else np.flatnonzero(np.asarray(pred["scores"], np.float64).reshape(-1)
                                   >= score_thresh))  # as dsb_image_score compares
         out = {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == d and score_thresh is
                    not None else v) for k, v in pred.items()}
-        out["masks"] = (mask_utils.decode([rles[k] for k in keep]).transpose(2, 0, 1)
-                        .astype(bool) if len(keep)
-                        else np.zeros((0, *self._sizes[int(image_id)]), bool))
+        if "masks" in pred:
+            rles = pred["masks"]
+            out["masks"] = (mask_utils.decode([rles[k] for k in keep]).transpose(2, 0, 1)
+                            .astype(bool) if len(keep)
+                            else np.zeros((0, *self._sizes[int(image_id)]), bool))
         return out
 
     def __getitem__(self, image_id) -> dict:
@@ -223,10 +231,17 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
             ``config["dataset"]["category_ids"]``); default ``dataset.category_ids``.
         comm: a ``Comm`` (default: the process's).
 
+    Which metrics (the ``iouType`` s of COCOeval): ``"bbox"`` always; ``"segm"`` when the model
+    has a mask head (``model.config.mask_on``, true for a model without a config) and the
+    dataset has masks (``dataset.has_masks``: lego-battery's are its boxes); the DSB score when
+    the model has a mask head; ``"keypoints"`` (OKS AP) when the model has a keypoint head and
+    the dataset keypoints (:func:`keypoint_sigmas`).
+
     Returns:
-        ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}, "dsb_score", "seconds_per_image"
-        (mean), "seconds_per_image_median", "num_images", "max_dets"}``; on rank 0 also
-        ``"_results"``: the :class:`Predictions` (masks decoded per image when read).
+        ``{"segm": {"AP", "AP50", "AP75"}, "bbox": {...}, "keypoints": {...}, "dsb_score",
+        "seconds_per_image" (mean), "seconds_per_image_median", "num_images", "max_dets"}``
+        (the metrics above that apply); on rank 0 also ``"_results"``: the
+        :class:`Predictions` (masks decoded per image when read).
 
     Raises:
         ValueError: ``limit`` < 1, an empty dataset, or ``category_ids`` that are not the
@@ -243,8 +258,11 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
     results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress, comm=comm)
     if not comm.is_main:
         return comm.bcast(None)  # rank 0's metrics (without its predictions)
-    # a dataset without masks (keypoint-only annotations, lego-battery) has no segm ground truth
-    iou_types = ("segm", "bbox") if getattr(dataset, "has_masks", True) else ("bbox",)
+    # no mask head (Faster / Keypoint R-CNN): no mask predictions; a dataset without masks
+    # (keypoint-only annotations, lego-battery) has no segm ground truth
+    model_masks = model_has_masks(model)
+    iou_types = (("segm", "bbox") if model_masks and getattr(dataset, "has_masks", True)
+                 else ("bbox",))
     metrics = evaluate_coco(dataset.coco, results.encoded, category_ids, eval_cfg.max_dets,
                             iou_types)
     sigmas = keypoint_sigmas(model.config, dataset) if hasattr(model, "config") else None
@@ -252,7 +270,8 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         metrics.update(evaluate_coco(dataset.coco, results.encoded, category_ids,
                                      eval_cfg.max_dets, iou_types=("keypoints",),
                                      keypoint_sigmas=sigmas))
-    metrics["dsb_score"] = dataset_dsb_score(dataset, results, eval_cfg.dsb_score_thresh)
+    if model_masks:
+        metrics["dsb_score"] = dataset_dsb_score(dataset, results, eval_cfg.dsb_score_thresh)
     metrics["seconds_per_image"] = float(seconds.mean()) if seconds.size else float("nan")
     metrics["seconds_per_image_median"] = float(np.median(seconds)) if seconds.size else float("nan")
     metrics["num_images"] = len(results)
@@ -266,6 +285,12 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
         comm.bcast(metrics)
     metrics["_results"] = results
     return metrics
+
+
+def model_has_masks(model) -> bool:
+    """Whether ``model`` predicts masks: its config's ``mask_on`` (Detectron2's
+    ``MODEL.MASK_ON``); a model without a config (a stand-in of the tests) is taken to."""
+    return bool(getattr(getattr(model, "config", None), "mask_on", True))
 
 
 def write_metrics(path: str, metrics: dict) -> None:

@@ -6,8 +6,9 @@ largest h and w rounded up to a multiple of 32), C FPN channels, K classes.
 
 The network is four stages with the protocol of :mod:`minimaskrcnn.model.stage`
 (``forward_train`` -> outputs, losses, cache; ``predict``; ``backward(d_outputs, cache,
-loss_weights)`` -> d_inputs): backbone, FPN, RPN and the RoI heads, which run the box and mask
-heads and, with ``num_keypoints > 0``, the keypoint head. Five parts (six with keypoints) after
+loss_weights)`` -> d_inputs): backbone, FPN, RPN and the RoI heads, which run the box head,
+with ``mask_on`` (the default) the mask head and with ``num_keypoints > 0`` the keypoint head:
+Faster R-CNN, Mask R-CNN and Keypoint R-CNN are configs of this one network. Five parts (six with keypoints) after
 the transform, one file each, read in this order (``docs/model.md``)::
 
     images -> transform.py   GeneralizedRCNNTransform -> ImageList (N, 3, H, W) + image_sizes
@@ -18,9 +19,10 @@ the transform, one file each, read in this order (``docs/model.md``)::
            box_head.py      TwoMLPHead + FastRCNNPredictor   -> sampled RoIs
                                                              + loss_classifier, loss_box_reg
            mask_head.py     MaskRCNNHeads + MaskRCNNPredictor (foreground RoIs) + loss_mask
+                                                             (mask_on)
            keypoint_head.py KeypointRCNNHeads + KeypointRCNNPredictor (num_keypoints > 0)
                                                              + loss_keypoint
-    predict: -> transform.postprocess: boxes, masks, keypoints in the input images' pixels
+    predict: -> transform.postprocess: boxes (masks, keypoints) in the input images' pixels
 
 :meth:`MaskRCNN.backward` is the mirror image: the RoI heads and the RPN each turn their
 weighted losses into gradients of the pyramid levels, which add up; the FPN turns them into
@@ -58,8 +60,8 @@ from minimaskrcnn.model.transform import GeneralizedRCNNTransform
 
 LOSS_KEYS = RegionProposalNetwork.LOSSES + BOX_LOSSES + MASK_LOSSES
 """torchvision's names of the five Mask R-CNN losses (the total is their weighted sum). A model
-with a keypoint head has a sixth, ``loss_keypoint``: a model's own are
-:attr:`MaskRCNN.loss_keys`."""
+without a mask head has no ``loss_mask``, one with a keypoint head has ``loss_keypoint``: a
+model's own are :attr:`MaskRCNN.loss_keys`."""
 
 
 def _sequential_to_numbered(name: str):
@@ -142,7 +144,7 @@ class MaskRCNN(Stage):
         self.config = cfg
         self.transform = GeneralizedRCNNTransform(cfg.size_divisible, cfg.image_scale,
                                                   cfg.num_classes, cfg.num_keypoints,
-                                                  cfg.mask_threshold)
+                                                  cfg.mask_threshold, cfg.mask_on)
         self.backbone = ResNetGN(cfg.stem_channels, cfg.stage_channels, cfg.blocks_per_stage,
                                  cfg.gn_groups, rng)
         if cfg.features == "c5":  # one stride-32 map (paper Table 2d): FPN's top level only
@@ -154,8 +156,9 @@ class MaskRCNN(Stage):
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
-        """This model's loss names: :data:`LOSS_KEYS`, plus ``loss_keypoint`` with a keypoint
-        head (``num_keypoints > 0``)."""
+        """This model's loss names: the RPN's two, the box head's two, ``loss_mask`` with a mask
+        head (``mask_on``) and ``loss_keypoint`` with a keypoint head (``num_keypoints > 0``):
+        :data:`LOSS_KEYS` for the default config."""
         return RegionProposalNetwork.LOSSES + self.roi_heads.loss_keys
 
     # -- parameters ---------------------------------------------------------------------------
@@ -200,7 +203,8 @@ class MaskRCNN(Stage):
             images: list of N ``(3, h_i, w_i)`` float32 arrays (standardised; sizes may differ).
             targets: list of N dicts: ``boxes (G_i, 4) float32 [x1, y1, x2, y2]`` pixels with
                 positive width and height, ``labels (G_i,) int64`` in 1..K, ``masks (G_i, h_i,
-                w_i) uint8`` (and ``keypoints (G_i, K, 3)`` with a keypoint head). ``G_i = 0`` is
+                w_i) uint8`` with a mask head (ignored without one), ``keypoints (G_i, K, 3)``
+                with a keypoint head. ``G_i = 0`` is
                 allowed (every anchor and RoI is background).
             rng: a ``np.random.Generator`` driving the RPN's and then the RoI heads' sampler
                 for the whole batch, or a list of N Generators, one per image (each image then
@@ -306,9 +310,9 @@ class MaskRCNN(Stage):
 
         Returns:
             list of N dicts: ``boxes (D_i, 4) float32`` ``[x1, y1, x2, y2]`` pixels of the image,
-            ``labels (D_i,) int64`` in 1..K, ``scores (D_i,) float32`` (decreasing),
-            ``masks``: ``(D_i, h_i, w_i) bool`` (pasted probability >= ``mask_threshold``) or a
-            list of D_i RLE dicts; with a keypoint head ``keypoints (D_i, K, 3) float32``
+            ``labels (D_i,) int64`` in 1..K, ``scores (D_i,) float32`` (decreasing); with a
+            mask head ``masks``: ``(D_i, h_i, w_i) bool`` (pasted probability >=
+            ``mask_threshold``) or a list of D_i RLE dicts; with a keypoint head ``keypoints (D_i, K, 3) float32``
             ``[x, y, 1]`` and ``keypoint_scores (D_i, K) float32``.
 
         Raises:

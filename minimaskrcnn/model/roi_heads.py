@@ -1,6 +1,12 @@
-"""The RoI heads: the box head, the mask head and the optional keypoint head on the pyramid's
-RoIs, with one foreground selection for the mask and keypoint heads (paper section 3;
+"""The RoI heads: the box head, the optional mask head and the optional keypoint head on the
+pyramid's RoIs, with one foreground selection for the mask and keypoint heads (paper section 3;
 torchvision ``models/detection/roi_heads.py``, ``RoIHeads``).
+
+Which heads there are is the config's choice (``ModelConfig.mask_on``, ``num_keypoints``): box
+only is Faster R-CNN (with RoIAlign), box + mask Mask R-CNN, box + keypoint Keypoint R-CNN, and
+all three the paper's Table 5 "keypoint & mask" model. A missing branch has its three parts
+``None`` (:meth:`RoIHeads.has_mask`, :meth:`RoIHeads.has_keypoint`, torchvision's names), no
+parameters, no loss, no cache and no predictions.
 
 Shape shorthand: N images, C FPN channels, R sampled RoIs, Rf foreground RoIs, K classes, D
 detections of one image.
@@ -20,7 +26,7 @@ Training (:meth:`RoIHeads.forward_train`)::
     proposals + gt -> select_training_samples -> SampledRoIs (R)
       box:      branch -> fastrcnn_loss                     -> loss_classifier, loss_box_reg
     SampledRoIs -> select_foreground -> ForegroundRoIs (Rf, labels > 0): one selection for both
-      mask:     branch -> mask_targets, maskrcnn_loss       -> loss_mask
+      mask:     branch -> mask_targets, maskrcnn_loss       -> loss_mask (mask_on)
       keypoint: branch -> keypoint_targets, keypointrcnn_loss -> loss_keypoint (num_keypoints > 0)
 
 :meth:`RoIHeads.backward` is its mirror: keypoint, mask, box, each turning its weighted losses
@@ -166,16 +172,17 @@ class KeypointCache(NamedTuple):
 
 
 class RoIHeadsCache(NamedTuple):
-    """One cache per head, in forward order (``keypoint`` is ``None`` without a keypoint head)."""
+    """One cache per head, in forward order (``mask`` / ``keypoint`` is ``None`` without that
+    head)."""
 
     box: BoxCache
-    mask: MaskCache
+    mask: MaskCache | None
     keypoint: KeypointCache | None = None
 
 
 class RoIHeads(Stage):
-    """The box, mask and (optional) keypoint heads (torchvision ``RoIHeads``): each head is a
-    pooler, a head and a predictor, injected. Parameters ``box_head``, ``box_predictor``,
+    """The box head and the optional mask and keypoint heads (torchvision ``RoIHeads``): each
+    head is a pooler, a head and a predictor, injected. Parameters ``box_head``, ``box_predictor``,
     ``mask_head``, ``mask_predictor``, ``keypoint_head``, ``keypoint_predictor``. Build it from
     a config with :func:`build_roi_heads`.
 
@@ -185,8 +192,9 @@ class RoIHeads(Stage):
 
     Args:
         box_roi_pool, box_head, box_predictor: the box branch (:func:`build_box_branch`).
-        mask_roi_pool, mask_head, mask_predictor: the mask branch; the predictor's channel 0 is
-            the background, channel 1 the one mask of ``mask_class_agnostic``.
+        mask_roi_pool, mask_head, mask_predictor: the mask branch, or ``None`` (no mask head:
+            Faster R-CNN, or Keypoint R-CNN without masks); the predictor's channel 0 is the
+            background, channel 1 the one mask of ``mask_class_agnostic``.
         fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction: RoI matching and
             sampling; bbox_reg_weights, bbox_xform_clip: the box coder; box_smooth_l1_beta:
             ``loss_box_reg``'s beta.
@@ -224,14 +232,20 @@ class RoIHeads(Stage):
         self.mask_loss = mask_loss
         self.mask_class_agnostic = mask_class_agnostic
 
+    def has_mask(self) -> bool:
+        """Whether the mask branch is there (torchvision ``RoIHeads.has_mask``)."""
+        return self.mask_predictor is not None
+
     def has_keypoint(self) -> bool:
         """Whether the keypoint branch is there (torchvision ``RoIHeads.has_keypoint``)."""
         return self.keypoint_predictor is not None
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
-        """The heads' loss names: box and mask, and ``loss_keypoint`` with a keypoint head."""
-        return BOX_LOSSES + MASK_LOSSES + (KEYPOINT_LOSSES if self.has_keypoint() else ())
+        """The heads' loss names: box, ``loss_mask`` with a mask head, ``loss_keypoint`` with a
+        keypoint head."""
+        return (BOX_LOSSES + (MASK_LOSSES if self.has_mask() else ())
+                + (KEYPOINT_LOSSES if self.has_keypoint() else ()))
 
     def mask_channels(self, labels):
         """The mask predictor's channel of each RoI: its class, or 1 for class-agnostic masks."""
@@ -250,8 +264,8 @@ class RoIHeads(Stage):
             proposals: list of N ``(P_i, 4)`` (no gradient).
             images: the :class:`~minimaskrcnn.model.transform.ImageList` (the poolers derive
                 the level scales from its padded size).
-            targets: N checked dicts (``boxes``, ``labels``, ``masks``; ``keypoints`` with a
-                keypoint head).
+            targets: N checked dicts (``boxes``, ``labels``; ``masks`` with a mask head,
+                ``keypoints`` with a keypoint head).
             rng: a Generator, or one per image, for the RoI sampler.
             sum_counts: sums each normaliser (R, Rf, valid keypoints) over data-parallel ranks.
             timer: optional :class:`~minimaskrcnn.model.timing.StageTimer` (``box_head``,
@@ -259,7 +273,8 @@ class RoIHeads(Stage):
 
         Returns:
             ``(SampledRoIs, losses, RoIHeadsCache)``: losses ``loss_classifier``,
-            ``loss_box_reg``, ``loss_mask`` (``loss_keypoint``), Python floats.
+            ``loss_box_reg`` (``loss_mask``, ``loss_keypoint``: the heads there are), Python
+            floats.
         """
         timer = timer or NullTimer()
         image_shape = images.tensors.shape[-2:]
@@ -267,11 +282,13 @@ class RoIHeads(Stage):
             sampled, losses, c_box = self._box_forward_train(features, proposals, image_shape,
                                                              targets, rng, sum_counts)
         foreground = select_foreground(sampled)  # the mask and keypoint heads' RoIs
-        with timer("mask_head"):
-            mask_losses, c_mask = self._mask_forward_train(
-                features, foreground, image_shape, [t["masks"] for t in targets], sum_counts)
-        losses.update(mask_losses)
-        c_keypoint = None
+        c_mask = c_keypoint = None
+        if self.has_mask():
+            with timer("mask_head"):
+                mask_losses, c_mask = self._mask_forward_train(
+                    features, foreground, image_shape, [t["masks"] for t in targets],
+                    sum_counts)
+            losses.update(mask_losses)
         if self.has_keypoint():
             with timer("keypoint_head"):
                 keypoint_losses, c_keypoint = self._keypoint_forward_train(
@@ -282,7 +299,7 @@ class RoIHeads(Stage):
 
     def backward(self, d_sampled, cache: RoIHeadsCache, loss_weights=None):
         """Gradients of the weighted losses w.r.t. P2..P5 (list of ``(N, C, H_l, W_l)``): the
-        heads in reverse order, their level gradients added (box + mask + keypoint).
+        heads there are in reverse order, their level gradients added (box + mask + keypoint).
 
         ``d_sampled`` must be ``None``: the sampled RoIs carry no gradient.
         """
@@ -290,9 +307,9 @@ class RoIHeads(Stage):
             raise ValueError("the sampled RoIs carry no gradient: pass d_sampled=None")
         d_keypoint = ([self._keypoint_backward(cache.keypoint, loss_weights)]
                       if self.has_keypoint() else [])
-        d_mask = self._mask_backward(cache.mask, loss_weights)
+        d_mask = [self._mask_backward(cache.mask, loss_weights)] if self.has_mask() else []
         d_box = self._box_backward(cache.box, loss_weights)
-        return sum_levels(d_box, d_mask, *d_keypoint)
+        return sum_levels(d_box, *d_mask, *d_keypoint)
 
     def _box_forward_train(self, features, proposals, image_shape, targets, rng, sum_counts):
         dtype = features[0].dtype
@@ -365,8 +382,8 @@ class RoIHeads(Stage):
             list of N dicts, pixels of the network's images: ``boxes (D, 4) float32``, ``scores
             (D,) float32``, ``labels (D,) int64`` (``postprocess_detections``), ``masks (D, M,
             M) float32`` probabilities of the detection's class (pasted into the image by the
-            transform's postprocess), and with a keypoint head ``keypoints (D, K, 3)``,
-            ``keypoint_scores (D, K)`` float32.
+            transform's postprocess) with a mask head, and with a keypoint head ``keypoints (D,
+            K, 3)``, ``keypoint_scores (D, K)`` float32.
         """
         timer = timer or NullTimer()
         image_shape = images.tensors.shape[-2:]
@@ -380,13 +397,14 @@ class RoIHeads(Stage):
                 class_logits, box_regression, proposals, images.image_sizes, self.box_coder,
                 self.score_thresh, self.min_size, self.nms_thresh, self.detections_per_img)
         boxes = [d["boxes"].astype(dtype) for d in detections]  # the mask and keypoint RoIs
-        with timer("mask_head"):
-            mask_logits, _ = branch_forward(self.mask_roi_pool, self.mask_head,
-                                            self.mask_predictor, features, boxes, image_shape)
-            channels = [self.mask_channels(d["labels"]) for d in detections]
-            for d, probs in zip(detections, maskrcnn_inference(mask_logits, channels,
-                                                               self.mask_loss), strict=True):
-                d["masks"] = probs
+        if self.has_mask():
+            with timer("mask_head"):
+                mask_logits, _ = branch_forward(self.mask_roi_pool, self.mask_head,
+                                                self.mask_predictor, features, boxes, image_shape)
+                channels = [self.mask_channels(d["labels"]) for d in detections]
+                for d, probs in zip(detections, maskrcnn_inference(mask_logits, channels,
+                                                                   self.mask_loss), strict=True):
+                    d["masks"] = probs
         if self.has_keypoint():
             with timer("keypoint_head"):
                 logits, _ = branch_forward(self.keypoint_roi_pool, self.keypoint_head,
@@ -399,10 +417,11 @@ class RoIHeads(Stage):
 
 def build_roi_heads(cfg, rng: np.random.Generator) -> RoIHeads:
     """The :class:`RoIHeads` of a :class:`~minimaskrcnn.config.ModelConfig`: the box branch,
-    the mask branch (FCN or MLP, ``mask_head_type``) and, with ``num_keypoints > 0``, the
-    keypoint branch, built in this order from ``rng``."""
+    with ``mask_on`` the mask branch (FCN or MLP, ``mask_head_type``) and with ``num_keypoints >
+    0`` the keypoint branch, built in this order from ``rng`` (a branch left out draws nothing:
+    the default config's network is the same bit for bit)."""
     box = build_box_branch(cfg, rng)
-    mask = build_mask_branch(cfg, rng)
+    mask = build_mask_branch(cfg, rng) if cfg.mask_on else (None, None, None)
     keypoint = build_keypoint_branch(cfg, rng) if cfg.num_keypoints else (None, None, None)
     return RoIHeads(
         *box, *mask, fg_iou_thresh=cfg.box_fg_iou_thresh, bg_iou_thresh=cfg.box_bg_iou_thresh,

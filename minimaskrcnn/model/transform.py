@@ -168,15 +168,18 @@ class GeneralizedRCNNTransform:
         num_classes: K; target labels must lie in 1..K.
         num_keypoints: K keypoint types (0: no keypoint head, targets need no ``keypoints``).
         mask_threshold: pasted mask probabilities ``>=`` it are in the mask.
+        mask_on: the model has a mask head: targets need ``masks`` (without one they are
+            neither checked nor copied).
     """
 
     def __init__(self, size_divisible: int, image_scale: float, num_classes: int,
-                 num_keypoints: int = 0, mask_threshold: float = 0.5):
+                 num_keypoints: int = 0, mask_threshold: float = 0.5, mask_on: bool = True):
         self.size_divisible = size_divisible
         self.image_scale = image_scale
         self.num_classes = num_classes
         self.num_keypoints = num_keypoints
         self.mask_threshold = mask_threshold
+        self.mask_on = mask_on
 
     def __call__(self, images, targets=None, *, dtype=np.float32, xp=np):
         """Images -> :class:`ImageList`, and the checked targets.
@@ -251,14 +254,14 @@ class GeneralizedRCNNTransform:
 
     def check_targets(self, targets, image_sizes, xp=np):
         """Validate the targets against the images; returns them with float32 boxes, int64
-        labels (and float32 keypoints), copied to ``xp``. Checked on the host: NumPy targets,
+        labels (and float32 keypoints), copied to ``xp`` (``masks`` only with a mask head). Checked on the host: NumPy targets,
         as the loader makes them, cost no synchronisation; CuPy targets are copied to the
         host for the checks.
 
         Args:
             targets: list of N dicts: ``boxes (G_i, 4)`` float ``[x1, y1, x2, y2]`` pixels with
-                positive width and height, ``labels (G_i,)`` integers in 1..K, ``masks (G_i,
-                h_i, w_i)`` uint8; with ``num_keypoints`` K > 0 also ``keypoints (G_i, K, 3)``
+                positive width and height, ``labels (G_i,)`` integers in 1..K; with ``mask_on``
+                ``masks (G_i, h_i, w_i)`` uint8; with ``num_keypoints`` K > 0 also ``keypoints (G_i, K, 3)``
                 finite ``[x, y, v]``. ``G_i = 0`` is allowed.
             image_sizes: the N ``(h_i, w_i)``.
 
@@ -272,11 +275,12 @@ class GeneralizedRCNNTransform:
         out = []
         k = self.num_classes
         for i, (t, (h, w)) in enumerate(zip(targets, image_sizes, strict=True)):
-            if not isinstance(t, dict) or not {"boxes", "labels", "masks"} <= set(t):
-                raise ValueError(f"targets[{i}] must be a dict with boxes, labels and masks")
+            needed = {"boxes", "labels", "masks"} if self.mask_on else {"boxes", "labels"}
+            if not isinstance(t, dict) or not needed <= set(t):
+                raise ValueError(f"targets[{i}] must be a dict with boxes, labels"
+                                 + (" and masks" if self.mask_on else ""))
             boxes = backend.to_numpy(t["boxes"])
             labels = backend.to_numpy(t["labels"])
-            masks = backend.to_numpy(t["masks"])
             if boxes.ndim != 2 or boxes.shape[1] != 4:
                 raise ValueError(f"targets[{i}]['boxes'] must have shape (G, 4), got {boxes.shape}")
             g = boxes.shape[0]
@@ -286,7 +290,8 @@ class GeneralizedRCNNTransform:
             if g and (labels.min() < 1 or labels.max() > k):
                 raise ValueError(f"targets[{i}]['labels'] must lie in 1..{k}, got "
                                  f"{labels.min()}..{labels.max()}")
-            if masks.shape != (g, h, w):
+            masks = backend.to_numpy(t["masks"]) if self.mask_on else None
+            if self.mask_on and masks.shape != (g, h, w):
                 raise ValueError(f"targets[{i}]['masks'] must have shape (G, H, W) = {(g, h, w)} "
                                  f"to match boxes and images[{i}], got {masks.shape}")
             if not np.isfinite(boxes).all():
@@ -295,8 +300,9 @@ class GeneralizedRCNNTransform:
             if bad.size:  # torchvision raises too ("All bounding boxes should have positive ...")
                 raise ValueError(f"targets[{i}]['boxes'][{bad[0]}] = {boxes[bad[0]].tolist()} has "
                                  "zero or negative width or height: remove degenerate boxes first")
-            checked = {"boxes": boxes.astype(np.float32), "labels": labels.astype(np.int64),
-                       "masks": masks}
+            checked = {"boxes": boxes.astype(np.float32), "labels": labels.astype(np.int64)}
+            if self.mask_on:
+                checked["masks"] = masks
             if self.num_keypoints:
                 checked["keypoints"] = self._check_keypoints(i, t, g)
             out.append(checked)
@@ -321,8 +327,9 @@ class GeneralizedRCNNTransform:
         ``GeneralizedRCNNTransform.postprocess``), in place.
 
         Args:
-            detections: N dicts ``boxes (D, 4)`` pixels of the network's image, ``masks (D, M,
-                M)`` float32 probabilities (the mask head's), optional ``keypoints (D, K, 3)``.
+            detections: N dicts ``boxes (D, 4)`` pixels of the network's image, optional
+                ``masks (D, M, M)`` float32 probabilities (the mask head's) and ``keypoints (D,
+                K, 3)``.
             image_sizes: the N ``(h_i, w_i)`` the network saw (:class:`ImageList`).
             original_sizes: the N input ``(h_i, w_i)``.
             mask_format: ``"bool"``: ``masks (D, h, w) bool`` (pasted probability ``>=
@@ -336,8 +343,10 @@ class GeneralizedRCNNTransform:
         """
         for d, size, original in zip(detections, image_sizes, original_sizes, strict=True):
             d["boxes"] = resize_boxes(d["boxes"], size, original)
-            d["masks"] = ops.paste_binary_masks(d["masks"], d["boxes"], original,
-                                                self.mask_threshold, rle=(mask_format == "rle"))
+            if "masks" in d:
+                d["masks"] = ops.paste_binary_masks(d["masks"], d["boxes"], original,
+                                                    self.mask_threshold,
+                                                    rle=(mask_format == "rle"))
             if "keypoints" in d:
                 d["keypoints"] = resize_keypoints(d["keypoints"], size, original)
         return detections

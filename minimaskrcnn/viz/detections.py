@@ -164,15 +164,16 @@ def shown_detections(prediction: dict, score_thresh: float, image_size) -> dict:
     what :func:`overlay` draws.
 
     Args:
-        prediction: ``scores (D,)``, ``masks`` (D pycocotools RLEs), ``boxes (D, 4)``, ...
+        prediction: ``scores (D,)``, ``masks`` (D pycocotools RLEs; absent without a mask
+            head, and then absent from the result), ``boxes (D, 4)``, ...
         score_thresh: the lowest score kept.
         image_size: ``(H, W)`` of the image (the mask shape when nothing is kept).
     """
     keep = [d for d in range(len(prediction["scores"]))
             if prediction["scores"][d] >= score_thresh]
     h, w = image_size
-    masks = (mask_utils.decode([prediction["masks"][d] for d in keep]).transpose(2, 0, 1)
-             .astype(bool) if keep else np.zeros((0, h, w), bool))
     shown = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in prediction.items()}
-    shown["masks"] = masks
+    if "masks" in prediction:  # none from a model without a mask head
+        shown["masks"] = (mask_utils.decode([prediction["masks"][d] for d in keep])
+                          .transpose(2, 0, 1).astype(bool) if keep else np.zeros((0, h, w), bool))
     return shown
