@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from test_cli import _one_line_error  # the one-line-error check, shared (tests/ is on the path)
 
 from minimaskrcnn.cli import main
 from minimaskrcnn.data import CocoDataset, sample_paths
@@ -58,15 +59,6 @@ def _cli(*argv, ranks=1, timeout=240):
     if ranks > 1:
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _one_line_error(argv, capsys, *messages):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for m in messages:
-        assert m in err, err
-    return err
 
 
 def _load(path):
