@@ -207,7 +207,8 @@ _ANY_INT = {"box_sampling_ratio", "mask_sampling_ratio", "canonical_level"}
 _NON_NEGATIVE_INT = {"mask_head_convs", "seed", "warmup_iters", "milestones", "num_keypoints",
                      "keypoint_head_convs"}
 """Integer fields that may be 0 (``num_keypoints = 0``: no keypoint head)."""
-_POSITIVE_FLOAT = {"base_lr", "gamma", "bbox_xform_clip", "box_coder_weights", "aspect_ratios"}
+_POSITIVE_FLOAT = {"base_lr", "gamma", "bbox_xform_clip", "box_coder_weights", "aspect_ratios",
+                   "anchor_octave_scales", "scale_jitter", "gamma_jitter", "channel_gain_jitter"}
 _MAX_INT = {"stem_channels": 4096, "fpn_channels": 4096, "representation_size": 16384,
             "mask_head_channels": 4096, "keypoint_head_channels": 4096, "num_classes": 100_000,
             "num_keypoints": 1024, "mask_head_convs": 64, "keypoint_head_convs": 64,

@@ -22,7 +22,7 @@ import enum
 import numpy as np
 
 from minimaskrcnn.data.coco import CocoDataset
-from minimaskrcnn.data.transforms import sample_crop, standardize
+from minimaskrcnn.data.transforms import NO_AUGMENTATION, Augmentation, sample_crop, standardize
 
 __all__ = ["Stream", "TrainBatches", "sample_rng"]
 
@@ -69,6 +69,8 @@ class TrainBatches:
             non-crowd instance (as torchvision's reference drops empty images from training).
         image_scale: crops of the images resized by this factor (``ModelConfig.image_scale``;
             :func:`~minimaskrcnn.data.transforms.sample_crop`).
+        augment: scale jitter, rotations and photometric jitter
+            (:class:`~minimaskrcnn.data.transforms.Augmentation`; default none).
 
     ``batches.batch(t)`` -> list of ``batch_size`` pairs ``(image (3, crop, crop) float32,
     target)``; target as :func:`~minimaskrcnn.data.transforms.random_crop_flip` returns it.
@@ -78,7 +80,8 @@ class TrainBatches:
     """
 
     def __init__(self, dataset: CocoDataset, batch_size: int, crop_size: int, hflip_prob: float,
-                 vflip_prob: float, seed: int, indices=None, image_scale: float = 1.0):
+                 vflip_prob: float, seed: int, indices=None, image_scale: float = 1.0,
+                 augment: Augmentation = NO_AUGMENTATION):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if indices is None:
@@ -93,6 +96,7 @@ class TrainBatches:
         self.vflip_prob = float(vflip_prob)
         self.seed = int(seed)
         self.image_scale = image_scale
+        self.augment = augment
         self._perm_epoch = -1
         self._perm = None
 
@@ -102,7 +106,8 @@ class TrainBatches:
         """Batches as a :class:`~minimaskrcnn.config.TrainConfig` describes them (and the
         model's ``image_scale``)."""
         return cls(dataset, train_cfg.batch_size, train_cfg.crop_size, train_cfg.hflip_prob,
-                   train_cfg.vflip_prob, train_cfg.seed, indices, image_scale)
+                   train_cfg.vflip_prob, train_cfg.seed, indices, image_scale,
+                   Augmentation.from_config(train_cfg))
 
     def image_index(self, position: int) -> int:
         """Dataset index of sample number ``position`` of the run."""
@@ -135,7 +140,7 @@ class TrainBatches:
             image, target = sample_crop(self.dataset, self.image_index(p), self.crop_size,
                                         self.hflip_prob, self.vflip_prob,
                                         sample_rng(self.seed, Stream.CROPS, p),
-                                        image_scale=self.image_scale)
+                                        image_scale=self.image_scale, augment=self.augment)
             out.append((standardize(image), target))
         return out
 

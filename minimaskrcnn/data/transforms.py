@@ -30,14 +30,28 @@ nothing is resampled and crops stay uint8.
 Both training and inference then standardise per image: ``(x - x.mean()) / (x.std() + 1e-6)``
 over all pixels and channels, and move channels first: ``(3, H, W) float32``.
 
-Random draws, in this order, all from the ``rng`` argument: for each try the crop row offset
-then the column offset (``rng.integers``), then the horizontal and vertical flip
-(``rng.random()`` each, drawn even when a probability is 0 or 1). :func:`random_crop_flip` (a
-decoded target) and :func:`sample_crop` (a dataset, decoding only the masks near the window)
-consume the same draws and return the same crop.
+Augmentation beyond crop and flips (:class:`Augmentation`, from ``TrainConfig``; all off by
+default): scale jitter (the crop is cut from the image resized by ``image_scale * j``, ``j``
+log-uniform), a rotation by ``k`` x 90 degrees after the flips (``np.rot90``: pixel-edge point
+``(x, y)`` of a ``c x c`` crop goes to ``(y, c - x)`` per quarter turn, keypoints too, no left /
+right swap since a rotation is not a mirror), then a gamma ``255 (x / 255) ** g`` and per-channel
+gains on the float image (a global brightness factor would be undone by :func:`standardize`).
+
+Random draws, in this order, all from the ``rng`` argument: the scale jitter ``j``
+(``rng.uniform``, only when jittering), then for each try the crop row offset then the column
+offset (``rng.integers``), then the horizontal and vertical flip (``rng.random()`` each, drawn
+even when a probability is 0 or 1), then ``k`` (``rng.integers(0, 4)``, only with ``rot90``),
+``g`` (``rng.uniform``, only with a gamma range) and the three gains (``rng.uniform(size=3)``,
+only with a gain range). An augmentation that is off draws nothing, so the crops of a config
+without it are those of the project before it existed. :func:`random_crop_flip` (a decoded
+target) and :func:`sample_crop` (a dataset, decoding only the masks near the window) consume the
+same draws and return the same crop.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numpy as np
 
@@ -45,10 +59,49 @@ from minimaskrcnn.data.coco import CocoDataset, masks_to_boxes
 from minimaskrcnn.model.transform import bilinear_taps, resample_bilinear, scaled_size
 
 __all__ = ["standardize", "random_crop_flip", "sample_crop", "crop_keypoints", "flip_keypoints",
-           "MAX_CROP_TRIES", "nearest_taps"]
+           "rotate_keypoints", "Augmentation", "MAX_CROP_TRIES", "nearest_taps"]
 
 MAX_CROP_TRIES = 10
 """Crop windows drawn before giving up on finding an instance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The training augmentations beyond crop and flips (``TrainConfig`` fields of the same
+    names; see the module docstring). The default is none of them."""
+
+    scale_jitter: tuple[float, float] = (1.0, 1.0)
+    rot90: bool = False
+    gamma_jitter: tuple[float, float] = (1.0, 1.0)
+    channel_gain_jitter: tuple[float, float] = (1.0, 1.0)
+
+    @classmethod
+    def from_config(cls, train_cfg) -> Augmentation:
+        """The augmentations of a :class:`~minimaskrcnn.config.TrainConfig`."""
+        return cls(tuple(train_cfg.scale_jitter), bool(train_cfg.rot90),
+                   tuple(train_cfg.gamma_jitter), tuple(train_cfg.channel_gain_jitter))
+
+    def draw_scale(self, image_scale: float, rng: np.random.Generator) -> float:
+        """``image_scale * j`` (draws ``j`` only when jittering)."""
+        lo, hi = self.scale_jitter
+        if lo == hi == 1:
+            return image_scale
+        return image_scale * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+    def draw_after_flips(self, rng: np.random.Generator):
+        """``(k, gamma, gains)`` (``0, None, None`` for what is off, nothing drawn for it)."""
+        k = int(rng.integers(0, 4)) if self.rot90 else 0
+        g = None
+        if tuple(self.gamma_jitter) != (1, 1):
+            lo, hi = self.gamma_jitter
+            g = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        gains = None
+        if tuple(self.channel_gain_jitter) != (1, 1):
+            gains = rng.uniform(*self.channel_gain_jitter, size=3)
+        return k, g, gains
+
+
+NO_AUGMENTATION = Augmentation()
 
 
 def standardize(image: np.ndarray) -> np.ndarray:
@@ -182,8 +235,34 @@ def flip_keypoints(keypoints, size: int, axis: int, pairs=()) -> np.ndarray:
     return kp
 
 
-def _finish(image, masks, labels, image_id, hflip, vflip, keypoints=None, pairs=()):
-    """Flip, drop nothing more, recompute boxes; return (image, target)."""
+def rotate_keypoints(keypoints, size: int, k: int) -> np.ndarray:
+    """``(G, K, 3)`` keypoints of a ``size x size`` crop turned as ``np.rot90(image, k)`` turns
+    the image: ``(x, y) -> (y, size - x)`` per quarter turn (pixel-edge coordinates); keypoints
+    not labelled stay ``0, 0, 0``."""
+    kp = np.array(keypoints, dtype=np.float32)
+    labelled = kp[..., 2] > 0
+    for _ in range(k % 4):
+        x = kp[..., 0].copy()
+        kp[..., 0] = kp[..., 1]
+        kp[..., 1] = size - x
+    kp[~labelled] = 0
+    return kp
+
+
+def _photometric(image, gamma, gains):
+    """Gamma then per-channel gains on an ``(H, W, 3)`` image in [0, 255] -> float32."""
+    x = np.asarray(image, dtype=np.float32)
+    if gamma is not None:
+        x = 255.0 * (x / 255.0) ** np.float32(gamma)
+    if gains is not None:
+        x = x * gains.astype(np.float32)
+    return x
+
+
+def _finish(image, masks, labels, image_id, hflip, vflip, keypoints=None, pairs=(),
+            after=(0, None, None)):
+    """Flip, rotate, photometric jitter (``after = (k, gamma, gains)``), recompute boxes;
+    return (image, target)."""
     if hflip:
         image = image[:, ::-1]
         masks = masks[:, :, ::-1]
@@ -194,6 +273,14 @@ def _finish(image, masks, labels, image_id, hflip, vflip, keypoints=None, pairs=
         masks = masks[:, ::-1]
         if keypoints is not None:
             keypoints = flip_keypoints(keypoints, image.shape[0], 1, pairs)
+    k, gamma, gains = after
+    if k:
+        image = np.rot90(image, k, axes=(0, 1))
+        masks = np.rot90(masks, k, axes=(1, 2))
+        if keypoints is not None:
+            keypoints = rotate_keypoints(keypoints, image.shape[0], k)
+    if gamma is not None or gains is not None:
+        image = _photometric(image, gamma, gains)
     image = np.ascontiguousarray(image)
     masks = np.ascontiguousarray(masks)
     target = {"boxes": masks_to_boxes(masks), "labels": labels, "masks": masks,
@@ -205,7 +292,8 @@ def _finish(image, masks, labels, image_id, hflip, vflip, keypoints=None, pairs=
 
 def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob: float,
                      vflip_prob: float, rng: np.random.Generator, *,
-                     max_tries: int = MAX_CROP_TRIES, flip_pairs=(), image_scale: float = 1.0):
+                     max_tries: int = MAX_CROP_TRIES, flip_pairs=(), image_scale: float = 1.0,
+                     augment: Augmentation = NO_AUGMENTATION):
     """Random crop (zero pad when smaller) and flips of one training image.
 
     Args:
@@ -220,9 +308,12 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
         flip_pairs: left/right keypoint pairs ``(i, j)`` swapped by a flip (see the module).
         image_scale: the crop is cut from the image resized by this factor (see the module;
             ``crop_size`` in scaled pixels).
+        augment: scale jitter, rotations, gamma and channel gains (:class:`Augmentation`;
+            default none).
 
     Returns:
-        ``(image (crop, crop, 3) uint8, target)`` (the image float32 when ``image_scale != 1``)
+        ``(image (crop, crop, 3) uint8, target)`` (the image float32 when it was resampled or
+        photometrically jittered)
         with ``boxes (G', 4) float32``, ``labels (G',) int64``, ``masks (G', crop, crop) uint8``,
         ``image_id``, and ``keypoints (G', K, 3) float32`` in crop pixels when the target has
         keypoints.
@@ -231,6 +322,7 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
         ValueError: ``image_scale`` not a finite number > 0.
     """
     h, w = image.shape[:2]
+    image_scale = augment.draw_scale(image_scale, rng)
     big_h, big_w = (h, w) if image_scale == 1 else scaled_size(h, w, image_scale)
     masks, labels = target["masks"], np.asarray(target["labels"], dtype=np.int64)
     for _ in range(max_tries):
@@ -243,17 +335,19 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
             break
     hflip = rng.random() < hflip_prob
     vflip = rng.random() < vflip_prob
+    after = augment.draw_after_flips(rng)
     kp = target.get("keypoints")
     if kp is not None:
         kp = _scale_keypoints(np.asarray(kp)[keep], big_h / h, big_w / w)
         kp = crop_keypoints(kp, y0, x0, crop_size)
     return _finish(win.image(image[sy0:sy1, sx0:sx1], crop_size), cut[keep], labels[keep],
-                   target.get("image_id"), hflip, vflip, kp, flip_pairs)
+                   target.get("image_id"), hflip, vflip, kp, flip_pairs, after)
 
 
 def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: float,
                 vflip_prob: float, rng: np.random.Generator, *,
-                max_tries: int = MAX_CROP_TRIES, image_scale: float = 1.0):
+                max_tries: int = MAX_CROP_TRIES, image_scale: float = 1.0,
+                augment: Augmentation = NO_AUGMENTATION):
     """:func:`random_crop_flip` of ``dataset[index]`` without decoding every mask at full size.
 
     Only annotations whose box meets the crop window are decoded; same draws, same result as
@@ -261,7 +355,7 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     ``(image (crop, crop, 3) uint8, target)``, the target as :func:`random_crop_flip` returns it
     (with ``keypoints`` when the dataset has keypoints). ``crop_size`` in pixels (scaled pixels
     with ``image_scale``: the crop of the image resized by that factor, only the source pixels
-    under the window resampled).
+    under the window resampled); ``augment`` as in :func:`random_crop_flip`.
 
     Raises:
         IndexError: ``index`` out of range.
@@ -272,6 +366,7 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     h, w = image.shape[:2]
     anns = dataset.annotations(index)
     boxes = np.array([dataset.ann_box(index, a) for a in anns]).reshape(-1, 4)
+    image_scale = augment.draw_scale(image_scale, rng)
     big_h, big_w = (h, w) if image_scale == 1 else scaled_size(h, w, image_scale)
     for _ in range(max_tries):
         y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
@@ -286,6 +381,7 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     labels = np.array([dataset.label_of(anns[i]) for i in near[keep]], dtype=np.int64)
     hflip = rng.random() < hflip_prob
     vflip = rng.random() < vflip_prob
+    after = augment.draw_after_flips(rng)
     kp = None
     if getattr(dataset, "num_keypoints", 0):
         kp = _scale_keypoints(dataset.ann_keypoints([anns[i] for i in near[keep]]),
@@ -293,4 +389,4 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
         kp = crop_keypoints(kp, y0, x0, crop_size)
     return _finish(win.image(image[sy0:sy1, sx0:sx1], crop_size), cut[keep], labels,
                    int(dataset.image_ids[index]), hflip, vflip, kp,
-                   getattr(dataset, "keypoint_flip_pairs", ()))
+                   getattr(dataset, "keypoint_flip_pairs", ()), after)

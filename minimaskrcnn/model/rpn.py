@@ -354,8 +354,8 @@ class RegionProposalNetwork(Stage):
             ``features``, the ``rpn_*`` fields, ``bbox_xform_clip``).
         rng: initial weights of the head.
 
-    With ``features="fpn"`` the levels are P2..P6, one anchor size each (A = the aspect
-    ratios); with ``"c5"`` there is one level, P5, carrying every size (A = sizes x ratios,
+    With ``features="fpn"`` the levels are P2..P6, one anchor size each times each of
+    ``anchor_octave_scales`` (A = scales x aspect ratios); with ``"c5"`` there is one level, P5, carrying every size (A = sizes x ratios,
     Faster R-CNN's single-map RPN). The feature maps given to :meth:`forward_train` /
     :meth:`predict` and the gradients :meth:`backward` returns are one per level, in that order.
     """
@@ -363,10 +363,11 @@ class RegionProposalNetwork(Stage):
     LOSSES = ("loss_objectness", "loss_rpn_box_reg")
 
     def __init__(self, cfg, rng: np.random.Generator):
+        scales = tuple(cfg.anchor_octave_scales)
         if cfg.features == "c5":  # one level carries every anchor size
-            sizes = (tuple(cfg.anchor_sizes),)
-        else:  # one size per pyramid level
-            sizes = tuple((s,) for s in cfg.anchor_sizes)
+            sizes = (tuple(int(round(s * m)) for s in cfg.anchor_sizes for m in scales),)
+        else:  # one size per pyramid level, times each octave scale
+            sizes = tuple(tuple(int(round(s * m)) for m in scales) for s in cfg.anchor_sizes)
         self.head = RPNHead(cfg.fpn_channels, len(sizes[0]) * len(cfg.aspect_ratios), rng)
         self.anchor_generator = AnchorGenerator(sizes, (tuple(cfg.aspect_ratios),) * len(sizes))
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), cfg.bbox_xform_clip)

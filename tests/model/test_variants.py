@@ -142,3 +142,33 @@ def test_variant_checkpoint_round_trip(tmp_path):
     load_checkpoint(path, other)
     for (n, a), (_, b) in zip(model.named_parameters(), other.named_parameters(), strict=True):
         np.testing.assert_array_equal(a.data, b.data, err_msg=n)
+
+
+def test_octave_scales_put_several_anchor_sizes_on_every_level(tmp_path):
+    # the nuclei preset's three sizes an octave: level size s -> s, s 2^(1/3), s 2^(2/3)
+    # (rounded) on the same cells; the head predicts 3 x ratios anchors a location
+    scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    model = _variant(anchor_octave_scales=scales)
+    n_ratios = len(TINY.aspect_ratios)
+    assert model.rpn.head.cls_logits.weight.shape[0] == 3 * n_ratios
+    assert model.rpn.head.bbox_pred.weight.shape[0] == 4 * 3 * n_ratios
+    images, targets = tiny_batch()
+    batch = model.transform(images)[0].tensors
+    feats, _ = model.backbone.forward(batch)
+    maps, _ = model.fpn.forward(model._fpn_inputs(feats))
+    anchors = model.rpn.anchor_generator(batch.shape[-2:], [m.shape[-2:] for m in maps])
+    for level, (a, size) in enumerate(zip(anchors, TINY.anchor_sizes, strict=True)):
+        assert a.shape[0] == maps[level].shape[2] * maps[level].shape[3] * 3 * n_ratios
+        w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        square = w == h  # ratio 1; corners are +-half the side, rounded (torchvision's)
+        want = sorted({2 * round(round(size * m) / 2) for m in scales})
+        np.testing.assert_array_equal(np.unique(w[square]), want)
+    _, losses, cache = model.forward_train(images, targets, np.random.default_rng(0))
+    assert all(np.isfinite(v) for v in losses.values())
+    model.backward(None, cache)
+    with pytest.raises(ValueError, match="anchor_octave_scales"):
+        ModelConfig(anchor_octave_scales=())
+    config = Config(model=dataclasses.replace(TINY, anchor_octave_scales=scales))
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, model, config=config_to_dict(config))
+    assert config_from_checkpoint(load_checkpoint(path)).model.anchor_octave_scales == scales
