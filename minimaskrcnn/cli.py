@@ -352,7 +352,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _make_out(args.out)
     metrics = evaluation.evaluate_model(model, ds, cfg.eval, out_dir=args.out, limit=args.limit,
                                         progress=not args.no_progress,
-                                        category_ids=category_ids, comm=comm)
+                                        category_ids=category_ids, comm=comm,
+                                        hflip_tta=args.tta)
     if not comm.is_main:
         return 0
     if args.figure:
@@ -423,8 +424,9 @@ def _check_predict_outputs(files: list[str], args) -> None:
                        "--overwrite to replace predict's outputs there")
 
 
-def _predict_one(model, path: str, image_id: int, args, skeleton) -> dict:
-    """Detections of one image; its overlay PNG (and label PNG with ``--labels``) written into
+def _predict_one(model, path: str, image_id: int, args, skeleton, cleanup: dict) -> dict:
+    """Detections of one image; its overlay PNG (and label PNG with ``--labels``, post-processed
+    by ``cleanup``: :func:`~minimaskrcnn.data.labels.clean_labels`' options) written into
     ``args.out`` by the rank that predicted it. Returns what rank 0 needs for the results JSON
     and the report line (the masks as RLEs: small to gather)."""
     from minimaskrcnn import data, viz  # the library: not loaded by --help
@@ -434,7 +436,7 @@ def _predict_one(model, path: str, image_id: int, args, skeleton) -> dict:
     h, w = image.shape[:2]
     t0 = time.perf_counter()
     # masks as run-length encodings, pasted a few at a time: memory bounded by the image
-    pred = model.predict([data.standardize(image)], mask_format="rle")[0]
+    pred = model.predict([data.standardize(image)], mask_format="rle", hflip_tta=args.tta)[0]
     seconds = time.perf_counter() - t0
     stem = _output_stem(args.out, image_id, path)
     shown = viz.shown_detections(pred, args.score_thresh, (h, w))
@@ -442,8 +444,9 @@ def _predict_one(model, path: str, image_id: int, args, skeleton) -> dict:
                      skeleton=skeleton)
     written = [f"{stem}.png"]
     if args.labels:  # value i: the i-th highest score of the shown detections
-        labels.write_label_png(f"{stem}.labels.png",
-                               labels.label_image(shown["masks"], shown["scores"]))
+        lab = labels.clean_labels(labels.label_image(shown["masks"], shown["scores"]),
+                                  **cleanup)
+        labels.write_label_png(f"{stem}.labels.png", lab)
         written.append(f"{stem}.labels.png")
     return {"id": image_id, "path": path, "pred": pred, "seconds": seconds, "size": (h, w),
             "shown": len(shown["scores"]), "written": written}
@@ -457,7 +460,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
         raise CLIError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     _check_predict_outputs(files, args)
-    model = model_zoo.load_model(args.weights, args.device)
+    model, cfg = model_zoo.load_model(args.weights, args.device, return_config=True)
+    # the weights' own post-processing of their instances (EvalConfig.dsb_*)
+    cleanup = {"fill_holes": cfg.eval.dsb_fill_holes, "min_area": cfg.eval.dsb_min_area,
+               "largest_component": cfg.eval.dsb_largest_component}
     if args.labels and not model.config.mask_on:
         raise CLIError(f"--labels writes the predicted masks, but {args.weights} has no mask "
                        "head (mask_on is false)")
@@ -468,7 +474,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     comm.barrier()  # no rank writes before every rank has read its images
     os.makedirs(args.out, exist_ok=True)
     # each rank writes its own images' overlays and label images; rank 0 the JSON files
-    mine = [_predict_one(model, files[k], k + 1, args, skeleton)
+    mine = [_predict_one(model, files[k], k + 1, args, skeleton, cleanup)
             for k in distributed.shard(len(files), comm)]
     done = distributed.gather_to_main(mine, comm)
     if not comm.is_main:
@@ -684,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw predictions next to ground truth for N images")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs (default %(default)s)")
+    p.add_argument("--tta", action="store_true",
+                   help="horizontal-flip test-time augmentation (boxes of both passes merged "
+                        "by NMS, mask probabilities averaged; twice the time)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -707,7 +716,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a label image per input, NNNN_<stem>.labels.png: 16-bit "
                         "grey PNG, 0 background, value i the detection of i-th highest score, "
                         "overlapping pixels to the higher score (CellProfiler, Cellpose, "
-                        "StarDist, napari, Fiji read it)")
+                        "StarDist, napari, Fiji read it); the weights' post-processing "
+                        "(holes filled, fragments and specks removed, if their card says so) "
+                        "applies")
+    p.add_argument("--tta", action="store_true",
+                   help="horizontal-flip test-time augmentation (twice the time)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier predict in --out (without it an "
                         "existing file of the same name is refused; an input image never is "

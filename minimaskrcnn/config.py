@@ -249,6 +249,13 @@ class EvalConfig:
     """pycocotools ``params.maxDets``; AP is read at the last entry."""
     dsb_score_thresh: float = 0.5
     """Detections below this score are left out of the DSB 2018 score."""
+    dsb_fill_holes: bool = False
+    """Before the DSB score, fill each instance's holes (:func:`minimaskrcnn.data.labels.clean_labels`,
+    after the overlaps are resolved; ``predict --labels`` applies it too)."""
+    dsb_largest_component: bool = False
+    """Before the DSB score, keep only each instance's largest connected piece."""
+    dsb_min_area: int = 0
+    """Before the DSB score, drop instances of fewer pixels (of the input image)."""
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from minimaskrcnn._atomic import open_atomic
 from minimaskrcnn.data.coco import rle_string_counts
 
-__all__ = ["MAX_LABELS", "label_image", "read_label_png", "write_label_png"]
+__all__ = ["MAX_LABELS", "clean_labels", "label_image", "read_label_png", "write_label_png"]
 
 MAX_LABELS = 65535
 """The most instances a 16-bit label image numbers."""
@@ -102,6 +103,70 @@ def label_image(masks: np.ndarray | Sequence[dict], scores: np.ndarray | Sequenc
         pixels = get(int(k))
         flat[pixels[flat[pixels] == 0]] = value  # only pixels no higher score took
     return labels
+
+
+def clean_labels(labels: np.ndarray, *, fill_holes: bool = False,
+                 largest_component: bool = False, min_area: int = 0) -> np.ndarray:
+    """Post-process a label image's instances, each on its own (the DSB2018 solutions' last
+    step: filled holes, no fragments, no specks).
+
+    In this order, for each instance value v > 0:
+
+    1. ``fill_holes``: background pixels (0) that v's pixels enclose become v
+       (``scipy.ndimage.binary_fill_holes``; another instance inside v stays itself);
+    2. ``largest_component``: only v's largest 8-connected piece stays (ties: the first piece
+       in C order); the other pieces become background;
+    3. ``min_area``: v is removed (background) if fewer than ``min_area`` pixels are left.
+
+    Values are kept (a removed instance leaves its number unused, as :func:`label_image`'s
+    empty instances do). With every option off the labels come back unchanged (a copy).
+
+    Args:
+        labels: ``(H, W)`` non-negative integers, 0 background.
+        fill_holes, largest_component, min_area: the steps above (``min_area`` in pixels, >= 0).
+
+    Returns:
+        ``(H, W)`` of ``labels``' dtype.
+
+    Raises:
+        ValueError: not an ``(H, W)`` integer array, negative values, or ``min_area < 0``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must be an (H, W) integer array, got {labels.dtype} of shape "
+                         f"{labels.shape}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must be non-negative")
+    if not (isinstance(min_area, (int, np.integer)) and min_area >= 0):
+        raise ValueError(f"min_area must be an integer >= 0, got {min_area!r}")
+    out = labels.copy()
+    if not (fill_holes or largest_component or min_area) or not out.any():
+        return out
+    eight = np.ones((3, 3), dtype=bool)
+    h, w = out.shape
+    for v, box in enumerate(ndimage.find_objects(out), start=1):
+        if box is None:
+            continue
+        # one pixel of margin so that a hole touching the box's edge is seen as enclosed only
+        # when it is
+        ys = slice(max(box[0].start - 1, 0), min(box[0].stop + 1, h))
+        xs = slice(max(box[1].start - 1, 0), min(box[1].stop + 1, w))
+        win = out[ys, xs]  # a view: writes land in out
+        mine = win == v
+        if fill_holes:
+            holes = ndimage.binary_fill_holes(mine) & (win == 0)
+            win[holes] = v
+            mine |= holes
+        if largest_component:
+            pieces, n = ndimage.label(mine, structure=eight)
+            if n > 1:
+                sizes = np.bincount(pieces.ravel())[1:]
+                keep = 1 + int(np.argmax(sizes))
+                win[mine & (pieces != keep)] = 0
+                mine = pieces == keep
+        if min_area and int(mine.sum()) < min_area:
+            win[mine] = 0
+    return out
 
 
 def _rle_pixels(rle: dict, height: int, width: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from minimaskrcnn._atomic import open_atomic
 from minimaskrcnn.data import standardize
+from minimaskrcnn.data.labels import clean_labels, label_image
 from minimaskrcnn.distributed import gather_to_main, get_comm, shard
 from minimaskrcnn.evaluation.coco_eval import coco_results, evaluate_coco, write_results_json
 from minimaskrcnn.evaluation.dsb import (
@@ -36,13 +37,15 @@ from minimaskrcnn.evaluation.dsb import (
     dsb_image_score,
     dsb_image_score_rle,
     dsb_score,
+    dsb_score_of_labels,
     mean_dsb_score,
 )
 from minimaskrcnn.evaluation.keypoints import keypoint_sigmas
 
 __all__ = [
     "DSB_IOU_THRESHOLDS", "Predictions", "coco_results", "dataset_dsb_score", "dsb_image_score",
-    "dsb_image_score_rle", "dsb_score", "evaluate_coco", "evaluate_model", "format_metrics",
+    "dsb_image_score_rle", "dsb_score", "dsb_score_of_labels", "evaluate_coco", "evaluate_model",
+    "format_metrics",
     "keypoint_sigmas", "mean_dsb_score", "model_has_masks", "predict_dataset", "write_metrics",
     "write_results_json",
 ]
@@ -114,7 +117,7 @@ class Predictions(Mapping):
 
 
 def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool = False,
-                    comm=None):
+                    comm=None, hflip_tta: bool = False):
     """Run ``model.predict(..., mask_format="rle")`` on each image of a dataset at native size,
     one image at a time, keeping the masks run-length encoded (memory bounded by one image).
 
@@ -129,6 +132,8 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
         limit: only the first ``limit`` images (>= 1).
         progress: show a tqdm bar (rank 0).
         comm: a ``Comm``; default the process's (one process without ``mpiexec``).
+        hflip_tta: ``model.predict(..., hflip_tta=True)``: horizontal-flip test-time
+            augmentation (:mod:`minimaskrcnn.model.tta`).
 
     Returns:
         ``(results_by_image, seconds)``: a :class:`Predictions` (``{image_id: prediction}``,
@@ -151,7 +156,8 @@ def predict_dataset(model, dataset, *, limit: int | None = None, progress: bool 
                   disable=not progress or not comm.is_main):
         image = dataset.load_image(i)
         t0 = time.perf_counter()
-        pred = model.predict([standardize(image)], mask_format="rle")[0]
+        kwargs = {"hflip_tta": True} if hflip_tta else {}  # stand-in models lack the keyword
+        pred = model.predict([standardize(image)], mask_format="rle", **kwargs)[0]
         results.add(int(dataset.image_ids[i]), pred, image.shape[:2])
         seconds.append(time.perf_counter() - t0)
     if comm.size == 1:
@@ -183,7 +189,9 @@ class _GroundTruthMasks(Sequence):
         return self._dataset.decode_masks(self._index, [self._anns[g]])[0]
 
 
-def dataset_dsb_score(dataset, results: Predictions, score_thresh: float = 0.5) -> float:
+def dataset_dsb_score(dataset, results: Predictions, score_thresh: float = 0.5, *,
+                      fill_holes: bool = False, largest_component: bool = False,
+                      min_area: int = 0) -> float:
     """:func:`dsb_score` of ``results`` against ``dataset``'s non-crowd ground truth (the same
     value), one image and one mask at a time (:func:`dsb_image_score_rle`): memory is one
     ``(H, W)`` label image and one image's ``(G, D)`` intersections.
@@ -192,24 +200,37 @@ def dataset_dsb_score(dataset, results: Predictions, score_thresh: float = 0.5) 
         dataset: a ``CocoDataset`` holding every image id of ``results``.
         results: a :class:`Predictions`.
         score_thresh: detections below it are left out.
+        fill_holes, largest_component, min_area: post-processing of each image's label image
+            before it is scored (:func:`minimaskrcnn.data.labels.clean_labels`; all off: the
+            plain score).
 
     Returns:
         the mean over the images, in ``results``' order, of the per-image scores (NaN without
         images).
     """
     index_of = {int(image_id): k for k, image_id in enumerate(dataset.image_ids)}
+    clean = fill_holes or largest_component or min_area
     per_image = []
     for image_id in results:
         pred = results.encoded[image_id]
-        per_image.append(dsb_image_score_rle(
-            _GroundTruthMasks(dataset, index_of[int(image_id)]), pred["masks"], pred["scores"],
-            results.image_size(image_id), score_thresh))
+        gt = _GroundTruthMasks(dataset, index_of[int(image_id)])
+        if not clean:
+            per_image.append(dsb_image_score_rle(gt, pred["masks"], pred["scores"],
+                                                 results.image_size(image_id), score_thresh))
+            continue
+        scores = np.asarray(pred["scores"], dtype=np.float64).reshape(-1)
+        keep = np.flatnonzero(scores >= score_thresh)
+        lab = label_image([pred["masks"][k] for k in keep], scores[keep],
+                          image_size=results.image_size(image_id))
+        lab = clean_labels(lab, fill_holes=fill_holes, largest_component=largest_component,
+                           min_area=min_area)
+        per_image.append(dsb_score_of_labels(gt, lab))
     return float(np.mean(per_image)) if per_image else float("nan")
 
 
 def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
                    limit: int | None = None, progress: bool = False,
-                   category_ids=None, comm=None) -> dict:
+                   category_ids=None, comm=None, hflip_tta: bool = False) -> dict:
     """Predict every image of ``dataset`` and compute every metric, in memory bounded by one
     image whatever the image count (masks kept as run-length encodings, the DSB score
     accumulated one image and one mask at a time).
@@ -230,6 +251,7 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
             - 1]``): the ids the model was trained on (a checkpoint's
             ``config["dataset"]["category_ids"]``); default ``dataset.category_ids``.
         comm: a ``Comm`` (default: the process's).
+        hflip_tta: predict with horizontal-flip test-time augmentation.
 
     Which metrics (the ``iouType`` s of COCOeval): ``"bbox"`` always; ``"segm"`` when the model
     has a mask head (``model.config.mask_on``, true for a model without a config) and the
@@ -255,7 +277,8 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
                          f"{list(dataset.category_ids)}, the model's labels are "
                          f"{list(category_ids)}")
     comm = get_comm() if comm is None else comm
-    results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress, comm=comm)
+    results, seconds = predict_dataset(model, dataset, limit=limit, progress=progress, comm=comm,
+                                       hflip_tta=hflip_tta)
     if not comm.is_main:
         return comm.bcast(None)  # rank 0's metrics (without its predictions)
     # no mask head (Faster / Keypoint R-CNN): no mask predictions; a dataset without masks
@@ -271,7 +294,9 @@ def evaluate_model(model, dataset, eval_cfg, *, out_dir: str | None = None,
                                      eval_cfg.max_dets, iou_types=("keypoints",),
                                      keypoint_sigmas=sigmas))
     if model_masks:
-        metrics["dsb_score"] = dataset_dsb_score(dataset, results, eval_cfg.dsb_score_thresh)
+        metrics["dsb_score"] = dataset_dsb_score(
+            dataset, results, eval_cfg.dsb_score_thresh, fill_holes=eval_cfg.dsb_fill_holes,
+            largest_component=eval_cfg.dsb_largest_component, min_area=eval_cfg.dsb_min_area)
     metrics["seconds_per_image"] = float(seconds.mean()) if seconds.size else float("nan")
     metrics["seconds_per_image_median"] = float(np.median(seconds)) if seconds.size else float("nan")
     metrics["num_images"] = len(results)

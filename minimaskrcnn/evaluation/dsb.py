@@ -20,7 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 __all__ = ["DSB_IOU_THRESHOLDS", "dsb_image_score", "dsb_image_score_rle", "dsb_score",
-           "mean_dsb_score", "non_overlapping"]
+           "dsb_score_of_labels", "mean_dsb_score", "non_overlapping"]
 
 DSB_IOU_THRESHOLDS = np.round(np.arange(10) * 0.05 + 0.5, 2)
 """0.50, 0.55, ..., 0.95."""
@@ -103,6 +103,23 @@ def dsb_image_score_rle(gt_masks, pred_rles, scores, image_size,
             raise ValueError(f"a predicted mask is {m.shape}, the image {(h, w)}")
         lab[m] = k + 1
     return _score_of_labels(lab, gt_masks, len(gt_masks))
+
+
+def dsb_score_of_labels(gt_masks, labels: np.ndarray) -> float:
+    """DSB 2018 score of one image's predictions given as a label image (non-overlapping by
+    construction: :func:`minimaskrcnn.data.labels.label_image`, possibly cleaned by
+    :func:`~minimaskrcnn.data.labels.clean_labels`).
+
+    Args:
+        gt_masks: the G ground-truth ``(H, W)`` masks, a sequence with ``len`` (decoded when
+            read is fine).
+        labels: ``(H, W)`` integers, 0 background, one value per predicted instance (values
+            need not be contiguous).
+
+    Raises:
+        ValueError: a ground-truth mask not of the labels' size.
+    """
+    return _score_of_labels(np.asarray(labels, dtype=np.int64), gt_masks, len(gt_masks))
 
 
 def _score_of_labels(lab: np.ndarray, gt_masks, num_gt: int) -> float:

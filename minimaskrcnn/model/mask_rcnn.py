@@ -56,7 +56,8 @@ from minimaskrcnn.model.roi_heads import BOX_LOSSES, MASK_LOSSES, build_roi_head
 from minimaskrcnn.model.rpn import RegionProposalNetwork
 from minimaskrcnn.model.stage import Stage, identity_count, sum_levels
 from minimaskrcnn.model.timing import NullTimer
-from minimaskrcnn.model.transform import GeneralizedRCNNTransform
+from minimaskrcnn.model.transform import MASK_FORMATS, GeneralizedRCNNTransform
+from minimaskrcnn.model.tta import predict_hflip_tta
 
 LOSS_KEYS = RegionProposalNetwork.LOSSES + BOX_LOSSES + MASK_LOSSES
 """torchvision's names of the five Mask R-CNN losses (the total is their weighted sum). A model
@@ -296,7 +297,7 @@ class MaskRCNN(Stage):
 
     # -- inference ----------------------------------------------------------------------------
 
-    def predict(self, images, *, timer=None, mask_format="bool"):
+    def predict(self, images, *, timer=None, mask_format="bool", hflip_tta: bool = False):
         """Detections for each image (torchvision ``MaskRCNN`` in eval mode).
 
         Args:
@@ -305,25 +306,39 @@ class MaskRCNN(Stage):
                 everything returned is mapped back to these images' pixels.
             timer: optional :class:`~minimaskrcnn.model.timing.StageTimer` (``backbone_fpn``,
                 ``rpn``, ``box_head``, ``mask_head``, ``keypoint_head``, ``postprocess``).
-            mask_format: ``"bool"`` (dense masks) or ``"rle"`` (COCO run-length encodings,
-                pasted a few at a time: memory bounded by the image, for very large images).
+            mask_format: ``"bool"`` (dense masks), ``"rle"`` (COCO run-length encodings,
+                pasted a few at a time: memory bounded by the image, for very large images) or
+                ``"roi"`` (not pasted: each detection's ``(M, M) float32`` probabilities in its
+                box, to paste at any threshold with
+                :func:`minimaskrcnn.ops.paste_masks_in_image`).
+            hflip_tta: horizontal-flip test-time augmentation
+                (:func:`minimaskrcnn.model.tta.predict_hflip_tta`: boxes of both passes merged
+                by NMS, mask probabilities averaged); twice the cost.
 
         Returns:
             list of N dicts: ``boxes (D_i, 4) float32`` ``[x1, y1, x2, y2]`` pixels of the image,
             ``labels (D_i,) int64`` in 1..K, ``scores (D_i,) float32`` (decreasing); with a
             mask head ``masks``: ``(D_i, h_i, w_i) bool`` (pasted probability >=
-            ``mask_threshold``) or a list of D_i RLE dicts; with a keypoint head ``keypoints (D_i, K, 3) float32``
+            ``mask_threshold``), a list of D_i RLE dicts or ``(D_i, M, M) float32``
+            (``"roi"``); with a keypoint head ``keypoints (D_i, K, 3) float32``
             ``[x, y, 1]`` and ``keypoint_scores (D_i, K) float32``.
 
         Raises:
             TypeError: ``images`` not a non-empty list, an element not a float NumPy array.
             ValueError: an element not of shape ``(3, h, w)``; an unknown ``mask_format``.
         """
-        if mask_format not in ("bool", "rle"):
-            raise ValueError(f"mask_format must be 'bool' or 'rle', got {mask_format!r}")
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         timer = timer or NullTimer()
         original_sizes = self.transform.image_sizes(images)
         images, _ = self.transform(images, dtype=self.dtype, xp=self.xp)
+        if hflip_tta:
+            with timer("tta"):
+                detections = predict_hflip_tta(self, images)
+            with timer("postprocess"):
+                detections = self.transform.postprocess(detections, images.image_sizes,
+                                                        original_sizes, mask_format=mask_format)
+            return backend.to_device(detections, np)
         with timer("backbone_fpn"):
             pyramid = self.fpn.predict(self._fpn_inputs(self.backbone.predict(images.tensors)))
         with timer("rpn"):

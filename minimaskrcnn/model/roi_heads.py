@@ -376,7 +376,9 @@ class RoIHeads(Stage):
     # -- inference ----------------------------------------------------------------------------
 
     def predict(self, features, proposals, images, *, timer=None):
-        """Detections per image (torchvision ``RoIHeads`` in eval mode).
+        """Detections per image (torchvision ``RoIHeads`` in eval mode):
+        :meth:`predict_boxes`, then :meth:`predict_masks` and :meth:`predict_keypoints` on its
+        boxes.
 
         Returns:
             list of N dicts, pixels of the network's images: ``boxes (D, 4) float32``, ``scores
@@ -386,33 +388,53 @@ class RoIHeads(Stage):
             K, 3)``, ``keypoint_scores (D, K)`` float32.
         """
         timer = timer or NullTimer()
-        image_shape = images.tensors.shape[-2:]
-        dtype = features[0].dtype
         with timer("box_head"):
-            proposals = [p.astype(dtype) for p in proposals]
-            (class_logits, box_regression), _ = branch_forward(
-                self.box_roi_pool, self.box_head, self.box_predictor, features, proposals,
-                image_shape)
-            detections = postprocess_detections(
-                class_logits, box_regression, proposals, images.image_sizes, self.box_coder,
-                self.score_thresh, self.min_size, self.nms_thresh, self.detections_per_img)
-        boxes = [d["boxes"].astype(dtype) for d in detections]  # the mask and keypoint RoIs
+            detections = self.predict_boxes(features, proposals, images)
         if self.has_mask():
             with timer("mask_head"):
-                mask_logits, _ = branch_forward(self.mask_roi_pool, self.mask_head,
-                                                self.mask_predictor, features, boxes, image_shape)
-                channels = [self.mask_channels(d["labels"]) for d in detections]
-                for d, probs in zip(detections, maskrcnn_inference(mask_logits, channels,
-                                                                   self.mask_loss), strict=True):
+                for d, probs in zip(detections, self.predict_masks(features, detections, images),
+                                    strict=True):
                     d["masks"] = probs
         if self.has_keypoint():
             with timer("keypoint_head"):
-                logits, _ = branch_forward(self.keypoint_roi_pool, self.keypoint_head,
-                                           self.keypoint_predictor, features, boxes, image_shape)
-                for d, (kp, scores) in zip(detections, keypointrcnn_inference(logits, boxes),
-                                           strict=True):
-                    d["keypoints"], d["keypoint_scores"] = kp, scores
+                self.predict_keypoints(features, detections, images)
         return detections
+
+    def predict_boxes(self, features, proposals, images):
+        """The box branch alone: N dicts ``boxes (D, 4) float32`` (pixels of the network's
+        images), ``scores (D,) float32``, ``labels (D,) int64`` (torchvision's
+        ``box_roi_pool`` -> ``box_head`` -> ``box_predictor`` -> ``postprocess_detections``)."""
+        image_shape = images.tensors.shape[-2:]
+        dtype = features[0].dtype
+        proposals = [p.astype(dtype) for p in proposals]
+        (class_logits, box_regression), _ = branch_forward(
+            self.box_roi_pool, self.box_head, self.box_predictor, features, proposals,
+            image_shape)
+        return postprocess_detections(
+            class_logits, box_regression, proposals, images.image_sizes, self.box_coder,
+            self.score_thresh, self.min_size, self.nms_thresh, self.detections_per_img)
+
+    def predict_masks(self, features, detections, images) -> list:
+        """The mask branch on given detections (``boxes`` and ``labels`` of N dicts, pixels of
+        the network's images): N ``(D, M, M) float32`` probabilities of each detection's class
+        (``maskrcnn_inference``). Test-time augmentation calls it with merged boxes."""
+        dtype = features[0].dtype
+        boxes = [d["boxes"].astype(dtype) for d in detections]
+        mask_logits, _ = branch_forward(self.mask_roi_pool, self.mask_head, self.mask_predictor,
+                                        features, boxes, images.tensors.shape[-2:])
+        channels = [self.mask_channels(d["labels"]) for d in detections]
+        return list(maskrcnn_inference(mask_logits, channels, self.mask_loss))
+
+    def predict_keypoints(self, features, detections, images) -> None:
+        """The keypoint branch on given detections: sets ``keypoints (D, K, 3)`` and
+        ``keypoint_scores (D, K)`` float32 of each dict (``keypointrcnn_inference``)."""
+        dtype = features[0].dtype
+        boxes = [d["boxes"].astype(dtype) for d in detections]
+        logits, _ = branch_forward(self.keypoint_roi_pool, self.keypoint_head,
+                                   self.keypoint_predictor, features, boxes,
+                                   images.tensors.shape[-2:])
+        for d, (kp, scores) in zip(detections, keypointrcnn_inference(logits, boxes), strict=True):
+            d["keypoints"], d["keypoint_scores"] = kp, scores
 
 
 def build_roi_heads(cfg, rng: np.random.Generator) -> RoIHeads:

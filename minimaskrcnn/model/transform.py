@@ -36,7 +36,7 @@ import numpy as np
 
 from minimaskrcnn import backend, ops
 
-__all__ = ["GeneralizedRCNNTransform", "ImageList", "bilinear_taps", "resample_bilinear",
+__all__ = ["MASK_FORMATS", "GeneralizedRCNNTransform", "ImageList", "bilinear_taps", "resample_bilinear",
            "resize_bilinear", "resize_boxes", "resize_keypoints", "scaled_size"]
 
 
@@ -139,6 +139,11 @@ def resize_keypoints(keypoints, original_size: tuple[int, int], new_size: tuple[
 
 # --------------------------------------------------------------------------------------------
 # the transform
+
+
+MASK_FORMATS = ("bool", "rle", "roi")
+"""What ``predict`` returns as ``masks``: dense booleans, COCO RLEs, or the unpasted ``M x M``
+probabilities."""
 
 
 class ImageList(NamedTuple):
@@ -334,7 +339,8 @@ class GeneralizedRCNNTransform:
             original_sizes: the N input ``(h_i, w_i)``.
             mask_format: ``"bool"``: ``masks (D, h, w) bool`` (pasted probability ``>=
                 mask_threshold``); ``"rle"``: a list of D COCO run-length encodings, pasted a few
-                masks at a time so that memory is bounded by the image.
+                masks at a time so that memory is bounded by the image; ``"roi"``: the ``(D, M,
+                M)`` probabilities as they are (not pasted; the boxes are the input image's).
 
         Returns:
             the detections: boxes and keypoints scaled by ``original / image_sizes`` per axis
@@ -343,7 +349,7 @@ class GeneralizedRCNNTransform:
         """
         for d, size, original in zip(detections, image_sizes, original_sizes, strict=True):
             d["boxes"] = resize_boxes(d["boxes"], size, original)
-            if "masks" in d:
+            if "masks" in d and mask_format != "roi":
                 d["masks"] = ops.paste_binary_masks(d["masks"], d["boxes"], original,
                                                     self.mask_threshold,
                                                     rle=(mask_format == "rle"))

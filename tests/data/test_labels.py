@@ -13,7 +13,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from minimaskrcnn._atomic import temporary_files
-from minimaskrcnn.data.labels import MAX_LABELS, label_image, read_label_png, write_label_png
+from minimaskrcnn.data.labels import (
+    MAX_LABELS,
+    clean_labels,
+    label_image,
+    read_label_png,
+    write_label_png,
+)
 
 
 def _box(h, w, y0, y1, x0, x1):
@@ -216,3 +222,60 @@ def test_write_refuses_what_is_not_labels(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match="not a label image"):
         read_label_png(tmp_path / "rgb.png")
+
+
+# -- clean_labels: the post-processing of a label image -----------------------------------------
+
+
+def test_clean_labels_fills_enclosed_holes_only():
+    lab = np.zeros((9, 9), np.uint16)
+    lab[1:6, 1:6] = 1
+    lab[3, 3] = 0            # a hole of background: filled
+    lab[6:9, 5:8] = 2
+    lab[7, 6] = 3            # another instance inside 2: stays itself
+    lab[0:3, 7:9] = 4
+    lab[0, 8] = 0            # a notch open to the image border: not a hole
+    out = clean_labels(lab, fill_holes=True)
+    want = lab.copy()
+    want[3, 3] = 1
+    np.testing.assert_array_equal(out, want)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(lab[3, 3], 0)  # the input is not changed
+
+
+def test_clean_labels_keeps_the_largest_8_connected_piece():
+    lab = np.zeros((8, 8), np.int32)
+    lab[0:3, 0:3] = 5        # the big piece
+    lab[3, 3] = 5            # touches it diagonally: the same 8-connected piece
+    lab[6:8, 6:8] = 5        # a fragment: removed
+    lab[5, 0] = 7            # a one-pixel instance on its own: kept (its only piece)
+    out = clean_labels(lab, largest_component=True)
+    want = lab.copy()
+    want[6:8, 6:8] = 0
+    np.testing.assert_array_equal(out, want)
+
+
+def test_clean_labels_min_area_and_all_off():
+    lab = np.zeros((6, 6), np.uint16)
+    lab[0:2, 0:2] = 1        # 4 px
+    lab[4:6, 0:3] = 2        # 6 px
+    lab[5, 5] = 3            # 1 px
+    np.testing.assert_array_equal(clean_labels(lab), lab)  # nothing asked: unchanged
+    out = clean_labels(lab, min_area=5)
+    assert set(np.unique(out)) == {0, 2}
+    assert (out == 2).sum() == 6
+    # min_area counts the pixels left after the fragments go
+    lab[0, 5] = 2            # a 1 px fragment of 2: 7 px in all, 6 in the largest piece
+    assert 2 not in clean_labels(lab, largest_component=True, min_area=7)
+    assert 2 in clean_labels(lab, min_area=7)
+
+
+@pytest.mark.parametrize("labels, kwargs, match", [
+    (np.zeros((3, 3), np.float32), {}, "integer"),
+    (np.zeros((2, 3, 3), np.uint16), {}, r"\(H, W\)"),
+    (-np.ones((3, 3), np.int32), {}, "non-negative"),
+    (np.zeros((3, 3), np.uint16), {"min_area": -1}, "min_area"),
+])
+def test_clean_labels_refuses_bad_input(labels, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        clean_labels(labels, **kwargs)

@@ -266,3 +266,38 @@ def test_coco_results_take_run_length_encoded_masks():
     dense = coco_results({3: {**pred, "masks": m}}, [5])
     rles = mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
     assert coco_results({3: {**pred, "masks": rles}}, [5]) == dense
+
+
+def test_dataset_dsb_score_label_path_equals_the_rle_path_and_cleanup_changes_it(tmp_path):
+    # min_area=1 goes through label_image + clean_labels (it removes only empty instances,
+    # which the plain path drops too): the same score as the plain one-mask-at-a-time path
+    from minimaskrcnn.evaluation import Predictions, dataset_dsb_score
+
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+            "categories": [{"id": 1, "name": "nucleus"}],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                             "segmentation": _rle(m), "area": int(m.sum()),
+                             "bbox": [0, 0, 1, 1]} for k, m in enumerate((GT1, GT2))]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(coco))
+    from PIL import Image
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "a.png")
+    ds = CocoDataset(str(path), str(tmp_path))
+    holed = GT2.copy()
+    holed[12:14, 12:14] = False      # an enclosed 2x2 hole: IoU 32/36 = 0.889 with GT2
+    speck = _mask(0, 1, 18, 20)      # a 2-pixel false positive
+    preds = Predictions()
+    masks = np.stack([GT1, holed, speck, FAR])
+    preds.add(1, {"boxes": np.zeros((4, 4), np.float32), "labels": np.ones(4, np.int64),
+                  "scores": np.array([0.9, 0.8, 0.7, 0.3], np.float32), "masks": masks}, (H, W))
+    plain = dataset_dsb_score(ds, preds, 0.5)
+    assert dataset_dsb_score(ds, preds, 0.5, min_area=1) == plain
+    # at 0.5: GT1 matches at every threshold; holed (32 px) vs GT2 (36): IoU 0.889 matches at
+    # t < 0.889 (0.50..0.85: 8 of 10); the speck is a false positive throughout
+    want = np.mean([2 / 3] * 8 + [1 / 4] * 2)   # t>=0.9: tp 1, fp 2 (holed, speck), fn 1
+    assert plain == pytest.approx(want)
+    # min_area 3 removes the speck: 2/2 then 1/3
+    assert dataset_dsb_score(ds, preds, 0.5, min_area=3) == pytest.approx(
+        np.mean([1.0] * 8 + [1 / 3] * 2))
+    # filling the hole makes it GT2 (IoU 1): every threshold matches
+    assert dataset_dsb_score(ds, preds, 0.5, fill_holes=True, min_area=3) == pytest.approx(1.0)
