@@ -204,7 +204,7 @@ _UNIT_INTERVAL_SUFFIXES = ("_thresh", "_threshold", "_fraction", "_prob")
 _UNIT_INTERVAL = {"warmup_factor", "momentum"}
 _ANY_INT = {"box_sampling_ratio", "mask_sampling_ratio", "canonical_level"}
 """Integer fields with no range (a sampling ratio <= 0 means adaptive)."""
-_NON_NEGATIVE_INT = {"mask_head_convs", "seed", "warmup_iters", "milestones", "num_keypoints",
+_NON_NEGATIVE_INT = {"mask_head_convs", "seed", "warmup_iters", "milestones", "num_keypoints", "dsb_min_area",
                      "keypoint_head_convs"}
 """Integer fields that may be 0 (``num_keypoints = 0``: no keypoint head)."""
 _POSITIVE_FLOAT = {"base_lr", "gamma", "bbox_xform_clip", "box_coder_weights", "aspect_ratios",

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from minimaskrcnn.config import (
+    PRESETS,
     ModelConfig,
     apply_overrides,
     config_from_dict,
@@ -12,10 +13,25 @@ from minimaskrcnn.config import (
 )
 
 
-@pytest.mark.parametrize("name", ["nuclei-mini", "shapes-mini"])
+@pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_json_round_trip(name):
     cfg = get_preset(name)
     assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_passes_the_checkpoint_config_checks(name, tmp_path):
+    # a checkpoint of each preset loads back with its config (the checks of a file's values
+    # know every field's range: nuclei's dsb_min_area 0, octave scales, jitter ranges)
+    import numpy as np
+
+    from minimaskrcnn.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
+    from minimaskrcnn.model import build_model
+
+    cfg = get_preset(name)
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, build_model(cfg, np.random.default_rng(0)), config=config_to_dict(cfg))
+    assert config_from_checkpoint(load_checkpoint(path)) == cfg
 
 
 def test_nuclei_mini_numbers_from_spec():
