@@ -12,8 +12,8 @@ Subcommands:
     weights     the weights that ship with the package, with their cards
     data        ``data dsb2018 STAGE1_TRAIN_DIR --out DIR``: the public DSB2018 download to the
                 project's COCO files and split (:mod:`minimaskrcnn.data.dsb2018`)
-    ablate      the paper's Table 2 ablations over seeds, resumable; --report writes the
-                markdown tables (minimaskrcnn.ablations, docs/ablations.md)
+    ablate      the paper's ablations (Tables 2, 3, 5, 6) over seeds, resumable; --report writes
+                the markdown tables (minimaskrcnn.ablations, docs/ablations.md)
 
 Errors are printed as one line on stderr with a non-zero exit status, never a traceback.
 
@@ -547,7 +547,8 @@ def _cmd_data_dsb2018(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    """``minimaskrcnn ablate``: the paper's Table 2 arms over seeds (minimaskrcnn.ablations)."""
+    """``minimaskrcnn ablate``: the paper's Table 2, 3, 5 and 6 arms over seeds
+    (minimaskrcnn.ablations)."""
     from minimaskrcnn import ablations, data  # the library: not loaded by --help
 
     _check_args(args, seeds=1, first_seed=0, iters=1, val_limit=1)
@@ -569,11 +570,12 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                                if kept else ""))
         return 0
     table = ablations.get_table(args.table or "2c")
-    if any(a.dataset == "shapes" for a in table.arms):  # 2b: generated, no files to give
+    generated = ablations.generated_data(table)  # 2b, 5, 6: generated, no files to give
+    if generated is not None:
         if args.train_json or args.sample:
-            raise CLIError(f"table {table.name} trains on the generated shapes "
-                           f"({ablations.SHAPES_DATA}); leave out --train-json / --sample")
-        train_ds, val_ds = ablations.shapes_datasets()
+            raise CLIError(f"table {table.name} trains on {generated}; leave out --train-json "
+                           "/ --sample")
+        train_ds, val_ds = ablations.generated_datasets(table)
     elif args.sample:
         train_ds, val_ds = data.load_sample("train"), data.load_sample("val")
     elif args.train_json and args.images and args.val_json:
@@ -760,15 +762,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_data_dsb2018, command_name="data dsb2018")
 
-    p = sub.add_parser("ablate", help="the paper's Table 2 ablations over seeds (resumable)",
+    p = sub.add_parser("ablate", help="the paper's ablations (Tables 2, 3, 5, 6) over seeds "
+                       "(resumable)",
                        description="Train and evaluate every arm of an ablation table (the "
                                    "paper's Table 2: 2b mask losses on generated shapes, 2c RoI "
                                    "ops, 2d RoI ops on one stride-32 map, 2e MLP vs FCN mask "
-                                   "head, on the DSB2018 nuclei) for several seeds, one "
+                                   "head, on the DSB2018 nuclei; 3: Faster R-CNN with RoIPool / "
+                                   "RoIAlign vs Mask R-CNN on the nuclei; 5: box, mask and "
+                                   "keypoint heads, 6: RoIPool vs RoIAlign for keypoints, on "
+                                   "generated keypoint triangles) for several seeds, one "
                                    "run folder and result.json each; a finished run is skipped, "
                                    "an interrupted one resumes. Under mpiexec -n W every run is "
                                    "data-parallel. --report writes the markdown tables.")
-    p.add_argument("--table", choices=("2b", "2c", "2d", "2e"),
+    p.add_argument("--table", choices=("2b", "2c", "2d", "2e", "3", "5", "6"),
                    help="the table (default 2c; --list and --report: every table)")
     p.add_argument("--out", default="runs/ablations", help="sweep folder (default %(default)s)")
     p.add_argument("--train-json", help="COCO instances file to train on (DSB2018 nuclei)")
@@ -781,10 +787,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 "
                    "(default %(default)s)")
     p.add_argument("--arms", help="comma-separated arm names (default: every available arm)")
-    p.add_argument("--schedule", choices=("short", "shapes", "smoke"),
-                   help="default the table's: short (2c, 2d, 2e: 600 iterations of batch 4 "
-                        "nuclei crops) or shapes (2b: 3000 of batch 4 shapes images); smoke: 2 "
-                        "iterations of batch 2")
+    p.add_argument("--schedule", choices=("short", "shapes", "keypoints", "smoke"),
+                   help="default the table's: short (2c, 2d, 2e, 3: 600 iterations of batch 4 "
+                        "nuclei crops), shapes (2b: 3000 of batch 4 shapes images) or keypoints "
+                        "(5, 6: 600 of batch 4 keypoint triangle images); smoke: 2 iterations "
+                        "of batch 2")
     p.add_argument("--iters", type=int, help="cut the schedule to N iterations")
     p.add_argument("--val-limit", type=int, help="evaluate on the first N val images only")
     p.add_argument("--keep-checkpoints", action="store_true",

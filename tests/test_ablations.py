@@ -520,11 +520,13 @@ def test_report_of_a_folder_without_runs_keeps_the_page(tmp_path, capsys):
     assert len(err) == 1 and "typo: no finished run" in err[0] and "left as it is" in err[0]
     assert page.read_text() == before
     assert main(["ablate", "--out", str(sweep), "--report", str(page)]) == 0
-    # 2e's fcn arm is 2c's align: 2e has results too
-    assert "no results for 2b, 2d: left as written" in capsys.readouterr().out
+    # 2e's fcn arm and Table 3's Mask R-CNN arm are 2c's align: 2e and 3 have results too
+    out = capsys.readouterr().out
+    assert "wrote table(s) 2c, 2e, 3 of" in out
+    assert "no results for 2b, 2d, 5, 6: left as written" in out
     text = page.read_text()
     assert "measured 2b" in text and "## Table 2c" in text and "## Table 2d" not in text
-    assert set(json.load(open(summary))) == {"2b", "2c", "2e"}  # 2b's summary kept
+    assert set(json.load(open(summary))) == {"2b", "2c", "2e", "3"}  # 2b's summary kept
 
 
 @pytest.mark.parametrize("arms", ["", ",", " , "])

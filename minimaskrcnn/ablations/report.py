@@ -1,11 +1,13 @@
 """The ablations' report: per arm the mean and spread over seeds, next to the paper's row.
 
 :func:`write_report` reads the ``result.json`` files of a sweep and writes one markdown table
-per table -- per arm the mean and spread over seeds of mask / box AP, AP50, AP75 and the DSB
-score, next to the paper's row -- between markers in ``docs/ablations.md``, leaving the rest of
-the page as written, and their summary (``docs/results/ablations.json``) that the chapters read
-back (:func:`read_summary`, :func:`compare_table`). :func:`describe` lists the arms and the cost
-of a sweep.
+per table -- per arm the mean and spread over seeds of the table's metrics (Table 2: mask / box
+AP, AP50, AP75 and the DSB score; Table 3: box AP; Table 5: box, mask and keypoint AP; Table 6:
+keypoint and box AP), next to the paper's row -- between markers in ``docs/ablations.md``,
+leaving the rest of the page as written, and their summary (``docs/results/ablations.json``)
+that the chapters read back (:func:`read_summary`, :func:`compare_table`). An arm whose network
+has no mask head (no mask AP, no DSB score) or no keypoint head (no keypoint AP) shows ``-`` in
+those columns. :func:`describe` lists the arms and the cost of a sweep.
 """
 
 from __future__ import annotations
@@ -19,19 +21,63 @@ from collections.abc import Mapping, Sequence
 
 from minimaskrcnn._atomic import write_atomic
 from minimaskrcnn.ablations.sweep import RESULT_FILE, read_json, read_result, write_json
-from minimaskrcnn.ablations.tables import TABLES, Schedule, Table, get_schedule, get_table
+from minimaskrcnn.ablations.tables import (
+    TABLE2_METRICS,
+    TABLES,
+    Schedule,
+    Table,
+    get_schedule,
+    get_table,
+)
 
-__all__ = ["METRIC_KEYS", "compare_table", "describe", "format_table", "load_results",
-           "read_summary", "summarize", "table_results", "write_report"]
+__all__ = ["ALL_METRIC_KEYS", "METRIC_KEYS", "compare_table", "describe", "expected_metrics",
+           "format_table", "load_results", "read_summary", "summarize", "table_results",
+           "write_report"]
 
-METRIC_KEYS = (("segm", "AP"), ("segm", "AP50"), ("segm", "AP75"),
-               ("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("dsb_score", None))
-"""The metrics the report shows, as ``(key, subkey)`` into ``evaluate_model``'s metrics."""
+METRIC_KEYS = TABLE2_METRICS
+"""Table 2's metrics (its report's columns), as ``(key, subkey)`` into ``evaluate_model``'s
+metrics; each table names its own (``Table.metrics``)."""
+
+ALL_METRIC_KEYS = TABLE2_METRICS + (("keypoints", "AP"), ("keypoints", "AP50"),
+                                    ("keypoints", "AP75"))
+"""Every metric :func:`summarize` keeps (where all of an arm's runs have it): Table 2's and the
+keypoint OKS AP / AP50 / AP75."""
+
+_HEAD_NAMES = {"segm": "mask", "bbox": "box", "keypoints": "keypoint"}
+_SUBS = ("AP", "AP50", "AP75")
+
+
+def _label(key: str, sub: str | None) -> str:
+    """A column's label: ``"mask AP50"``, ``"keypoint AP"``, ``"DSB score"``."""
+    if sub is None:
+        return "DSB score" if key == "dsb_score" else key
+    return f"{_HEAD_NAMES.get(key, key)} {sub}"
+
+
+def _name(key: str, sub: str | None) -> str:
+    """A metric's name in :func:`summarize`'s dict: ``"segm.AP"``, ``"dsb_score"``."""
+    return key if sub is None else f"{key}.{sub}"
+
+
+def expected_metrics(result: Mapping) -> list[tuple[str, str | None]]:
+    """The metrics a run's network gives, from the config its ``result.json`` stores: box AP /
+    AP50 / AP75 always; mask AP / AP50 / AP75 and the DSB score with a mask head
+    (``model.mask_on``, true for a config without the field); keypoint AP / AP50 / AP75 with a
+    keypoint head (``model.num_keypoints`` > 0). In :data:`ALL_METRIC_KEYS` order."""
+    config = result.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    model = model if isinstance(model, dict) else {}
+    masks = model.get("mask_on", True) is not False
+    keypoints = bool(model.get("num_keypoints") or 0)
+    return [(k, s) for k, s in ALL_METRIC_KEYS
+            if k == "bbox" or (k in ("segm", "dsb_score") and masks)
+            or (k == "keypoints" and keypoints)]
 
 
 def load_results(sweep_dir: str, table: str | None = None) -> list[dict]:
     """Every ``<sweep_dir>/<table>/<arm>/seed<k>/result.json`` (of ``table`` only if given),
-    sorted by table, arm and seed.
+    sorted by table, arm and seed. Each must hold a number at every metric its network gives
+    (:func:`expected_metrics`).
 
     Raises:
         ValueError: an unreadable result file (named).
@@ -41,7 +87,7 @@ def load_results(sweep_dir: str, table: str | None = None) -> list[dict]:
     for path in glob.glob(pattern):
         r = read_result(path)
         try:
-            for key, sub in METRIC_KEYS:
+            for key, sub in expected_metrics(r):
                 _metric(r, key, sub)
         except (KeyError, TypeError, ValueError, IndexError):
             raise ValueError(f"{path}: not a result file (no number at metrics.{key}"
@@ -70,11 +116,20 @@ def _metric(result: dict, key: str, sub: str | None) -> float:
     return float(m if sub is None else m[sub])
 
 
+def _has_metric(result: dict, key: str, sub: str | None) -> bool:
+    try:
+        _metric(result, key, sub)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
+    return True
+
+
 def summarize(results: Sequence[dict]) -> dict[str, dict]:
     """Per arm: ``{"n", "seeds", "iterations", "train_seconds" (mean), "wall_seconds" (mean),
     "<key>[.<sub>]": {"mean", "std" (sample, ddof 1; 0 for one seed), "min", "max",
-    "values"}}`` over the seeds, for each of :data:`METRIC_KEYS` (``"segm.AP"``, ...,
-    ``"dsb_score"``). Values are fractions as stored.
+    "values"}}`` over the seeds, for each of :data:`ALL_METRIC_KEYS` (``"segm.AP"``, ...,
+    ``"dsb_score"``, ``"keypoints.AP"``, ...) that every run of the arm has (a box-only arm has
+    no ``"segm.*"`` and no ``"dsb_score"``). Values are fractions as stored.
 
     Raises:
         ValueError: results of one arm from several tables mixed in.
@@ -93,9 +148,11 @@ def summarize(results: Sequence[dict]) -> dict[str, dict]:
              "train_seconds": statistics.fmean(float(r.get("train_seconds") or 0) for r in rs),
              "wall_seconds": statistics.fmean(float(r.get("wall_seconds") or 0) for r in rs),
              "schedules": sorted({str(r.get("schedule")) for r in rs})}
-        for key, sub in METRIC_KEYS:
+        for key, sub in ALL_METRIC_KEYS:
+            if not all(_has_metric(r, key, sub) for r in rs):
+                continue
             values = [_metric(r, key, sub) for r in rs]
-            s[key if sub is None else f"{key}.{sub}"] = {
+            s[_name(key, sub)] = {
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "min": min(values), "max": max(values), "values": values}
@@ -107,10 +164,17 @@ def _pts(x: float) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{round(100 * x, 1) + 0.0:.1f}"
 
 
-def _paper_cell(triple) -> str:
-    if triple is None:
+def _paper_cell(values) -> str:
+    if values is None:
         return "-"
-    return " / ".join("-" if not math.isfinite(v) else f"{v:.1f}" for v in triple)
+    return " / ".join("-" if not math.isfinite(v) else f"{v:.1f}" for v in values)
+
+
+def _paper_value(paper, key: str, sub: str | None = "AP") -> float:
+    """The paper's ``key`` ``sub`` in points, NaN where the row (or the paper) has none."""
+    values = paper.get(key) if paper else None
+    i = _SUBS.index(sub) if sub in _SUBS else len(_SUBS)
+    return float(values[i]) if values is not None and i < len(values) else math.nan
 
 
 def _ranking(points: Mapping[str, float]) -> str:
@@ -125,63 +189,81 @@ def _ranking(points: Mapping[str, float]) -> str:
 
 def format_table(table: str | Table, results: Sequence[dict]) -> str:
     """The markdown of one table: a row per arm (in the paper's order) with, over the seeds,
-    mask AP / AP50 / AP75, box AP / AP50 / AP75 and the DSB score as ``mean ± std`` in AP points
-    (x100), the mask AP's min-max, the number of seeds, the mask AP's difference to the
-    reference arm (ours, and the paper's), and the paper's mask (and box, where given) row;
-    arms without results say "not run", unavailable arms say why. Ends with the ranking by
-    mask AP, ours and the paper's, and the schedule and cost of the runs.
+    the table's metrics (``Table.metrics``; Table 2: mask AP / AP50 / AP75, box AP / AP50 / AP75
+    and the DSB score) as ``mean ± std`` in AP points (x100) -- ``-`` where the arm's network
+    has no such head --, the primary metric's min-max (``Table.primary``, Table 2's mask AP),
+    the number of seeds, the primary metric's difference to the reference arm (ours, and the
+    paper's), and the paper's rows (``Table.paper_keys``: mask and box for Table 2; AP alone
+    where the paper gives AP alone); arms without results say "not run yet", unavailable arms
+    say why. Ends with the rankings (``Table.rank_by``, default the primary metric), ours and the
+    paper's, and the schedule and cost of the runs.
     """
     tab = get_table(table) if isinstance(table, str) else table
     results = table_results(tab, results)
     summary = summarize(results)
+    primary = _name(*tab.primary)
+    plabel = _label(*tab.primary)
     ref = summary.get(tab.reference)
     ref_paper = next((a.paper for a in tab.arms if a.name == tab.reference), None)
-    head = ("| arm | seeds | mask AP | mask AP50 | mask AP75 | box AP | box AP50 | box AP75 | "
-            "DSB score | mask AP min-max | Δ mask AP (ours / paper) | paper mask AP / AP50 / AP75 "
-            "| paper box AP / AP50 / AP75 |")
-    lines = [head, "| " + " | ".join(["---"] * 13) + " |"]
+    paper_len = {k: max((len(a.paper[k]) for a in tab.arms if a.paper and k in a.paper),
+                        default=len(_SUBS)) for k in tab.paper_keys}
+    paper_heads = [f"paper {_HEAD_NAMES.get(k, k)} " + " / ".join(_SUBS[:paper_len[k]])
+                   for k in tab.paper_keys]
+    head = ("| arm | seeds | " + " | ".join(_label(k, s) for k, s in tab.metrics)
+            + f" | {plabel} min-max | Δ {plabel} (ours / paper) | " + " | ".join(paper_heads)
+            + " |")
+    columns = 2 + len(tab.metrics) + 2 + len(tab.paper_keys)
+    lines = [head, "| " + " | ".join(["---"] * columns) + " |"]
     notes = []
     for arm in tab.arms:
         s = summary.get(arm.name)
-        paper_mask = _paper_cell(arm.paper.get("segm") if arm.paper else None)
-        paper_box = _paper_cell(arm.paper.get("bbox") if arm.paper else None)
-        if arm.paper and ref_paper and arm.name != tab.reference:
-            paper_delta = arm.paper["segm"][0] - ref_paper["segm"][0]
-            paper_delta = f"{paper_delta:+.1f}" if math.isfinite(paper_delta) else "-"
+        paper_cells = [_paper_cell(arm.paper.get(k) if arm.paper else None)
+                       for k in tab.paper_keys]
+        if arm.name == tab.reference:
+            paper_delta = "(reference)"
         else:
-            paper_delta = "-" if arm.name != tab.reference else "(reference)"
+            d = _paper_value(arm.paper, tab.primary[0], tab.primary[1]) - _paper_value(
+                ref_paper, tab.primary[0], tab.primary[1])
+            paper_delta = f"{d:+.1f}" if math.isfinite(d) else "-"
         if s is None:
             why = f"not available yet: {arm.unavailable}" if arm.unavailable else "not run yet"
             delta = paper_delta if arm.name == tab.reference else f"- / {paper_delta}"
-            row = [arm.label, "0", why, *[""] * 6, "-", delta, paper_mask, paper_box]
+            row = [arm.label, "0", why, *[""] * (len(tab.metrics) - 1), "-", delta,
+                   *paper_cells]
             lines.append("| " + " | ".join(row) + " |")
             continue
         cells = []
-        for key, sub in METRIC_KEYS:
-            m = s[key if sub is None else f"{key}.{sub}"]
-            cells.append(f"{_pts(m['mean'])} ± {_pts(m['std'])}")
-        ap = s["segm.AP"]
-        if ref is not None and arm.name != tab.reference:
-            ours_delta = f"{round(100 * (ap['mean'] - ref['segm.AP']['mean']), 1) + 0.0:+.1f}"
+        for key, sub in tab.metrics:
+            m = s.get(_name(key, sub))
+            cells.append("-" if m is None else f"{_pts(m['mean'])} ± {_pts(m['std'])}")
+        ap = s.get(primary)
+        if arm.name == tab.reference:
+            delta = "(reference)"
         else:
-            ours_delta = "(reference)" if arm.name == tab.reference else "-"
-        delta = (f"{ours_delta} / {paper_delta}" if arm.name != tab.reference
-                 else "(reference)")
+            ours_delta = "-"
+            if ref is not None and ap is not None and primary in ref:
+                ours_delta = f"{round(100 * (ap['mean'] - ref[primary]['mean']), 1) + 0.0:+.1f}"
+            delta = f"{ours_delta} / {paper_delta}"
+        spread = "-" if ap is None else f"{_pts(ap['min'])}-{_pts(ap['max'])}"
         lines.append(f"| {arm.label} | {s['n']} | " + " | ".join(cells)
-                     + f" | {_pts(ap['min'])}-{_pts(ap['max'])} | {delta} | {paper_mask} | "
-                       f"{paper_box} |")
+                     + f" | {spread} | {delta} | " + " | ".join(paper_cells) + " |")
         if len(s["iterations"]) > 1 or len(s["schedules"]) > 1:
             notes.append(f"{arm.label}: runs of different lengths {s['iterations']} / schedules "
                          f"{s['schedules']} mixed")
     ran = [a for a in tab.arms if a.name in summary]
     if ran:
         lines.append("")
-        lines.append("Ranking by mask AP, ours: " + _ranking(
-            {a.name: 100 * summary[a.name]["segm.AP"]["mean"] for a in ran}) + ".")
-        with_paper = [a for a in ran if a.paper and math.isfinite(a.paper["segm"][0])]
-        if with_paper:
-            lines.append("The paper's (same arms): " + _ranking(
-                {a.name: a.paper["segm"][0] for a in with_paper}) + ".")
+        for key, sub in tab.rank_by or (tab.primary,):
+            name = _name(key, sub)
+            have = [a for a in ran if name in summary[a.name]]
+            if not have:
+                continue
+            lines.append(f"Ranking by {_label(key, sub)}, ours: " + _ranking(
+                {a.name: 100 * summary[a.name][name]["mean"] for a in have}) + ".")
+            with_paper = [a for a in ran if math.isfinite(_paper_value(a.paper, key, sub))]
+            if with_paper:
+                lines.append("The paper's (same arms): " + _ranking(
+                    {a.name: _paper_value(a.paper, key, sub) for a in with_paper}) + ".")
         rs = results
         iters = sorted({int(r.get("iterations", 0)) for r in rs})
         per_it = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]
@@ -282,7 +364,8 @@ def describe(tables: Sequence[str] = tuple(TABLES), seeds: int = 3,
                          f"({sched.iterations} iterations of batch {sched.batch_size}, preset "
                          f"{tab.preset})"
                          + (f": about {cost / 60:.0f} minutes each, {runs * cost / 3600:.1f} "
-                            "hours in all with 2 MPI ranks on the 2-core machine" if cost else ""))
+                            "hours in all with 2 MPI ranks on the 2-core machine" if cost else "")
+                         + (f" ({tab.cost_note})" if cost and tab.cost_note else ""))
     return "\n".join(lines)
 
 
@@ -302,24 +385,28 @@ def read_summary(path: str) -> dict:
 
 
 def compare_table(table: str, summary: Mapping[str, Mapping]) -> str:
-    """A plain-text table for the chapters: per arm of ``table``, the paper's mask AP / AP50 /
-    AP75 and ours (mean over the seeds, ± sample std of the mask AP, the number of seeds) from a
-    :func:`read_summary` dict; "-" where the paper has no figure or no run has finished."""
+    """A plain-text table for the chapters: per arm of ``table``, the paper's AP / AP50 / AP75
+    of the table's primary metric (``Table.primary``: mask AP for Table 2, box AP for Tables 3
+    and 5, keypoint AP for Table 6) and ours (mean over the seeds, ± sample std of the AP, the
+    number of seeds) from a :func:`read_summary` dict; "-" where the paper has no figure, no run
+    has finished, or the arm has no such head."""
     tab = get_table(table)
+    key = tab.primary[0]
+    plabel = _label(key, "AP")
     ours = summary.get(tab.name, {})
     width = max(len(a.label) for a in tab.arms)
     lines = [f"Table {tab.name}: {tab.title}",
              f"  paper: {tab.paper_setting}; ours: {tab.ours}",
-             f"  {'arm':{width}s}  {'paper mask AP / AP50 / AP75':>28s}   ours (mask AP ± std / "
-             "AP50 / AP75, seeds)"]
+             f"  {'arm':{width}s}  {'paper ' + plabel + ' / AP50 / AP75':>28s}   ours ({plabel} "
+             "± std / AP50 / AP75, seeds)"]
     for arm in tab.arms:
-        paper = _paper_cell(arm.paper.get("segm") if arm.paper else None)
+        paper = _paper_cell(arm.paper.get(key) if arm.paper else None)
         s = ours.get(arm.name)
-        if s and "segm.AP" in s:
-            ap = s["segm.AP"]
+        if s and f"{key}.AP" in s:
+            ap = s[f"{key}.AP"]
             n = s.get("n", len(ap["values"]))
-            mine = (f"{_pts(ap['mean'])} ± {_pts(ap['std'])} / {_pts(s['segm.AP50']['mean'])} / "
-                    f"{_pts(s['segm.AP75']['mean'])}  ({n} seed{'s' if n != 1 else ''})")
+            mine = (f"{_pts(ap['mean'])} ± {_pts(ap['std'])} / {_pts(s[f'{key}.AP50']['mean'])} / "
+                    f"{_pts(s[f'{key}.AP75']['mean'])}  ({n} seed{'s' if n != 1 else ''})")
         else:
             mine = "-"
         lines.append(f"  {arm.label:{width}s}  {paper:>28s}   {mine}")

@@ -10,7 +10,9 @@ Layout::
 ``result.json`` (:data:`RESULT_FILE`): ``{"table", "arm", "label", "seed", "schedule" (its
 name), "overrides" (the arm's), "config" (config_to_dict),
 "data" (the train / val sets: source, images), "iterations", "metrics" ({"segm": {"AP", "AP50",
-"AP75"}, "bbox": {...}, "dsb_score", "num_images", "seconds_per_image", ...}),
+"AP75"}, "bbox": {...}, "keypoints": {...}, "dsb_score", "num_images", "seconds_per_image", ...}:
+those of the run's heads, as ``evaluate_model`` gives them: no "segm" and no "dsb_score" without
+a mask head, "keypoints" only with a keypoint head),
 "train_seconds" (sum of the logged iteration times, over every call that trained the run),
 "seconds_per_iteration" (median), "eval_seconds", "wall_seconds" (the call that finished it),
 "world_size" (W), "resumed_from" (the iteration it started from, 0 if fresh), "finished" (local
@@ -51,7 +53,8 @@ from minimaskrcnn.evaluation import evaluate_model
 from minimaskrcnn.training.loop import train
 from minimaskrcnn.training.run_folder import RunFolder, checkpoint_iteration
 
-__all__ = ["RESULT_FILE", "read_json", "read_result", "run_dir", "run_state", "run_sweep", "write_json"]
+__all__ = ["RESULT_FILE", "metrics_text", "read_json", "read_result", "run_dir", "run_state",
+           "run_sweep", "write_json"]
 
 RESULT_FILE = "result.json"
 
@@ -150,6 +153,17 @@ def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def metrics_text(metrics: dict) -> str:
+    """``"mask AP 0.334, box AP 0.344, DSB 0.338"``: the AP of each head the metrics have (mask,
+    box, keypoint) and the DSB score, for the sweep's log lines."""
+    parts = [f"{name} AP {metrics[key]['AP']:.3f}"
+             for key, name in (("segm", "mask"), ("bbox", "box"), ("keypoints", "keypoint"))
+             if isinstance(metrics.get(key), dict) and "AP" in metrics[key]]
+    if "dsb_score" in metrics:
+        parts.append(f"DSB {metrics['dsb_score']:.3f}")
+    return ", ".join(parts)
+
+
 def _data_info(dataset) -> dict:
     source = getattr(dataset, "source", None)
     return {"source": source if isinstance(source, str) else None, "images": len(dataset)}
@@ -177,15 +191,17 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
     ``evaluate_fn`` on ``val_dataset`` and rank 0 writes ``result.json`` (module docstring).
 
     Args:
-        table: a table name (``"2c"``) or :class:`Table`.
+        table: a table name (``"2c"``, ``"5"``) or :class:`Table`.
         sweep_dir: the sweep's folder (created).
-        train_dataset, val_dataset: ``CocoDataset`` s (the DSB2018 nuclei for 2c, 2d, 2e;
-            :func:`shapes_datasets` for 2b; the arms' ``num_classes`` is the train set's).
+        train_dataset, val_dataset: ``CocoDataset`` s (the DSB2018 nuclei for 2c, 2d, 2e and
+            3; :func:`shapes_datasets` for 2b; :func:`keypoint_shapes_datasets` for 5 and 6:
+            :func:`generated_datasets`; the arms' ``num_classes`` is the train set's).
         seeds: the seeds of every arm (>= 0, distinct).
         schedule: a :class:`Schedule` or the name of one of :data:`SCHEDULES` (default the
             table's).
         arms: run only these arms (names); default every available arm.
-        preset: the base preset (default the table's, ``nuclei-mini`` or ``shapes-mini``).
+        preset: the base preset (default the table's: ``nuclei-mini``, ``shapes-mini``,
+            ``keypoints-mini``).
         base: a base Config instead of a preset (a test's tiny network).
         val_limit: evaluate on the first ``val_limit`` val images only.
         progress: tqdm bars in training and evaluation.
@@ -244,7 +260,7 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
                 raise ValueError(f"{path}: finished with another config ({', '.join(diffs[:4])}"
                                  f"{', ...' if len(diffs) > 4 else ''}); use another sweep "
                                  "folder, or delete the run")
-            say(f"{head}: done, skipped (mask AP {stored['metrics']['segm']['AP']:.3f})")
+            say(f"{head}: done, skipped ({metrics_text(stored.get('metrics') or {})})")
             results.append(stored)
             continue
         changes = ", ".join(f"{k.partition('.')[2]}={v!r}" for k, v in arm.overrides.items())
@@ -277,7 +293,6 @@ def run_sweep(table: str | Table, sweep_dir: str, train_dataset, val_dataset, *,
             if not keep_checkpoints:
                 RunFolder(path).prune_checkpoints()
         comm.barrier()
-        say(f"{head}: mask AP {metrics['segm']['AP']:.3f}, box AP {metrics['bbox']['AP']:.3f}, "
-            f"DSB {metrics['dsb_score']:.3f}; train {t1 - t0:.0f} s, eval {t2 - t1:.0f} s")
+        say(f"{head}: {metrics_text(metrics)}; train {t1 - t0:.0f} s, eval {t2 - t1:.0f} s")
         results.append(record)
     return results
