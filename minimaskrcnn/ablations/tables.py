@@ -142,8 +142,9 @@ _C5 = {"model.features": "c5", "model.image_scale": 4.0,
 COCO's objects are on the paper's C5 network; at native size most nuclei are under half a cell
 and the C5 network detects almost none), the anchors scaled with the images (8-128 -> 32-512,
 the paper's C4 / C5 anchor sizes)."""
-_ESTIMATED = ("estimated, not yet measured: the s/iteration of each arm in a 10-iteration run with "
-              "one process on the shared 2-core machine, relative to 2c's RoIAlign / 2b's "
+_ESTIMATED = ("estimated, not yet measured: the s/iteration of each arm in a run of 8 to 10 "
+              "iterations with one process on the shared 2-core machine, relative to 2c's "
+              "RoIAlign / 2b's "
               "sigmoid arm in the same conditions, times {ref}/iteration those measured with 2 "
               "ranks")
 """How Tables 3, 5 and 6's costs were estimated before their sweeps ran (docs/ablations.md)."""
