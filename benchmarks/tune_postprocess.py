@@ -141,7 +141,7 @@ def main(argv=None):
     plain = load_cache(os.path.join(args.out, "cache-plain"), ds, n)
     # 1. mask threshold, at the preset's score threshold
     by_thr = {}
-    for thr in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
+    for thr in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75):
         by_thr[thr] = paste(plain, thr)
         record("mask threshold", False, thr, ev.dsb_score_thresh, False, False, 0, by_thr[thr],
                True)

@@ -42,7 +42,7 @@ __all__ = ["PRETRAINED", "WEIGHTS_DIR", "Metadata", "get_metadata", "list_weight
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "data", "weights")
 """Where the shipped weights live (package data)."""
 
-PRETRAINED = {"nuclei-mini-dsb2018": "nuclei-mini"}
+PRETRAINED = {"nuclei-mini-dsb2018": "nuclei-mini", "nuclei-dsb2018": "nuclei"}
 """Shipped weights: ``{name: the preset they were trained as}``."""
 
 

@@ -120,17 +120,22 @@ def test_list_weights_gives_each_shipped_name_its_card():
             assert card.startswith(f"# {name}") and "load_model" in card
 
 
-@pytest.mark.skipif(not os.path.isfile(pretrained_path("nuclei-mini-dsb2018")),
-                    reason="the shipped weights are not in this checkout")
-def test_shipped_weights_load_and_detect():
+@pytest.mark.parametrize("name, preset, count", [("nuclei-mini-dsb2018", "nuclei-mini", 2_479_803),
+                                                  ("nuclei-dsb2018", "nuclei", None)])
+def test_shipped_weights_load_and_detect(name, preset, count):
     from minimaskrcnn.data import load_sample, standardize
 
-    model, cfg = load_model("nuclei-mini-dsb2018", return_config=True)
-    assert cfg.name == "nuclei-mini" and sum(p.data.size for p in model.parameters()) == 2_479_803
-    assert get_metadata("nuclei-mini-dsb2018").class_names == ["nucleus"]
+    if not os.path.isfile(pretrained_path(name)):
+        pytest.skip("the shipped weights are not in this checkout")
+    model, cfg = load_model(name, return_config=True)
+    assert cfg.name == preset and model_zoo.PRETRAINED[name] == preset
+    if count is not None:
+        assert sum(p.data.size for p in model.parameters()) == count
+    assert get_metadata(name).class_names == ["nucleus"]
     image, target = load_sample("val")[0]
     det = model.predict([standardize(image)])[0]
     assert (det["scores"] > 0.5).sum() >= len(target["boxes"]) // 2
+    assert det["masks"].shape[1:] == image.shape[:2]  # in the input's pixels at any image_scale
 
 
 @pytest.mark.parametrize("mask_on", [False, True])
