@@ -651,8 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a preset on a COCO dataset")
     p.add_argument("--preset", help="nuclei-mini (default), nuclei (tuned to the DSB2018 "
-                   "nuclei: 2x upscaling, denser anchors, rotations and photometric jitter, an "
-                   "hour on two ranks), shapes-mini, keypoints-mini or lego-battery (keypoints, "
+                   "nuclei: 2x upscaling, denser anchors, rotations and photometric jitter, about "
+                   "two hours on two ranks), shapes-mini, keypoints-mini or lego-battery (keypoints, "
                    "no mask head; without --train-json the embedded sample); with --resume, "
                    "the run's")
     p.add_argument("--train-json", help="COCO instances file to train on (shapes-mini: "

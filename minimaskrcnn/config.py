@@ -355,7 +355,8 @@ def nuclei() -> Config:
       400 detections.
     - Training: scale jitter x0.7-1.4 around the 2x, flips and 90-degree rotations, gamma
       0.8-1.25 and per-channel gains 0.9-1.1; 6000 iterations of batch 4 (lr x0.1 at 4000
-      and 5333: ``shorten_schedule``'s 2/3 and 8/9), about an hour on two MPI ranks.
+      and 5333: ``shorten_schedule``'s 2/3 and 8/9): 114 minutes on two MPI ranks of the 2-core
+      machine, shared with other jobs (the ``nuclei-dsb2018`` weights).
     """
     base = nuclei_mini()
     model = dataclasses.replace(

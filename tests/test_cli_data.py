@@ -315,3 +315,23 @@ def test_ranks_that_disagree_stop_before_any_work(tmp_path, case):
                           r"run the same command on the same data", r.stderr)
         assert len(mine) == 1, r.stderr
     assert "Traceback" not in r.stderr and not os.path.exists(out)
+
+
+def test_predict_tta_and_the_weights_post_processing_in_label_images(tmp_path, capsys):
+    # nuclei-dsb2018 carries dsb_min_area 20 (its card): no instance of its label images is
+    # smaller; --tta runs the mirror pass too and still writes every output
+    out = tmp_path / "tta"
+    path = VAL_FILES[0]
+    assert main(["predict", path, "--weights", "nuclei-dsb2018", "--out", str(out), "--labels",
+                 "--tta"]) == 0
+    stem = f"0001_{os.path.splitext(os.path.basename(path))[0]}"
+    labels = read_label_png(out / f"{stem}.labels.png")
+    values, areas = np.unique(labels[labels > 0], return_counts=True)
+    assert len(values) > 0 and areas.min() >= 20
+    # exactly the results' label image (painted independently) cleaned as the card says
+    from minimaskrcnn.data.labels import clean_labels
+
+    raw, n = _expected_labels(_load(out / "results.json"), 1, 0.5, labels.shape)
+    want = clean_labels(raw, fill_holes=True, largest_component=True, min_area=20)
+    np.testing.assert_array_equal(labels, want)
+    assert n > 0 and not np.array_equal(raw, want)  # the cleaning removed or filled something
