@@ -11,6 +11,10 @@ local HTTP server and checks what a reader needs:
 - following "next" from the first page reaches every chapter, in order, and "previous" walks
   back the same way.
 
+Chromium opens each page once (the ``visits`` fixture records its console errors, its images
+that did not load and its "next" / "previous" links as the rendered page gives them); the walks
+follow the recorded links instead of loading every page a second and third time.
+
 ``MINIMASKRCNN_BOOK_DIR=DIR`` reuses a site already built into ``DIR`` (``book/build --quick
 DIR``) instead of building one. Without Chromium the browser tests are skipped with the reason,
 unless ``MINIMASKRCNN_REQUIRE_BROWSER=1`` (what ``.ci/run`` sets), which makes a missing browser
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -134,19 +139,50 @@ def _open(browser, url: str) -> list[str]:
     return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def test_every_page_loads_cleanly(site, server, browser):
-    problems = []
+NEXT, PREVIOUS = "a.right-next", "a.left-prev"
+
+
+class Visit(NamedTuple):
+    """What one page showed in Chromium: console errors, the images that did not load, and the
+    site-relative targets of its first "next" and "previous" links (``None`` without one)."""
+
+    errors: list[str]
+    broken_images: list[str]
+    next: str | None
+    previous: str | None
+
+
+def _relative(url: str) -> str:
+    return re.sub(r"^https?://[^/]+/", "", url).split("#")[0]
+
+
+@pytest.fixture(scope="module")
+def visits(site, server, browser) -> dict[str, Visit]:
+    """Every page of the site (``_static/`` and ``_sources/`` aside) opened once, by its
+    site-relative path."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415  (optional: only with a browser)
+
     pages = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html")
                    if not p.relative_to(site).as_posix().startswith(("_static/", "_sources/")))
+    out = {}
     for page in pages:
         errors = _open(browser, f"{server}/{page}")
         broken = browser.execute_script(
             "return Array.from(document.images)"
             ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src);")
-        problems += [f"{page}: console error: {e}" for e in errors]
-        problems += [f"{page}: image not loaded: {src}" for src in broken]
+        links = [browser.find_elements(By.CSS_SELECTOR, sel) for sel in (NEXT, PREVIOUS)]
+        nxt, prev = (_relative(ls[0].get_attribute("href")) if ls else None for ls in links)
+        out[page] = Visit(errors, broken, nxt, prev)
+    return out
+
+
+def test_every_page_loads_cleanly(visits):
+    problems = []
+    for page, v in visits.items():
+        problems += [f"{page}: console error: {e}" for e in v.errors]
+        problems += [f"{page}: image not loaded: {src}" for src in v.broken_images]
     assert not problems, "\n".join(problems)
-    assert len(pages) >= len(CHAPTERS) + 9
+    assert len(visits) >= len(CHAPTERS) + 9
 
 
 def test_search_for_roialign_lists_chapter_4(server, browser):
@@ -161,25 +197,23 @@ def test_search_for_roialign_lists_chapter_4(server, browser):
     assert any("notebooks/04_roi_pool_warp_align.html" in h for h in hits), hits
 
 
-def _walk(browser, server, start: str, selector: str, steps: int) -> list[str]:
-    from selenium.webdriver.common.by import By  # noqa: PLC0415  (optional: only with a browser)
-
-    _open(browser, f"{server}/{start}")
+def _walk(visits: dict[str, Visit], start: str, link: str, steps: int) -> list[str]:
+    """The pages reached from ``start`` by following each page's ``link`` ("next" or
+    "previous") at most ``steps`` times; a target that is not a page of the site ends it."""
     seen = [start]
     for _ in range(steps):
-        links = browser.find_elements(By.CSS_SELECTOR, selector)
-        if not links:
+        here = visits.get(seen[-1])
+        target = getattr(here, link) if here else None
+        if target is None:
             break
-        _open(browser, links[0].get_attribute("href"))
-        seen.append(re.sub(r"^https?://[^/]+/", "", browser.current_url).split("#")[0])
+        seen.append(target)
     return seen
 
 
-def test_previous_next_reach_every_chapter_in_order(server, browser):
-    forward = _walk(browser, server, "book/index.html", "a.right-next", 60)
+def test_previous_next_reach_every_chapter_in_order(visits):
+    forward = _walk(visits, "book/index.html", "next", 60)
     chapters = [p for p in forward if p.startswith("notebooks/")]
     assert chapters == [f"notebooks/{c}.html" for c in CHAPTERS], forward
-    backward = _walk(browser, server, f"notebooks/{CHAPTERS[-1]}.html", "a.left-prev",
-                     len(CHAPTERS))
+    backward = _walk(visits, f"notebooks/{CHAPTERS[-1]}.html", "previous", len(CHAPTERS))
     assert backward[: len(CHAPTERS)] == [f"notebooks/{c}.html" for c in reversed(CHAPTERS)]
     assert backward[len(CHAPTERS)] == "book/index.html"
