@@ -274,12 +274,18 @@ def _device_functions_for(cc: tuple[int, int]):
     ``get_current_device().compute_capability`` (``CUDADispatcher.compile_device``), which needs
     a driver even inside ``compile_ptx``. Inside this context that lookup answers ``cc``; the
     overloads the callees gain are removed on exit, so a later real launch in the same process
-    compiles them afresh for its own device.
+    compiles them afresh for its own device. They are kept aside for ``cc`` and put back the
+    next time this context opens for ``cc``: a device function called by several kernels is
+    compiled once per capability and argument types, not once per kernel (a fifth of
+    ``tests/test_cuda_compile.py``'s time).
     """
     from numba.cuda import dispatcher as dispatcher_module  # noqa: PLC0415  (Numba's CUDA target: slow, optional)
 
     callees = [d for d in _all_dispatchers() if is_device_function(d)]
     saved = [(d, dict(d.overloads)) for d in callees]
+    kept = _CALLEE_OVERLOADS.setdefault(cc, {})
+    for d, overloads in saved:
+        d.overloads.update({**kept.get(d, {}), **overloads})
     original = dispatcher_module.get_current_device
     dispatcher_module.get_current_device = lambda: _FakeDevice(cc)
     try:
@@ -287,8 +293,14 @@ def _device_functions_for(cc: tuple[int, int]):
     finally:
         dispatcher_module.get_current_device = original
         for d, overloads in saved:
+            kept[d] = {k: v for k, v in d.overloads.items() if k not in overloads}
             d.overloads.clear()
             d.overloads.update(overloads)
+
+
+_CALLEE_OVERLOADS: dict[tuple[int, int], dict] = {}
+"""``{cc: {device-function dispatcher: {argument types: overload compiled for cc}}}``, what
+:func:`_device_functions_for` compiled, kept between its uses."""
 
 
 def compile_numba(dispatcher, signatures, archs=ARCHS) -> dict[tuple[str, tuple[int, int]], str]:
