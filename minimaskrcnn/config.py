@@ -332,14 +332,32 @@ def keypoints_mini() -> Config:
 
 def lego_battery() -> Config:
     """Keypoint R-CNN without a mask head on the embedded lego-battery photographs
-    (:mod:`minimaskrcnn.data.lego_battery`: one class, 5 keypoints, no masks): ``keypoints-mini``
-    with ``mask_on=False`` (the set's masks would be its boxes: a mask head would learn boxes)
-    and 5 keypoints. Its other numbers are keypoints-mini's for now; a schedule tuned for these
-    photographs is issue 25's second item."""
+    (:mod:`minimaskrcnn.data.lego_battery`: one class, 5 keypoints, no masks; 27 train and 7
+    val images of 256 x 512 pixels): ``keypoints-mini``'s network with ``mask_on=False`` (the
+    set's masks would be its boxes) and 5 keypoints, and, from the experiments in
+    docs/keypoints.md ("Keypoint R-CNN on the lego-battery photographs"):
+
+    - 256-pixel crops at scale 1, so a crop holds the whole object and always lies inside the
+      photograph (a crop larger than the image is zero-padded *before* the per-image
+      standardisation: training then sees other pixel values than inference);
+    - anchors 16..256 with three sizes an octave (every training box has one at IoU >= 0.7);
+    - no flips: a mirror image of this box is the box seen from its other long side (the face
+      centres swap, the corners do not), and the flip pairs read from the names swap the
+      corners; desks are never upside down;
+    - scale jitter x1-1.25, gamma 0.8-1.25, channel gains 0.9-1.1 (the one lever that moved val);
+    - 900 iterations, milestones 600 / 800, warm-up 100 (about 9 minutes on two cores).
+
+    Measured (val, 7 images): box AP 0.448, OKS keypoint AP 0.171 (AP50 0.49): short of the 0.5
+    issue 25 asked for; train keypoint AP 0.98. The docs give the numbers and why."""
     base = keypoints_mini()
-    return Config(name="lego-battery",
-                  model=dataclasses.replace(base.model, mask_on=False, num_keypoints=5),
-                  train=base.train, eval=base.eval)
+    model = dataclasses.replace(
+        base.model, mask_on=False, num_keypoints=5, anchor_sizes=(16, 32, 64, 128, 256),
+        anchor_octave_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
+    train = dataclasses.replace(
+        base.train, crop_size=256, hflip_prob=0.0, vflip_prob=0.0, scale_jitter=(1.0, 1.25),
+        gamma_jitter=(0.8, 1.25), channel_gain_jitter=(0.9, 1.1), iterations=900,
+        warmup_iters=100, milestones=(600, 800), checkpoint_every=200, val_every=300)
+    return Config(name="lego-battery", model=model, train=train, eval=base.eval)
 
 
 def nuclei() -> Config:

@@ -42,7 +42,8 @@ __all__ = ["PRETRAINED", "WEIGHTS_DIR", "Metadata", "get_metadata", "list_weight
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "data", "weights")
 """Where the shipped weights live (package data)."""
 
-PRETRAINED = {"nuclei-mini-dsb2018": "nuclei-mini", "nuclei-dsb2018": "nuclei"}
+PRETRAINED = {"nuclei-mini-dsb2018": "nuclei-mini", "nuclei-dsb2018": "nuclei",
+              "lego-battery": "lego-battery"}
 """Shipped weights: ``{name: the preset they were trained as}``."""
 
 
