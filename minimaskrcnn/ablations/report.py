@@ -264,7 +264,9 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
             if with_paper:
                 lines.append("The paper's (same arms): " + _ranking(
                     {a.name: _paper_value(a.paper, key, sub) for a in with_paper}) + ".")
-        rs = results
+        # the cost of this table's own runs; another table's (``same_as``) cost nothing more
+        reused = [r for r in results if r.get("same_as")]
+        rs = [r for r in results if not r.get("same_as")] or results
         iters = sorted({int(r.get("iterations", 0)) for r in rs})
         per_it = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]
         # a run's cost from its median iteration (robust to a run paused or sharing the
@@ -277,7 +279,10 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
             f"{len(rs)} runs of {'/'.join(map(str, iters))} iterations on {'/'.join(map(str, ws))}"
             f" MPI rank(s): median {statistics.median(per_it) if per_it else float('nan'):.2f} "
             f"s/iteration, {statistics.fmean(walls) / 60:.1f} minutes a run (iterations x "
-            f"median s/iteration + evaluation), {sum(walls) / 3600:.1f} hours in all.")
+            f"median s/iteration + evaluation), {sum(walls) / 3600:.1f} hours in all"
+            + (f"; and {len(reused)} runs of "
+               + ", ".join(sorted({"/".join(r["same_as"]) for r in reused}))
+               + ", not retrained." if reused and len(rs) < len(results) else "."))
     for n in notes:
         lines.append(f"Warning: {n}.")
     return "\n".join(lines)
