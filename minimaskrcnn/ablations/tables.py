@@ -142,12 +142,6 @@ _C5 = {"model.features": "c5", "model.image_scale": 4.0,
 COCO's objects are on the paper's C5 network; at native size most nuclei are under half a cell
 and the C5 network detects almost none), the anchors scaled with the images (8-128 -> 32-512,
 the paper's C4 / C5 anchor sizes)."""
-_ESTIMATED = ("estimated, not yet measured: the s/iteration of each arm in a run of 8 to 10 "
-              "iterations with one process on the shared 2-core machine, relative to 2c's "
-              "RoIAlign / 2b's "
-              "sigmoid arm in the same conditions, times {ref}/iteration those measured with 2 "
-              "ranks")
-"""How Tables 3, 5 and 6's costs were estimated before their sweeps ran (docs/ablations.md)."""
 _MLP_DIMS = (256, 256)
 """The MLP mask head's hidden widths: the paper's fc 1024-1024, scaled as our FCN's 64 channels
 scale its 256."""
@@ -211,7 +205,7 @@ TABLES: dict[str, Table] = {
          Arm("mask", "Mask R-CNN: RoIAlign + mask head (= 2c's RoIAlign avg)", _roi("align"),
              paper={"bbox": (38.2,)}, same_as=("2c", "align"))),
         metrics=_BOX, primary=("bbox", "AP"), paper_keys=("bbox",),
-        run_seconds=600 * 0.55 + 40.0, cost_note=_ESTIMATED.format(ref="2c's 1.05 s")),
+        run_seconds=600 * 0.33 + 18.0),  # measured: 0.29-0.36 s/iteration, 15-23 s eval
     "5": Table(
         "5", "Multi-task learning: box, mask and keypoint heads",
         "ResNet-50-FPN, COCO minival, person category", "keypoints-mini on the generated "
@@ -228,7 +222,7 @@ TABLES: dict[str, Table] = {
              {"bbox": (52.0,), "segm": (45.1,), "keypoints": (64.7,)})),
         schedule="keypoints", preset="keypoints-mini", metrics=_BOX + _MASK + _KP,
         primary=("bbox", "AP"), rank_by=(("bbox", "AP"), ("segm", "AP"), ("keypoints", "AP")),
-        paper_keys=("bbox", "segm", "keypoints"), cost_note=_ESTIMATED.format(ref="2b's 0.17 s")),
+        paper_keys=("bbox", "segm", "keypoints")),
     "6": Table(
         "6", "RoI op for keypoints: RoIPool vs. RoIAlign",
         "ResNet-50-FPN, COCO minival, person keypoints", "keypoints-mini without a mask head "
@@ -241,7 +235,7 @@ TABLES: dict[str, Table] = {
              {"keypoints": (64.2, 86.6, 69.7)}, same_as=("5", "kp"))),
         schedule="keypoints", preset="keypoints-mini", metrics=_KP + _BOX,
         primary=("keypoints", "AP"), paper_keys=("keypoints",),
-        run_seconds=3000 * 0.16 + 10.0, cost_note=_ESTIMATED.format(ref="2b's 0.17 s")),
+        run_seconds=3000 * 0.167 + 3.0),  # measured (idle): 0.167 s/iteration, 2-4 s eval
 }
 """The paper's Table 2 sub-tables and Tables 3, 5 and 6 as arms (every arm runs).
 
@@ -374,7 +368,7 @@ SCHEDULES: dict[str, Schedule] = {
                        seconds_per_iteration=0.18, eval_seconds=4.0),
     "keypoints": Schedule("keypoints", iterations=3000, batch_size=4, crop_size=96,
                           checkpoint_every=100, preset="keypoints-mini",
-                          seconds_per_iteration=0.14, eval_seconds=10.0),
+                          seconds_per_iteration=0.12, eval_seconds=3.0),
     "smoke": Schedule("smoke", iterations=2, batch_size=2, crop_size=256, checkpoint_every=1),
 }
 """``short``: the nuclei tables' schedule, 600 iterations of batch 4 (2,400 crops: a fifth of the
@@ -384,8 +378,8 @@ of batch 4 whole 128 x 128 images (five times shapes-mini's own 600: at 600 the 
 masks have not yet crossed the 0.5 threshold, docs/ablations.md), 0.18 s/iteration with 2 MPI
 ranks, about 9.5 minutes a run. ``keypoints``: Tables 5 and 6's, 3000 iterations of batch 4
 whole 96 x 96 images of the keypoint triangles (five times keypoints-mini's own 600, as for 2b;
-its lr 0.005), estimated at 0.10 (box only) to 0.18 (keypoints and mask) s/iteration with 2 MPI
-ranks (not yet measured: Table 5's ``cost_note``), 5 to 9 minutes a run. ``smoke``: 2 iterations
+its lr 0.005), 0.050 (box only) to 0.176 (keypoints and mask) s/iteration with 2 MPI ranks
+(Table 5's runs, median 0.12), 2.5 to 9.5 minutes a run. ``smoke``: 2 iterations
 of batch 2, to check the machinery end to end."""
 
 
