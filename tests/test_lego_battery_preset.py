@@ -1,9 +1,10 @@
 """The ``lego-battery`` preset against the embedded photographs it trains on (issue 25): every
 training crop lies inside the (scaled) photograph, so no zero padding is standardised with it;
 a crop at the preset's scale holds every training object whole, and most sampled crops do;
-every training box has an anchor of the preset's RPN at IoU >= 0.5, at least 90 % one at 0.7. Each check reads the preset, so a later change of
-crop, scale, jitter or anchors that breaks one of these is caught here (docs/keypoints.md,
-"Keypoint R-CNN on the lego-battery photographs", says why each matters)."""
+every training box has an anchor of the preset's RPN at IoU >= 0.5, at least 90 % one at 0.7.
+Each check reads the preset, so a later change of crop, scale, jitter or anchors that breaks
+one of these is caught here (docs/keypoints.md, "Keypoint R-CNN on the lego-battery
+photographs", says why each matters)."""
 
 from __future__ import annotations
 

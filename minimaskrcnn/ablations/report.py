@@ -265,8 +265,9 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
                 lines.append("The paper's (same arms): " + _ranking(
                     {a.name: _paper_value(a.paper, key, sub) for a in with_paper}) + ".")
         # the cost of this table's own runs; another table's (``same_as``) cost nothing more
-        reused = [r for r in results if r.get("same_as")]
-        rs = [r for r in results if not r.get("same_as")] or results
+        own = [r for r in results if not r.get("same_as")]
+        reused = [r for r in results if r.get("same_as")] if own else []
+        rs = own or results
         iters = sorted({int(r.get("iterations", 0)) for r in rs})
         per_it = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]
         # a run's cost from its median iteration (robust to a run paused or sharing the
@@ -282,7 +283,7 @@ def format_table(table: str | Table, results: Sequence[dict]) -> str:
             f"median s/iteration + evaluation), {sum(walls) / 3600:.1f} hours in all"
             + (f"; and {len(reused)} runs of "
                + ", ".join(sorted({"/".join(r["same_as"]) for r in reused}))
-               + ", not retrained." if reused and len(rs) < len(results) else "."))
+               + ", not retrained." if reused else "."))
     for n in notes:
         lines.append(f"Warning: {n}.")
     return "\n".join(lines)
