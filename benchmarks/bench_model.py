@@ -38,20 +38,28 @@ import os
 if __name__ == "__main__":  # must happen before NumPy loads its BLAS
     _ap = argparse.ArgumentParser(add_help=False)
     _ap.add_argument("--blas-threads", type=int, default=1)
-    _threads = str(_ap.parse_known_args()[0].blas_threads)
+    _ap.add_argument("--threads", type=int, default=None)
+    _args = _ap.parse_known_args()[0]
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = _threads
+        os.environ[_var] = str(_args.blas_threads)
+    if _args.threads is not None:  # the RoI heads' threads in predict (backend.host_threads)
+        os.environ["MINIMASKRCNN_THREADS"] = str(_args.threads)
 
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from minimaskrcnn.backend import host_threads  # noqa: E402
 from minimaskrcnn.config import get_preset  # noqa: E402
 from minimaskrcnn.data import load_sample  # noqa: E402
 from minimaskrcnn.data.transforms import sample_crop, standardize  # noqa: E402
 from minimaskrcnn.model import StageTimer, build_model  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import sgemm_gflops  # noqa: E402
 
 STAGES = ("backbone_fpn", "rpn", "box_head", "mask_head", "backward")
 INFERENCE_STAGES = ("backbone_fpn", "rpn", "box_head", "mask_head", "postprocess")
@@ -90,24 +98,26 @@ def bench_training(model, images, targets, iters, rng):
     return statistics.median(totals), {s: statistics.median(v) for s, v in stages.items()}, n_gt, n_fg
 
 
-def bench_inference(model, n_images):
+def bench_inference(model, n_images, repeats=1):
     ds = load_sample("val")
     times, stages, dets, sizes = [], {s: [] for s in INFERENCE_STAGES}, [], []
     model.predict([standardize(ds[0][0])])  # warm-up
-    for i in range(min(n_images, len(ds))):
-        image = standardize(ds[i][0])
-        timer = StageTimer()
-        t0 = time.perf_counter()
-        out = model.predict([image], timer=timer)
-        times.append(time.perf_counter() - t0)
-        for s in stages:
-            stages[s].append(timer.seconds.get(s, 0.0))
-        dets.append(out[0]["boxes"].shape[0])
-        sizes.append(image.shape[1:])
+    for rep in range(repeats):
+        for i in range(min(n_images, len(ds))):
+            image = standardize(ds[i][0])
+            timer = StageTimer()
+            t0 = time.perf_counter()
+            out = model.predict([image], timer=timer)
+            times.append(time.perf_counter() - t0)
+            for s in stages:
+                stages[s].append(timer.seconds.get(s, 0.0))
+            if rep == 0:
+                dets.append(out[0]["boxes"].shape[0])
+                sizes.append(image.shape[1:])
     return statistics.median(times), {s: statistics.median(v) for s, v in stages.items()}, dets, sizes
 
 
-def run_torch(python, images, targets, n_val, iters, threads, max_dets):
+def run_torch(python, images, targets, n_val, iters, threads, max_dets, repeats=1):
     """Write the batch and the val images to an .npz and time torchvision on them."""
     import json  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
@@ -125,7 +135,7 @@ def run_torch(python, images, targets, n_val, iters, threads, max_dets):
         np.savez(path, **arrays)
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_model.py")
         out = subprocess.run([python, script, path, "--threads", str(threads), "--iters", str(iters),
-                              "--max-dets", str(max_dets)],
+                              "--max-dets", str(max_dets), "--repeats", str(repeats)],
                              check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -135,8 +145,14 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS_NUM_THREADS")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of one image's RoI heads in predict (MINIMASKRCNN_THREADS; "
+                         "default: the cores) and torch.set_num_threads for torchvision "
+                         "(default: --blas-threads)")
     ap.add_argument("--max-dets", type=int, default=None,
                     help="detections_per_img for the inference run (default: the preset's 500)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="passes over the val images for the inference medians")
     ap.add_argument("--torch", default=None, help="python of the torch venv: time torchvision too")
     args = ap.parse_args()
     cfg = get_preset("nuclei-mini")
@@ -144,8 +160,11 @@ def main():
     model = build_model(cfg, rng)
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
-          f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', 'default')}; "
+          f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', 'default')}, "
+          f"RoI-head threads in predict {host_threads(np.zeros(1, np.float32))}; "
           f"load average {os.getloadavg()[0]:.1f}")
+    print(f"sgemm (2048^3 float32, NumPy's BLAS): {sgemm_gflops(1):.0f} GFLOP/s on 1 thread, "
+          f"{sgemm_gflops(os.cpu_count()):.0f} on {os.cpu_count()}")
     images, targets = training_batch(cfg, np.random.default_rng(1))
     total, stages, n_gt, n_fg = bench_training(model, images, targets, args.iters, rng)
     print(f"\ntraining, nuclei-mini, batch 4 x 256x256 crops (instances per crop {n_gt}, "
@@ -161,9 +180,9 @@ def main():
 
         model.config = dataclasses.replace(model.config, detections_per_img=args.max_dets)
         model.roi_heads.detections_per_img = args.max_dets
-    t_img, stages, dets, sizes = bench_inference(model, args.images)
+    t_img, stages, dets, sizes = bench_inference(model, args.images, args.repeats)
     print(f"\ninference, untrained nuclei-mini, val images at native size {sizes}, "
-          f"detections {dets}, median seconds per image")
+          f"detections {dets}, median seconds per image over {args.repeats} passes")
     print("| stage | s/image |\n|---|---|")
     print(f"| backbone_fpn | {stages['backbone_fpn']:.3f} |")
     print(f"| rpn | {stages['rpn']:.3f} |")
@@ -174,8 +193,9 @@ def main():
 
     if args.torch:
         ours = sum(p.data.size for p in model.parameters())
-        res = run_torch(args.torch, images, targets, args.images, args.iters, args.blas_threads,
-                        model.config.detections_per_img)
+        torch_threads = args.blas_threads if args.threads is None else args.threads
+        res = run_torch(args.torch, images, targets, args.images, args.iters, torch_threads,
+                        model.config.detections_per_img, args.repeats)
         print(f"\ntorchvision on the same batch and images, {res['threads']} thread(s): "
               f"{res['params']:,} parameters (ours {ours:,}); training {res['train_s']:.3f} s/iter "
               f"(ours {total:.3f}); inference {res['infer_s']:.3f} s/image with detections "

@@ -43,3 +43,34 @@ def timed_tiers(exclude=()):
 
     return [t for t in backend.available_tiers()
             if t not in exclude and not (t == "cuda" and backend.cuda_simulator_enabled())]
+
+
+SGEMM_SNIPPET = """
+import time, numpy as np
+n = {n}
+a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+b = a.T.copy()
+a @ b
+times = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - t0)
+print(2 * n ** 3 / min(times) / 1e9)
+"""
+
+
+def sgemm_gflops(threads: int, n: int = 2048) -> float:
+    """The machine's float32 matrix-product rate, GFLOP/s: best of 5 ``(n x n) @ (n x n)``
+    products by NumPy's BLAS with ``threads`` threads, in a fresh interpreter (the BLAS reads
+    its thread count at load). The ceiling a model's products can reach on these cores: the
+    floor of an iteration is its FLOPs over this rate."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", SGEMM_SNIPPET.format(n=n)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])

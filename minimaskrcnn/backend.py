@@ -159,6 +159,76 @@ def blas_threads(n: int | None):
     return threadpool_limits(limits=n, user_api="blas")
 
 
+THREADS_ENV_VAR = "MINIMASKRCNN_THREADS"
+"""Environment variable: how many host threads one image's RoI work may use (see
+:func:`host_threads`)."""
+
+
+def host_threads(*arrays) -> int:
+    """How many threads a model stage may split one image's RoIs across on the CPU (the mask and
+    keypoint heads' RoIs in ``predict``, :func:`map_chunks`).
+
+    1 when the op tier is the NumPy reference (``MINIMASKRCNN_TIER=numpy``: the specification
+    stays plain and serial) and for CuPy arrays (the GPU parallelises itself). Otherwise
+    ``$MINIMASKRCNN_THREADS`` if set, else ``$NUMBA_NUM_THREADS`` if set (the MPI launcher sets
+    it to cores / ranks, so ranks never oversubscribe the cores), else the cores this process
+    may run on.
+
+    Raises:
+        ValueError: ``$MINIMASKRCNN_THREADS`` is not an integer >= 1.
+    """
+    if any(is_cupy_array(a) for a in arrays) or default_tier(*arrays) == "numpy":
+        return 1
+    value = os.environ.get(THREADS_ENV_VAR, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_ENV_VAR}={value!r} is not an integer >= 1")
+        return int(value)
+    numba_threads = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if numba_threads.isdigit() and int(numba_threads) >= 1:
+        return int(numba_threads)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.cache
+def _thread_pool(n: int):
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="minimaskrcnn")
+
+
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+    return ThreadpoolController()
+
+
+def map_chunks(fn: Callable, n: int, threads: int, min_chunk: int = 1) -> list:
+    """``[fn(0, b1), fn(b1, b2), ..., fn(bk, n)]``: ``fn`` on up to ``threads`` contiguous,
+    near-equal slices ``[start, stop)`` of ``n`` items, run on a persistent thread pool with the
+    BLAS library limited to one thread meanwhile (the products of a slice are too small for
+    BLAS threads; the cores are the slices' instead). NumPy releases the GIL inside its BLAS
+    calls and array loops, so slices of NumPy work run side by side.
+
+    ``fn`` must only read shared state (the layers' ``forward`` is such a function) and must
+    not call Numba's parallel kernels (its default ``workqueue`` threading layer is not
+    thread-safe). With ``threads <= 1``, or fewer than ``2 * min_chunk`` items, it is one call
+    ``fn(0, n)`` in the calling thread. The results are in slice order; an exception in any
+    slice is raised here.
+    """
+    k = max(1, min(int(threads), n // max(1, int(min_chunk))))
+    if k == 1:
+        return [fn(0, n)]
+    bounds = [(i * n) // k for i in range(k + 1)]
+    from concurrent.futures import wait  # noqa: PLC0415
+
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        futures = [_thread_pool(k).submit(fn, bounds[i], bounds[i + 1]) for i in range(k)]
+        wait(futures)  # every slice done before BLAS gets its threads back
+    return [f.result() for f in futures]
+
+
 # --------------------------------------------------------------------------------------------
 # Tier availability
 # --------------------------------------------------------------------------------------------

@@ -80,3 +80,59 @@ def test_blas_threads_limits_and_restores():
         with backend.blas_threads(1):
             assert set(blas_counts()) == {1}
         assert set(blas_counts()) == {2}
+
+
+def test_host_threads_follows_the_tier_and_the_environment(monkeypatch):
+    x = np.zeros(3, np.float32)
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    monkeypatch.setenv(backend.THREADS_ENV_VAR, "3")
+    assert backend.host_threads(x) == 3
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")  # the reference stays serial
+    assert backend.host_threads(x) == 1
+    monkeypatch.delenv(backend.ENV_VAR)
+    monkeypatch.delenv(backend.THREADS_ENV_VAR)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")  # what the MPI launcher sets: cores / ranks
+    assert backend.host_threads(x) == 2
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(backend.THREADS_ENV_VAR, bad)
+        with pytest.raises(ValueError, match=f"MINIMASKRCNN_THREADS='{bad}'"):
+            backend.host_threads(x)
+
+
+def test_map_chunks_slices_in_order_on_threads_with_one_blas_thread():
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    def blas_counts():
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    seen = []
+
+    def fn(start, stop):
+        seen.append((threading.get_ident(), blas_counts()))
+        return list(range(start, stop))
+
+    with backend.blas_threads(2):
+        parts = backend.map_chunks(fn, 10, 3)
+        after = blas_counts()
+    assert parts == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]  # near-equal, contiguous, in order
+    assert all(ident != threading.get_ident() for ident, _ in seen)  # on the pool's threads
+    if after:  # a BLAS visible to threadpoolctl: one thread inside, restored after
+        assert all(counts == {1} for _, counts in seen) and after == {2}
+    # serial: one call in the calling thread, for 1 thread or too few items
+    seen.clear()
+    assert backend.map_chunks(fn, 10, 1) == [list(range(10))]
+    assert backend.map_chunks(fn, 10, 4, min_chunk=6) == [list(range(10))]
+    assert backend.map_chunks(fn, 10, 4, min_chunk=5) == [list(range(5)), list(range(5, 10))]
+    assert seen[0][0] == threading.get_ident() and seen[1][0] == threading.get_ident()
+
+
+def test_map_chunks_raises_a_slice_error():
+    def fn(start, stop):
+        if start:
+            raise ValueError(f"slice {start}:{stop} refused")
+        return start
+
+    with pytest.raises(ValueError, match="slice 5:10 refused"):
+        backend.map_chunks(fn, 10, 2)

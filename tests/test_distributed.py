@@ -7,6 +7,7 @@ test instead of the suite. They skip when mpi4py or mpiexec is missing (``pip in
 'minimaskrcnn[mpi]'``; CI installs it).
 """
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minimaskrcnn import distributed as dist
 from minimaskrcnn.nn.module import Param
@@ -277,6 +280,83 @@ def test_split_batch_errors():
         dist.split_batch(0, FakeComm(0, 1))
 
 
+def test_assign_by_cost_longest_first_to_the_least_loaded_rank():
+    # by hand: 58 -> rank 0; 37 -> rank 1; 36 -> rank 1 (37 < 58); 35 -> rank 0 (58 < 73)
+    assert dist.assign_by_cost([58, 37, 36, 35], 2) == [[0, 3], [1, 2]]
+    # one crop as costly as the three others together: 3 images on one rank, 1 on the other
+    assert dist.assign_by_cost([90, 30, 30, 30], 2) == [[0], [1, 2, 3]]
+    # equal costs: round robin in position order, as many images per rank
+    assert dist.assign_by_cost([1.0] * 6, 3) == [[0, 3], [1, 4], [2, 5]]
+    assert dist.assign_by_cost([5, 1], 1) == [[0, 1]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3).flatmap(lambda w: st.tuples(
+    st.just(w), st.lists(st.integers(0, 60), min_size=w, max_size=7))))
+def test_assign_by_cost_partitions_within_grahams_bound(case):
+    w, counts = case
+    costs = [25 + c for c in counts]
+    shares = dist.assign_by_cost(costs, w)
+    assert sorted(k for share in shares for k in share) == list(range(len(costs)))
+    assert all(share == sorted(share) and share for share in shares)  # sorted, none empty
+    best = min(max(sum(costs[k] for k in range(len(costs)) if owner[k] == r) for r in range(w))
+               for owner in itertools.product(range(w), repeat=len(costs)))
+    worst = max(sum(costs[k] for k in share) for share in shares)
+    assert worst <= (4 / 3 - 1 / (3 * w)) * best + 1e-9  # Graham's bound for LPT
+
+
+def test_balance_batch_shares_the_batch_by_instances():
+    instances = [10, 56, 49, 7]  # contiguous blocks would give 66 and 56 instances
+    shares = [dist.balance_batch(instances, FakeComm(r, 2)) for r in range(2)]
+    assert shares == [[1, 3], [0, 2]]  # 63 and 59 instances
+    assert dist.balance_batch(instances, FakeComm(0, 1)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="3 images cannot be shared by 4 ranks"):
+        dist.balance_batch([1, 2, 3], FakeComm(0, 4))
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        dist.balance_batch([1, -30], FakeComm(0, 2))
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        dist.balance_batch([1, float("nan")], FakeComm(0, 1))
+
+
+def test_plan_roi_transfers_evens_the_work_out():
+    # equal images: equal RoIs; rank 0 hands its surplus to rank 1
+    assert dist.plan_roi_transfers([30, 10], [2, 2]) == [(0, 1, 10)]
+    # rank 0 has 3 images (75 instances of work) and rank 1 one (25): all 10 RoIs to rank 1
+    assert dist.plan_roi_transfers([5, 5], [3, 1]) == [(0, 1, 5)]
+    assert dist.plan_roi_transfers([4, 4], [2, 2]) == []  # already even
+    assert dist.plan_roi_transfers([5, 4], [2, 2]) == []  # one RoI apart: as even as can be
+    assert dist.plan_roi_transfers([9, 0, 0], [1, 1, 1]) == [(0, 1, 3), (0, 2, 3)]
+    assert dist.plan_roi_transfers([0, 2, 10], [1, 1, 1]) == [(2, 0, 4), (2, 1, 2)]
+    assert dist.plan_roi_transfers([0, 0], [2, 2]) == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 4)), min_size=1, max_size=5))
+def test_plan_roi_transfers_conserves_and_balances(ranks):
+    rois, images = [r for r, _ in ranks], [i for _, i in ranks]
+    after = list(rois)
+    for src, dst, n in dist.plan_roi_transfers(rois, images):
+        assert n > 0 and src != dst
+        after[src] -= n
+        after[dst] += n
+    assert sum(after) == sum(rois) and min(after) >= 0
+    senders = {s for s, _, _ in dist.plan_roi_transfers(rois, images)}
+    receivers = {d for _, d, _ in dist.plan_roi_transfers(rois, images)}
+    assert not senders & receivers  # no RoI passes through a rank
+    work = [25 * i + a for i, a in zip(images, after, strict=True)]
+    # a rank left with RoIs is at most one RoI above the least loaded rank
+    assert all(work[r] <= min(work) + 1 for r in range(len(work)) if after[r]), (work, after)
+
+
+def test_roi_exchange_in_one_process_is_the_identity():
+    ex = dist.RoIExchange(dist.SingleProcessComm(), images=4)
+    arrays = (np.ones((3, 2, 2), np.float32), np.arange(3))
+    held, plan = ex.scatter(arrays)
+    assert held is arrays
+    grad = np.zeros((3, 2, 2), np.float32)
+    assert ex.gather_gradient(grad, plan) is grad
+
+
 # -- the launcher's choices ---------------------------------------------------------------------
 
 
@@ -426,6 +506,27 @@ elif scenario == "gather":
         raise AssertionError("split_batch(3) under 2 ranks did not raise")
     say("OK")
 
+elif scenario == "exchange":
+    # rank 0 holds 7 RoIs, rank 1 holds 1, both with 2 images: rank 0 hands its last 3 over
+    n = 7 if c.rank == 0 else 1
+    feats = (np.arange(n * 4, dtype=np.float32).reshape(n, 2, 2) + 100 * c.rank)
+    labels = np.arange(n) + 10 * c.rank
+    ex = d.RoIExchange(c, images=2)
+    (held, held_labels), plan = ex.scatter((feats, labels))
+    assert held.shape[0] == 4 and held_labels.shape[0] == 4
+    if c.rank == 0:
+        assert held_labels.tolist() == [0, 1, 2, 3]
+    else:  # its own RoI first, then rank 0's last three, in order
+        assert held_labels.tolist() == [10, 4, 5, 6], held_labels
+        assert np.array_equal(held[1:], np.arange(16, 28, dtype=np.float32).reshape(3, 2, 2))
+    # a gradient that names each held RoI comes back to the RoI's owner, in its order
+    back = ex.gather_gradient(held * 2 + 1, plan)
+    assert np.array_equal(back, feats * 2 + 1), (back, feats)
+    # balanced already: no alltoall, the arrays pass through
+    same, plan = ex.scatter((np.ones((3, 2)),))
+    assert same[0].shape == (3, 2) and ex.gather_gradient(same[0], plan) is same[0]
+    say("OK")
+
 elif scenario == "mismatch":
     ps = params(seed=0)
     if c.rank == 1:
@@ -484,7 +585,7 @@ def run_mpi(script, scenario, timeout=60):
 
 
 @needs_mpi
-@pytest.mark.parametrize("scenario", ["broadcast", "allreduce", "gather"])
+@pytest.mark.parametrize("scenario", ["broadcast", "allreduce", "gather", "exchange"])
 def test_collectives_under_mpiexec(script, scenario):
     out, _ = run_mpi(script, scenario)
     assert out.returncode == 0, out.stdout + out.stderr

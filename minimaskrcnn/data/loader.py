@@ -22,7 +22,13 @@ import enum
 import numpy as np
 
 from minimaskrcnn.data.coco import CocoDataset
-from minimaskrcnn.data.transforms import NO_AUGMENTATION, Augmentation, sample_crop, standardize
+from minimaskrcnn.data.transforms import (
+    NO_AUGMENTATION,
+    Augmentation,
+    crop_instances,
+    sample_crop,
+    standardize,
+)
 
 __all__ = ["Stream", "TrainBatches", "sample_rng"]
 
@@ -125,9 +131,19 @@ class TrainBatches:
         ks = range(self.batch_size) if ks is None else ks
         return [iteration * self.batch_size + int(k) for k in ks]
 
+    def instance_counts(self, iteration: int) -> list[int]:
+        """The instances of each crop of the batch of ``iteration`` (``batch_size`` ints), from
+        the annotations alone (:func:`~minimaskrcnn.data.transforms.crop_instances`, the same
+        draws as :meth:`batch`): what every data-parallel rank knows of the batch's work before
+        the forward pass, cheaply (no image is read)."""
+        return [crop_instances(self.dataset, self.image_index(p), self.crop_size,
+                               sample_rng(self.seed, Stream.CROPS, p),
+                               image_scale=self.image_scale, augment=self.augment)
+                for p in self.positions(iteration)]
+
     def batch(self, iteration: int, ks=None) -> list[tuple[np.ndarray, dict]]:
         """The batch of ``iteration``, or only its images ``ks`` (a data-parallel rank's share,
-        :func:`minimaskrcnn.distributed.split_batch`): each image is a function of its
+        :func:`minimaskrcnn.distributed.balance_batch`): each image is a function of its
         sample number alone, so a share is exactly those images of the whole batch.
 
         Raises:

@@ -344,6 +344,37 @@ def random_crop_flip(image: np.ndarray, target: dict, crop_size: int, hflip_prob
                    target.get("image_id"), hflip, vflip, kp, flip_pairs, after)
 
 
+def _boxes_meeting(boxes: np.ndarray, src) -> np.ndarray:
+    """Indices of the ``(G, 4)`` boxes that meet the source window ``(y0, x0, y1, x1)``."""
+    sy0, sx0, sy1, sx1 = src
+    return np.flatnonzero((boxes[:, 0] < sx1) & (boxes[:, 2] > sx0)
+                          & (boxes[:, 1] < sy1) & (boxes[:, 3] > sy0))
+
+
+def crop_instances(dataset: CocoDataset, index: int, crop_size: int, rng: np.random.Generator,
+                   *, image_scale: float = 1.0, augment: Augmentation = NO_AUGMENTATION) -> int:
+    """How many annotated instances the crop of :func:`sample_crop` with the same arguments and
+    a generator in the same state holds, without reading the image or decoding a mask: the
+    annotations whose box meets the first window it draws (the same draws). An estimate of the
+    crop's work known before the forward pass (each instance brings its foreground RoIs to the
+    mask and keypoint heads), for balancing data-parallel ranks
+    (:func:`minimaskrcnn.distributed.balance_batch`). It differs from ``len(target["boxes"])``
+    only when a box meets the window but its mask does not, or when the first window holds no
+    instance and :func:`sample_crop` draws another.
+
+    Raises:
+        IndexError: ``index`` out of range.
+    """
+    info = dataset.image_info(index)
+    h, w = int(info["height"]), int(info["width"])
+    anns = dataset.annotations(index)
+    boxes = np.array([dataset.ann_box(index, a) for a in anns]).reshape(-1, 4)
+    image_scale = augment.draw_scale(image_scale, rng)
+    big_h, big_w = (h, w) if image_scale == 1 else scaled_size(h, w, image_scale)
+    y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
+    return int(_boxes_meeting(boxes, _window(h, w, big_h, big_w, y0, x0, crop_size).src).size)
+
+
 def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: float,
                 vflip_prob: float, rng: np.random.Generator, *,
                 max_tries: int = MAX_CROP_TRIES, image_scale: float = 1.0,
@@ -372,8 +403,7 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
         y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
         win = _window(h, w, big_h, big_w, y0, x0, crop_size)
         sy0, sx0, sy1, sx1 = win.src
-        near = np.flatnonzero((boxes[:, 0] < sx1) & (boxes[:, 2] > sx0)
-                              & (boxes[:, 1] < sy1) & (boxes[:, 3] > sy0))
+        near = _boxes_meeting(boxes, win.src)
         cut = win.masks(dataset.decode_masks(index, [anns[i] for i in near], win.src), crop_size)
         keep = cut.reshape(cut.shape[0], crop_size * crop_size).any(axis=1)
         if keep.any() or not anns:

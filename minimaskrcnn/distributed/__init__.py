@@ -3,7 +3,9 @@ and the launcher (Detectron2's ``utils/comm.py`` and ``engine/launch.py``).
 
     comm.py         Comm (mpi4py's spelling), SingleProcessComm, MPIComm, get_comm,
                     launched_by_mpi, main_only; abort_on_error / install_excepthook / error_line
-    collectives.py  shard_range, shard, split_batch (splitting the work); allreduce_gradients,
+    collectives.py  shard_range, shard, split_batch, balance_batch / assign_by_cost (splitting
+                    the work; a batch by its crops' instances), RoIExchange /
+                    plan_roi_transfers (the mask head's RoIs evened out); allreduce_gradients,
                     bind_gradient_buffer (one fused MPI_Allreduce); allreduce_sum,
                     gather_to_main, broadcast_parameters
     consistency.py  parameter_digests / parameter_checksum / check_parameters_equal,
@@ -21,11 +23,16 @@ above the backend: imports only :mod:`minimaskrcnn.backend`, NumPy and the stand
 from __future__ import annotations
 
 from minimaskrcnn.distributed.collectives import (
+    IMAGE_COST_IN_INSTANCES,
+    RoIExchange,
     allreduce_gradients,
     allreduce_sum,
+    assign_by_cost,
+    balance_batch,
     bind_gradient_buffer,
     broadcast_parameters,
     gather_to_main,
+    plan_roi_transfers,
     shard,
     shard_range,
     split_batch,
@@ -61,12 +68,12 @@ from minimaskrcnn.distributed.launch import (
 )
 
 __all__ = [
-    "FORCE_ENV_VAR", "IN_PLACE", "MPI_LAUNCHER_ENV_VARS", "SUM", "Comm", "MPIComm",
-    "ParameterMismatchError", "SingleProcessComm", "abort_on_error", "allreduce_gradients",
-    "allreduce_sum", "bind_gradient_buffer", "broadcast_parameters", "check_parameters_equal",
+    "FORCE_ENV_VAR", "IMAGE_COST_IN_INSTANCES", "IN_PLACE", "MPI_LAUNCHER_ENV_VARS", "SUM", "Comm", "MPIComm",
+    "ParameterMismatchError", "RoIExchange", "SingleProcessComm", "abort_on_error", "allreduce_gradients",
+    "allreduce_sum", "assign_by_cost", "balance_batch", "bind_gradient_buffer", "broadcast_parameters", "check_parameters_equal",
     "choose_workers", "error_line", "file_fingerprint", "find_mpiexec", "first_disagreement",
     "gather_to_main", "get_comm",
     "install_excepthook", "launched_by_mpi", "main_only", "parameter_checksum",
-    "parameter_digests", "relaunch_under_mpi", "shard", "shard_range", "split_batch",
+    "parameter_digests", "plan_roi_transfers", "relaunch_under_mpi", "shard", "shard_range", "split_batch",
     "usable_cores",
 ]

@@ -7,8 +7,11 @@ The scheme (ChainerMN and Horovod work this way)
 ``mpiexec -n W minimaskrcnn train ...`` starts W processes (*ranks*), on one machine or several.
 Every rank holds the whole model. For every global batch of ``B`` images (``B % W == 0``):
 
-1. rank ``r`` runs forward and backward on its own contiguous share of the batch, the positions
-   :func:`split_batch` returns (``r*B/W .. (r+1)*B/W - 1``);
+1. rank ``r`` runs forward and backward on its own share of the batch: the positions
+   :func:`balance_batch` deals it by the crops' instances (the training loop), so that the
+   ranks' passes take about as long; :func:`split_batch` is the plain rule, contiguous blocks
+   ``r*B/W .. (r+1)*B/W - 1`` (a rank may hold more or fewer than ``B/W`` images under the first:
+   step 2 makes any split exact);
 2. the loss normalisers that torchvision takes over the *whole* batch (sampled anchors, sampled
    RoIs, foreground RoIs for the mask loss) are each rank's counts summed with
    :func:`allreduce_sum` *before* dividing, so a rank's loss is its share of the one-process loss
@@ -121,6 +124,154 @@ def split_batch(global_batch_size: int, comm: Comm | None = None) -> list[int]:
             f"another number of ranks)")
     per = b // w
     return list(range(comm.rank * per, (comm.rank + 1) * per))
+
+
+IMAGE_COST_IN_INSTANCES = 25.0
+"""The work of one training crop besides its instances, in instances (:func:`balance_batch`):
+a nuclei-mini crop costs about 0.117 s one-thread forward + backward whatever it holds
+(backbone, FPN, RPN, 512 box-head RoIs) plus about 4.5 ms per foreground RoI (the mask head),
+measured on the 2-core machine (docs/performance.md)."""
+
+
+def assign_by_cost(costs, world: int) -> list[list[int]]:
+    """Positions ``0..B-1`` of a batch dealt to ``world`` ranks by cost: longest processing time
+    first (Graham 1969), each position in decreasing cost (ties: lower position first) to the
+    rank with the least cost so far (ties: fewer images, then lower rank). Deterministic, so
+    every rank computes the same assignment; each rank's positions come back sorted. With
+    ``B >= world`` every rank gets at least one image, and the costliest rank holds at most
+    4/3 of the optimum.
+
+    Raises:
+        ValueError: fewer positions than ranks, or a cost that is not a finite number >= 0.
+    """
+    costs = [float(c) for c in costs]
+    if world < 1 or len(costs) < world:
+        raise ValueError(f"{len(costs)} images cannot be shared by {world} ranks: every rank "
+                         "needs at least one")
+    if not all(np.isfinite(c) and c >= 0 for c in costs):
+        raise ValueError(f"costs must be finite numbers >= 0, got {costs}")
+    loads, shares = [0.0] * world, [[] for _ in range(world)]
+    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        r = min(range(world), key=lambda r: (loads[r], len(shares[r]), r))
+        loads[r] += costs[k]
+        shares[r].append(k)
+    return [sorted(share) for share in shares]
+
+
+def balance_batch(instances, comm: Comm | None = None, *,
+                  image_cost: float = IMAGE_COST_IN_INSTANCES) -> list[int]:
+    """This rank's positions in a batch whose crops hold ``instances`` (B ints, the same list on
+    every rank, e.g. :meth:`~minimaskrcnn.data.loader.TrainBatches.instance_counts`): the batch
+    dealt by :func:`assign_by_cost` with cost ``image_cost + instances`` per crop, so the ranks
+    finish their forward and backward at about the same time (the mask head's work grows with
+    the instances). A rank may hold more images than another; the loss normalisers are summed
+    over the ranks, so the W ranks still compute the gradient of one process. One process:
+    ``[0, ..., B-1]``.
+
+    Raises:
+        ValueError: fewer images than ranks, or a negative / non-finite count.
+    """
+    comm = resolve(comm)
+    costs = [image_cost + float(n) for n in instances]
+    if comm.size == 1:
+        assign_by_cost(costs, 1)  # the same checks
+        return list(range(len(costs)))
+    return assign_by_cost(costs, comm.size)[comm.rank]
+
+
+def plan_roi_transfers(rois, images, image_cost: float = IMAGE_COST_IN_INSTANCES) -> list:
+    """Which RoIs the ranks pass to each other so that their work evens out: ``[(src, dst, n),
+    ...]``, rank ``src`` hands its last ``n`` RoIs to rank ``dst``.
+
+    Rank ``r`` holds ``rois[r]`` RoIs of a head and ``images[r]`` images; its work is counted as
+    ``image_cost * images[r] + RoIs`` (the unit of :func:`balance_batch`: one RoI of the mask
+    head weighs about one instance). The RoIs are dealt one by one to the rank with the least
+    work so far (ties: lower rank), which gives each rank its target; the ranks above target
+    then hand their surplus to those below, both taken in rank order. Deterministic: every rank
+    computes the same plan from the same allgathered counts. No transfer when the ranks already
+    hold their targets.
+    """
+    world = len(rois)
+    work = [image_cost * float(n) for n in images]
+    target = [0] * world
+    for _ in range(int(sum(rois))):
+        r = min(range(world), key=lambda r: (work[r] + target[r], r))
+        target[r] += 1
+    surplus = [(r, int(rois[r]) - target[r]) for r in range(world) if rois[r] > target[r]]
+    deficit = [(r, target[r] - int(rois[r])) for r in range(world) if rois[r] < target[r]]
+    transfers, i, j = [], 0, 0
+    while i < len(surplus) and j < len(deficit):
+        (src, give), (dst, take) = surplus[i], deficit[j]
+        n = min(give, take)
+        transfers.append((src, dst, n))
+        surplus[i], deficit[j] = (src, give - n), (dst, take - n)
+        i += surplus[i][1] == 0
+        j += deficit[j][1] == 0
+    return transfers
+
+
+class RoIExchange:
+    """Evens out one head's RoIs over the data-parallel ranks, inside a training iteration.
+
+    The mask head's work grows with a rank's foreground RoIs, which no split of whole images
+    can always balance (the crops of a batch differ in instances). After pooling, each rank
+    calls :meth:`scatter` with its RoIs' pooled features and targets: the ranks with more work
+    hand their last RoIs to those with less (:func:`plan_roi_transfers`, one ``alltoall``), and
+    every rank runs the head, its loss and the head's backward on the RoIs it then holds. The
+    loss normaliser is the batch's foreground count summed over the ranks, so the loss terms
+    and the parameter gradients (summed by the allreduce) are those of one process up to float
+    summation order. :meth:`gather_gradient` returns the gradients of the passed RoIs' pooled
+    features to their owners (a second ``alltoall``), which run the pooler's backward into
+    their own feature maps.
+
+    Args:
+        comm: the communicator; images: this rank's images in the batch (their fixed work).
+    """
+
+    def __init__(self, comm: Comm, images: int, image_cost: float = IMAGE_COST_IN_INSTANCES):
+        self.comm = comm
+        self.images = int(images)
+        self.image_cost = float(image_cost)
+
+    def scatter(self, arrays: tuple):
+        """``arrays``: this rank's RoIs, arrays with the same first axis R (pooled features,
+        targets, labels). Returns ``(arrays it holds now, plan)``: the first ``keep`` of its own
+        RoIs, then those received, by source rank; ``plan`` is for :meth:`gather_gradient`."""
+        comm, rank = self.comm, self.comm.rank
+        n = int(arrays[0].shape[0])
+        counts = comm.allgather((n, self.images))
+        transfers = plan_roi_transfers([c[0] for c in counts], [c[1] for c in counts],
+                                       self.image_cost)
+        sent = [(dst, k) for src, dst, k in transfers if src == rank]
+        received = [(src, k) for src, dst, k in transfers if dst == rank]
+        keep = n - sum(k for _, k in sent)
+        plan = (keep, sent, received, bool(transfers))
+        if not transfers:  # the same on every rank: no alltoall anywhere
+            return arrays, plan
+        xp = get_array_module(arrays[0])
+        outgoing, start = [None] * comm.size, keep
+        for dst, k in sent:
+            outgoing[dst] = tuple(to_numpy(a[start:start + k]) for a in arrays)
+            start += k
+        incoming = comm.alltoall(outgoing)
+        held = tuple(xp.concatenate([a[:keep]] + [xp.asarray(incoming[src][i])
+                                                  for src, _ in received])
+                     for i, a in enumerate(arrays))
+        return held, plan
+
+    def gather_gradient(self, grad, plan):
+        """``grad``: the gradient of :meth:`scatter`'s first array as this rank holds it.
+        Returns the gradient of this rank's own RoIs, in their original order."""
+        keep, sent, received, any_transfer = plan
+        if not any_transfer:
+            return grad
+        xp = get_array_module(grad)
+        outgoing, start = [None] * self.comm.size, keep
+        for src, k in received:
+            outgoing[src] = to_numpy(grad[start:start + k])
+            start += k
+        incoming = self.comm.alltoall(outgoing)
+        return xp.concatenate([grad[:keep]] + [xp.asarray(incoming[dst]) for dst, _ in sent])
 
 
 # --------------------------------------------------------------------------------------------

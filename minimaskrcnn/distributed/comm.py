@@ -135,6 +135,11 @@ class Comm:
         """Every rank gets ``root``'s ``obj`` (pickled)."""
         raise NotImplementedError
 
+    def alltoall(self, objs: list) -> list:
+        """Rank ``r`` sends ``objs[d]`` to rank ``d`` and gets ``[what rank 0 sent to r, what
+        rank 1 sent to r, ...]`` (pickled; ``MPI_Alltoall``). ``len(objs)`` must be ``size``."""
+        raise NotImplementedError
+
     def barrier(self) -> None:
         """Wait until every rank is here."""
         raise NotImplementedError
@@ -169,6 +174,11 @@ class SingleProcessComm(Comm):
     def bcast(self, obj, root=0):
         check_root(root, 1)
         return obj
+
+    def alltoall(self, objs):
+        if len(objs) != 1:
+            raise ValueError(f"alltoall: one object per rank (1), got {len(objs)}")
+        return list(objs)
 
     def barrier(self):
         pass
@@ -210,6 +220,9 @@ class MPIComm(Comm):
 
     def bcast(self, obj, root=0):
         return self.mpi_comm.bcast(obj, root=root)
+
+    def alltoall(self, objs):
+        return self.mpi_comm.alltoall(objs)
 
     def barrier(self):
         self.mpi_comm.Barrier()

@@ -39,8 +39,9 @@ def find_mpiexec() -> str | None:
 
 def choose_workers(requested: int | None, batch_size: int, cores: int) -> int:
     """How many data-parallel processes to run: ``requested``, or (``None``) the most that the
-    ``cores`` allow and that divide ``batch_size`` (each rank takes an equal share of every
-    batch, :func:`~minimaskrcnn.distributed.split_batch`).
+    ``cores`` allow and that divide ``batch_size`` (:func:`~minimaskrcnn.distributed.split_batch`
+    checks it; the loop then deals each batch by its crops' instances,
+    :func:`~minimaskrcnn.distributed.balance_batch`).
 
     Raises:
         ValueError: a requested number < 1 or one that does not divide the batch size.

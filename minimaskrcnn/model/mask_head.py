@@ -134,6 +134,10 @@ class MaskRCNNPredictor(Module):
         """torchvision's init: Kaiming normal (fan_out, ReLU), zero bias."""
         kaiming_init_([self.conv5_mask, self.mask_fcn_logits], rng)
 
+    def output_size(self, pooled_size: int) -> int:
+        """M for an ``S x S`` input: ``2 S`` (the deconv's stride)."""
+        return 2 * pooled_size
+
     def forward(self, x):
         h, c5 = self.conv5_mask.forward(x)  # (R, d, 2S, 2S)
         h, cr = self.relu.forward(h)
@@ -201,6 +205,10 @@ class MaskRCNNMLPPredictor(Module):
 
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """Nothing: torch's Linear default init (the constructor's)."""
+
+    def output_size(self, pooled_size: int) -> int:
+        """M, whatever the input: ``mask_size``."""
+        return self.mask_size
 
     def forward(self, x):
         m = self.mask_size

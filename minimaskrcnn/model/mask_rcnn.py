@@ -197,7 +197,7 @@ class MaskRCNN(Stage):
     # -- training -----------------------------------------------------------------------------
 
     def forward_train(self, images, targets, rng, *, proposals=None, timer=None,
-                      sum_counts=identity_count):
+                      sum_counts=identity_count, roi_exchange=None):
         """One training forward pass, stage by stage.
 
         Args:
@@ -217,6 +217,9 @@ class MaskRCNN(Stage):
                 ``keypoint_head``).
             sum_counts: sums each loss normaliser over data-parallel ranks (identity: one
                 process holds the whole batch).
+            roi_exchange: data-parallel only: a
+                :class:`~minimaskrcnn.distributed.collectives.RoIExchange` that evens the mask
+                head's RoIs out over the ranks (:meth:`RoIHeads.forward_train`).
 
         Returns:
             ``(proposals, losses, cache)``: the RPN's proposals (list of N ``(P_i, 4)``),
@@ -238,7 +241,7 @@ class MaskRCNN(Stage):
                 pyramid, images, targets, rng, proposals=proposals, sum_counts=sum_counts)
         _, roi_losses, c_roi_heads = self.roi_heads.forward_train(
             self._roi_maps(pyramid), proposals, images, targets, rng, sum_counts=sum_counts,
-            timer=timer)
+            timer=timer, roi_exchange=roi_exchange)
         losses = {**rpn_losses, **roi_losses}
         return proposals, losses, MaskRCNNCache(c_backbone, c_fpn, c_rpn, c_roi_heads)
 

@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.backend import get_array_module, host_threads, map_chunks, to_numpy
 from minimaskrcnn.model.box_head import (
     SampledRoIs,
     build_box_branch,
@@ -104,6 +104,36 @@ def branch_forward(pool, head, predictor, features, rois, image_shape):
     return out, BranchCache(c_pool, c_head, c_predictor)
 
 
+MIN_ROIS_PER_THREAD = 8
+""":func:`branch_predict` gives a thread at least this many RoIs (fewer: not worth a thread)."""
+
+
+def branch_predict(pool, head, predictor, features, rois, image_shape):
+    """Inference of one branch (no cache): the outputs of :func:`branch_forward`, with the head
+    and predictor run on slices of the pooled RoIs side by side on :func:`host_threads` threads
+    (:func:`~minimaskrcnn.backend.map_chunks`, one BLAS thread each). The pooler runs once, on
+    all RoIs (its kernel has its own threads). Each RoI's result is the serial one up to float
+    summation order (a slice's matrix products are blocked differently); with the NumPy
+    reference tier it is one serial call, exactly :func:`branch_forward`.
+
+    Returns:
+        the predictor's outputs (an array, or a tuple of arrays), RoIs along axis 0.
+    """
+    pooled, _ = pool.forward(features, rois, image_shape)  # (R, C, P, P)
+
+    def run(start, stop):
+        x, _ = head.forward(pooled[start:stop])
+        return predictor.forward(x)[0]
+
+    parts = map_chunks(run, pooled.shape[0], host_threads(pooled), MIN_ROIS_PER_THREAD)
+    if len(parts) == 1:
+        return parts[0]
+    xp = get_array_module(pooled)
+    if isinstance(parts[0], tuple):
+        return tuple(xp.concatenate(p, axis=0) for p in zip(*parts, strict=True))
+    return xp.concatenate(parts, axis=0)
+
+
 def branch_backward(pool, head, predictor, d_out, cache: BranchCache):
     """Mirror of :func:`branch_forward`: d predictor outputs -> d P2..P5 (list of
     ``(N, C, H_l, W_l)``), accumulating the parts' parameter gradients."""
@@ -161,6 +191,7 @@ class MaskCache(NamedTuple):
 
     branch: BranchCache
     d_mask_logits: object
+    exchange: tuple | None = None  # (RoIExchange, its plan): the RoIs moved between ranks
 
 
 class KeypointCache(NamedTuple):
@@ -256,7 +287,7 @@ class RoIHeads(Stage):
     # -- training -----------------------------------------------------------------------------
 
     def forward_train(self, features, proposals, images, targets, rng, *,
-                      sum_counts=identity_count, timer=None):
+                      sum_counts=identity_count, timer=None, roi_exchange=None):
         """Sample RoIs among the proposals; the box, mask (and keypoint) losses.
 
         Args:
@@ -270,6 +301,10 @@ class RoIHeads(Stage):
             sum_counts: sums each normaliser (R, Rf, valid keypoints) over data-parallel ranks.
             timer: optional :class:`~minimaskrcnn.model.timing.StageTimer` (``box_head``,
                 ``mask_head``, ``keypoint_head``).
+            roi_exchange: data-parallel only, a
+                :class:`~minimaskrcnn.distributed.collectives.RoIExchange`: the mask head's
+                foreground RoIs evened out over the ranks after pooling (``None``: every rank
+                runs the mask head on its own RoIs).
 
         Returns:
             ``(SampledRoIs, losses, RoIHeadsCache)``: losses ``loss_classifier``,
@@ -287,7 +322,7 @@ class RoIHeads(Stage):
             with timer("mask_head"):
                 mask_losses, c_mask = self._mask_forward_train(
                     features, foreground, image_shape, [t["masks"] for t in targets],
-                    sum_counts)
+                    sum_counts, roi_exchange)
             losses.update(mask_losses)
         if self.has_keypoint():
             with timer("keypoint_head"):
@@ -340,22 +375,41 @@ class RoIHeads(Stage):
         return branch_backward(self.box_roi_pool, self.box_head, self.box_predictor,
                                (d_logits, d_box), cache.branch)
 
-    def _mask_forward_train(self, features, foreground, image_shape, gt_masks, sum_counts):
+    def _mask_forward_train(self, features, foreground, image_shape, gt_masks, sum_counts,
+                            roi_exchange=None):
         labels = np.concatenate(foreground.labels)  # host
         num_fg = sum_counts(float(labels.shape[0]))
-        mask_logits, c_branch = branch_forward(self.mask_roi_pool, self.mask_head,
-                                               self.mask_predictor, features, foreground.rois,
-                                               image_shape)  # (Rf, K+1, M, M)
+        if roi_exchange is None:
+            mask_logits, c_branch = branch_forward(self.mask_roi_pool, self.mask_head,
+                                                   self.mask_predictor, features, foreground.rois,
+                                                   image_shape)  # (Rf, K+1, M, M)
+            targets = mask_targets(foreground.rois, foreground.matched_idxs, gt_masks,
+                                   mask_logits.shape[-1], mask_logits.dtype)  # (Rf, M, M)
+            loss, d_logits = maskrcnn_loss(mask_logits, self.mask_channels(labels), targets,
+                                           num_fg, self.mask_loss)
+            return {"loss_mask": loss}, MaskCache(c_branch, d_logits)
+        # data-parallel: the targets made here (the gt masks are this rank's), then the RoIs
+        # evened out over the ranks before the head (RoIExchange)
+        pooled, c_pool = self.mask_roi_pool.forward(features, foreground.rois, image_shape)
         targets = mask_targets(foreground.rois, foreground.matched_idxs, gt_masks,
-                               mask_logits.shape[-1], mask_logits.dtype)  # (Rf, M, M)
-        loss, d_logits = maskrcnn_loss(mask_logits, self.mask_channels(labels), targets, num_fg,
-                                       self.mask_loss)
-        return {"loss_mask": loss}, MaskCache(c_branch, d_logits)
+                               self.mask_predictor.output_size(pooled.shape[-1]), pooled.dtype)
+        (pooled, targets, channels), plan = roi_exchange.scatter(
+            (pooled, targets, self.mask_channels(labels)))
+        x, c_head = self.mask_head.forward(pooled)
+        mask_logits, c_predictor = self.mask_predictor.forward(x)
+        loss, d_logits = maskrcnn_loss(mask_logits, channels, targets, num_fg, self.mask_loss)
+        return {"loss_mask": loss}, MaskCache(BranchCache(c_pool, c_head, c_predictor), d_logits,
+                                              (roi_exchange, plan))
 
     def _mask_backward(self, cache: MaskCache, loss_weights):
         d_logits = weighted(cache.d_mask_logits, loss_weights, "loss_mask")
-        return branch_backward(self.mask_roi_pool, self.mask_head, self.mask_predictor,
-                               d_logits, cache.branch)
+        if cache.exchange is None:
+            return branch_backward(self.mask_roi_pool, self.mask_head, self.mask_predictor,
+                                   d_logits, cache.branch)
+        exchange, plan = cache.exchange
+        dx = self.mask_predictor.backward(d_logits, cache.branch.predictor)
+        d_pooled = exchange.gather_gradient(self.mask_head.backward(dx, cache.branch.head), plan)
+        return self.mask_roi_pool.backward(d_pooled, cache.branch.pool)
 
     def _keypoint_forward_train(self, features, foreground, image_shape, gt_keypoints,
                                 sum_counts):
@@ -407,7 +461,7 @@ class RoIHeads(Stage):
         image_shape = images.tensors.shape[-2:]
         dtype = features[0].dtype
         proposals = [p.astype(dtype) for p in proposals]
-        (class_logits, box_regression), _ = branch_forward(
+        class_logits, box_regression = branch_predict(
             self.box_roi_pool, self.box_head, self.box_predictor, features, proposals,
             image_shape)
         return postprocess_detections(
@@ -420,8 +474,8 @@ class RoIHeads(Stage):
         (``maskrcnn_inference``). Test-time augmentation calls it with merged boxes."""
         dtype = features[0].dtype
         boxes = [d["boxes"].astype(dtype) for d in detections]
-        mask_logits, _ = branch_forward(self.mask_roi_pool, self.mask_head, self.mask_predictor,
-                                        features, boxes, images.tensors.shape[-2:])
+        mask_logits = branch_predict(self.mask_roi_pool, self.mask_head, self.mask_predictor,
+                                     features, boxes, images.tensors.shape[-2:])
         channels = [self.mask_channels(d["labels"]) for d in detections]
         return list(maskrcnn_inference(mask_logits, channels, self.mask_loss))
 
@@ -430,9 +484,9 @@ class RoIHeads(Stage):
         ``keypoint_scores (D, K)`` float32 of each dict (``keypointrcnn_inference``)."""
         dtype = features[0].dtype
         boxes = [d["boxes"].astype(dtype) for d in detections]
-        logits, _ = branch_forward(self.keypoint_roi_pool, self.keypoint_head,
-                                   self.keypoint_predictor, features, boxes,
-                                   images.tensors.shape[-2:])
+        logits = branch_predict(self.keypoint_roi_pool, self.keypoint_head,
+                                self.keypoint_predictor, features, boxes,
+                                images.tensors.shape[-2:])
         for d, (kp, scores) in zip(detections, keypointrcnn_inference(logits, boxes), strict=True):
             d["keypoints"], d["keypoint_scores"] = kp, scores
 

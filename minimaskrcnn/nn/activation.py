@@ -9,15 +9,17 @@ from minimaskrcnn.nn.module import Module
 class ReLU(Module):
     """``y = max(x, 0)``; the gradient at exactly 0 is 0 (torch's convention).
 
-    ``forward(x)``: any shape -> ``(y same shape and dtype, cache = mask x > 0)``.
+    ``forward(x)``: any shape -> ``(y same shape and dtype, cache = y)``. The cache is the
+    output itself, as in torch (``threshold_backward`` reads the result): ``x > 0`` exactly
+    where ``y > 0``, so the forward is one pass and inference builds no mask. A NaN stays NaN
+    (``torch.relu``'s behaviour); its gradient is 0.
     """
 
     def forward(self, x):
         xp = get_array_module(x)
-        mask = x > 0
-        return xp.where(mask, x, xp.zeros((), dtype=x.dtype)), mask
+        y = xp.maximum(x, x.dtype.type(0))
+        return y, y
 
     def backward(self, dy, cache):
-        mask = cache
         xp = get_array_module(dy)
-        return xp.where(mask, dy, xp.zeros((), dtype=dy.dtype))
+        return xp.where(cache > 0, dy, xp.zeros((), dtype=dy.dtype))

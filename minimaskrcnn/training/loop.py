@@ -5,8 +5,8 @@ reference ``train.py``, written as one function).
 
 Iteration ``t`` (0-based), on each of W data-parallel ranks (W = 1 without ``mpiexec``)::
 
-    ks     = split_batch(batch_size, comm)               # this rank's images of every batch
-    batch  = TrainBatches.batch(t, ks)                   # crops of stream CROPS, sample p
+    ks     = balance_batch(batches.instance_counts(t), comm)  # this rank's crops (W > 1)
+    batch  = batches.batch(t, ks)                        # crops of stream CROPS, sample p
     rngs   = [sample_rng(seed, Stream.SAMPLING, p) for each image's sample number p]
     losses = train_step(model, optimizer, batch, rngs)   # forward, backward, allreduce, guard,
                                                          # SGD at lr(t) (training/step.py)
@@ -16,10 +16,12 @@ Iteration ``t`` (0-based), on each of W data-parallel ranks (W = 1 without ``mpi
 
 Data parallelism (MPI, :mod:`minimaskrcnn.distributed`; launch with
 ``mpiexec -n W minimaskrcnn train ...``): every rank holds the whole model (broadcast from rank
-0 at the start and checked equal by checksum), runs its contiguous share of every global batch,
-and applies the same SGD step to the summed gradient; each image's crops and samples come from
-streams keyed by its sample number, so W ranks compute the gradient of one process up to float
-summation order, and a run may resume with another W. Rank 0 alone writes the run folder and
+0 at the start and checked equal by checksum), runs its share of every global batch (the crops
+dealt by their instances, known from the annotations before any image is read, so that the
+ranks' forward and backward passes take about as long: ``balance_batch``), and applies the
+same SGD step to the summed gradient; each image's crops and samples come from streams keyed by
+its sample number, so W ranks compute the gradient of one process up to float summation order
+whichever rank runs which crop, and a run may resume with another W. Rank 0 alone writes the run folder and
 shows the progress bar; validation shares the images among the ranks. An exception on any rank
 stops the whole job (``abort_on_error``), leaving the last good checkpoint as it is.
 
@@ -65,6 +67,7 @@ from minimaskrcnn.config import Config, config_to_dict
 from minimaskrcnn.data.loader import Stream, TrainBatches, sample_rng
 from minimaskrcnn.distributed import (
     abort_on_error,
+    balance_batch,
     bind_gradient_buffer,
     broadcast_parameters,
     check_parameters_equal,
@@ -203,7 +206,7 @@ def train(cfg: Config, train_dataset, out_dir: str, *, evaluate: Callable | None
                 raise ValueError(f"train.{name} must be an integer >= 1, got {value!r}")
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other")
-        ks = split_batch(tc.batch_size, comm)  # this rank's images of every batch
+        ks = split_batch(tc.batch_size, comm)  # checks B and W; each batch: balance_batch
         folder = RunFolder(out_dir)
         if comm.is_main:
             os.makedirs(out_dir, exist_ok=True)
@@ -341,6 +344,8 @@ def _train_iterations(run: _Run, batches: TrainBatches, ks: list[int], start: in
         for t in bar:
             t0, c0 = time.perf_counter(), time.process_time()
             lr = run.scheduler.get_lr()
+            if run.comm.size > 1:  # this rank's crops, dealt by their instances
+                ks = balance_batch(batches.instance_counts(t), run.comm)
             batch = batches.batch(t, ks)
             rngs = [sample_rng(tc.seed, Stream.SAMPLING, p) for p in batches.positions(t, ks)]
             try:

@@ -5,7 +5,8 @@ the data-parallel sums and the divergence guard written out. On each of W ranks 
 ``mpiexec``), with this rank's images of the batch::
 
     _, losses, cache = model.forward_train(images, targets, rngs,
-                                           sum_counts=allreduce_sum)  # W > 1: global normalisers
+                                           sum_counts=allreduce_sum,  # W > 1: global normalisers
+                                           roi_exchange=RoIExchange)  # W > 1: mask RoIs evened
     losses = allreduce_sum(losses)                    # W > 1: the whole batch's loss terms
     guard: every loss term finite                     (guard.check_losses)
     model.zero_grad(); model.backward(None, cache)    # this rank's share of the gradient
@@ -16,14 +17,16 @@ the data-parallel sums and the divergence guard written out. On each of W ranks 
 
 The loss normalisers (sampled anchors, sampled RoIs, foreground RoIs) are summed over the ranks
 before dividing, so the W ranks together compute the gradient of one process (up to float
-summation order) and apply the same update.
+summation order) and apply the same update. The mask head's foreground RoIs are evened out over
+the ranks after pooling (:class:`~minimaskrcnn.distributed.RoIExchange`): which rank runs the
+head on a RoI changes only the order of the sums.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minimaskrcnn.distributed import allreduce_gradients, allreduce_sum
+from minimaskrcnn.distributed import RoIExchange, allreduce_gradients, allreduce_sum
 from minimaskrcnn.model import LOSS_KEYS
 from minimaskrcnn.training.guard import (
     NonFiniteLossError,
@@ -83,9 +86,10 @@ def train_step(model, optimizer, images, targets, rngs, *, iteration: int, comm=
         # NumPy's overflow / invalid warnings are left out: the guard checks every loss,
         # gradient, parameter and buffer itself and stops with one message
         with np.errstate(over="ignore", invalid="ignore"):
-            if distributed:
+            if distributed:  # global normalisers; the mask head's RoIs evened out
                 _, losses, cache = model.forward_train(
-                    images, targets, rngs, sum_counts=lambda c: allreduce_sum(c, comm))
+                    images, targets, rngs, sum_counts=lambda c: allreduce_sum(c, comm),
+                    roi_exchange=RoIExchange(comm, len(images)))
                 losses = allreduce_sum(losses, comm)  # each rank held its share
             else:
                 _, losses, cache = model.forward_train(images, targets, rngs)

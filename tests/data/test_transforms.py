@@ -116,6 +116,27 @@ def test_sample_crop_equals_random_crop_flip_on_the_sample():
                 np.testing.assert_array_equal(box, [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
 
 
+def test_crop_instances_counts_the_crop_without_reading_it():
+    """TrainBatches.instance_counts (crop_instances: annotation boxes against the first window,
+    the same draws) against the instances of the crops themselves. nuclei-mini's 256-px crops
+    at scale 1: every count exact. nuclei's (scale 2, jitter, rotations): a box may meet the
+    window while its mask does not, or the first window hold nobody (then sample_crop draws
+    another): most counts exact."""
+    from minimaskrcnn.config import get_preset
+
+    for preset, exact in (("nuclei-mini", 1.0), ("nuclei", 0.8)):
+        cfg = get_preset(preset)
+        batches = TrainBatches.from_config(load_sample("train"), cfg.train,
+                                           image_scale=cfg.model.image_scale)
+        pairs = []
+        for t in range(10):
+            counts = batches.instance_counts(t)
+            assert len(counts) == cfg.train.batch_size
+            pairs += zip(counts, [len(b[1]["boxes"]) for b in batches.batch(t)], strict=True)
+        assert sum(n == k for n, k in pairs) >= exact * len(pairs), (preset, pairs)
+        assert max(n for n, _ in pairs) > 0
+
+
 def test_batches_are_a_function_of_seed_and_iteration():
     ds = load_sample("train")
     a = TrainBatches(ds, 2, 64, 0.5, 0.5, seed=3)

@@ -498,3 +498,32 @@ def test_image_scale_predicts_on_the_resized_image_in_input_pixels():
         # the same masks at half the resolution: they differ along their edges only
         coarse = r["masks"][:, ::2, ::2]
         assert coarse.any() and (coarse != o["masks"]).mean() < 0.05
+
+
+def test_predict_on_threads_equals_the_serial_predict(monkeypatch):
+    """The RoI heads' work of one image split over threads (backend.map_chunks) gives the
+    serial detections up to float summation order, for the mask and the keypoint heads."""
+    from minimaskrcnn import model_zoo
+    from minimaskrcnn.data import load_sample
+    from minimaskrcnn.data.transforms import standardize
+
+    cases = [("nuclei-mini-dsb2018", standardize(load_sample("val")[0][0]))]
+    lego = model_zoo.load_model("lego-battery")
+    cases.append((lego, np.random.default_rng(0).normal(size=(3, 96, 128)).astype(np.float32)))
+    calls = []
+    real = minimaskrcnn.backend.map_chunks
+    monkeypatch.setattr("minimaskrcnn.model.roi_heads.map_chunks",
+                        lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    for model, image in cases:
+        model = model_zoo.load_model(model) if isinstance(model, str) else model
+        calls.clear()
+        out = {}
+        for threads in ("1", "2"):
+            monkeypatch.setenv("MINIMASKRCNN_THREADS", threads)
+            out[threads] = model.predict([image], mask_format="roi")[0]
+        a, b = out["1"], out["2"]
+        # detections, and with 2 threads the mask / keypoint head's RoIs were split in two
+        assert (a["boxes"].shape[0], 2) in calls and a["boxes"].shape[0] >= 16
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4, err_msg=key)
