@@ -153,6 +153,9 @@ def main():
                     help="detections_per_img for the inference run (default: the preset's 500)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="passes over the val images for the inference medians")
+    ap.add_argument("--compare-threads", action="store_true",
+                    help="also time predict with 1 and with N RoI-head threads, interleaved "
+                         "image by image in this process")
     ap.add_argument("--torch", default=None, help="python of the torch venv: time torchvision too")
     args = ap.parse_args()
     cfg = get_preset("nuclei-mini")
@@ -180,6 +183,11 @@ def main():
 
         model.config = dataclasses.replace(model.config, detections_per_img=args.max_dets)
         model.roi_heads.detections_per_img = args.max_dets
+    torch_threads = args.blas_threads if args.threads is None else args.threads
+    if args.torch:  # torchvision before and after ours: the machine's speed drifts
+        ours_params = sum(p.data.size for p in model.parameters())
+        before = run_torch(args.torch, images, targets, args.images, args.iters, torch_threads,
+                           model.config.detections_per_img, args.repeats)
     t_img, stages, dets, sizes = bench_inference(model, args.images, args.repeats)
     print(f"\ninference, untrained nuclei-mini, val images at native size {sizes}, "
           f"detections {dets}, median seconds per image over {args.repeats} passes")
@@ -191,15 +199,37 @@ def main():
     print(f"| paste masks (transform.postprocess) | {stages['postprocess']:.3f} |")
     print(f"| **total** | **{t_img:.3f}** |  (torchvision's results: 0.24-0.29, trained model)")
 
+    if args.compare_threads:  # RoI-head threads 1 and N image by image, in one process
+        n = host_threads(np.zeros(1, np.float32))
+        cmp = {}
+        for threads in (1, n):
+            os.environ["MINIMASKRCNN_THREADS"] = str(threads)
+            cmp[threads] = ([], [])
+        val = [standardize(x[0]) for x in (load_sample("val")[i] for i in range(args.images))]
+        for _ in range(args.repeats):
+            for image in val:
+                for threads in cmp:
+                    os.environ["MINIMASKRCNN_THREADS"] = str(threads)
+                    timer = StageTimer()
+                    t0 = time.perf_counter()
+                    model.predict([image], timer=timer)
+                    cmp[threads][0].append(time.perf_counter() - t0)
+                    cmp[threads][1].append(timer.seconds["mask_head"])
+        os.environ["MINIMASKRCNN_THREADS"] = str(n)
+        print(f"\ninterleaved image by image, {args.repeats} passes: RoI-head threads, median "
+              "s/image (mask head)")
+        for threads, (tt, mh) in cmp.items():
+            print(f"| {threads} | {statistics.median(tt):.3f} | ({statistics.median(mh):.3f}) |")
+
     if args.torch:
-        ours = sum(p.data.size for p in model.parameters())
-        torch_threads = args.blas_threads if args.threads is None else args.threads
-        res = run_torch(args.torch, images, targets, args.images, args.iters, torch_threads,
-                        model.config.detections_per_img, args.repeats)
-        print(f"\ntorchvision on the same batch and images, {res['threads']} thread(s): "
-              f"{res['params']:,} parameters (ours {ours:,}); training {res['train_s']:.3f} s/iter "
-              f"(ours {total:.3f}); inference {res['infer_s']:.3f} s/image with detections "
-              f"{res['dets']} (ours {t_img:.3f}, detections {dets})")
+        after = run_torch(args.torch, images, targets, args.images, args.iters, torch_threads,
+                          model.config.detections_per_img, args.repeats)
+        for when, res in (("before", before), ("after", after)):
+            print(f"\ntorchvision {when} ours, same batch and images, {res['threads']} thread(s): "
+                  f"{res['params']:,} parameters (ours {ours_params:,}); training "
+                  f"{res['train_s']:.3f} s/iter (ours {total:.3f}); inference "
+                  f"{res['infer_s']:.3f} s/image with detections {res['dets']} (ours "
+                  f"{t_img:.3f}, detections {dets})")
 
 
 if __name__ == "__main__":

@@ -170,9 +170,10 @@ def host_threads(*arrays) -> int:
 
     1 when the op tier is the NumPy reference (``MINIMASKRCNN_TIER=numpy``: the specification
     stays plain and serial) and for CuPy arrays (the GPU parallelises itself). Otherwise
-    ``$MINIMASKRCNN_THREADS`` if set, else ``$NUMBA_NUM_THREADS`` if set (the MPI launcher sets
-    it to cores / ranks, so ranks never oversubscribe the cores), else the cores this process
-    may run on.
+    ``$MINIMASKRCNN_THREADS`` if set, else ``$NUMBA_NUM_THREADS`` if set (the package's MPI
+    launcher sets it to cores / ranks), else the cores this process may run on, divided by the
+    ranks on this machine when an MPI launcher started it (``MPI_LOCALNRANKS``,
+    ``OMPI_COMM_WORLD_LOCAL_SIZE``): ranks never oversubscribe the cores.
 
     Raises:
         ValueError: ``$MINIMASKRCNN_THREADS`` is not an integer >= 1.
@@ -187,7 +188,11 @@ def host_threads(*arrays) -> int:
     numba_threads = os.environ.get("NUMBA_NUM_THREADS", "").strip()
     if numba_threads.isdigit() and int(numba_threads) >= 1:
         return int(numba_threads)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = [os.environ.get(v, "").strip() for v in ("MPI_LOCALNRANKS",
+                                                      "OMPI_COMM_WORLD_LOCAL_SIZE")]
+    ranks = max([int(v) for v in local if v.isdigit()] + [1])
+    return max(1, (cores or 1) // ranks)
 
 
 @functools.cache

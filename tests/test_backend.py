@@ -93,6 +93,14 @@ def test_host_threads_follows_the_tier_and_the_environment(monkeypatch):
     monkeypatch.delenv(backend.THREADS_ENV_VAR)
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")  # what the MPI launcher sets: cores / ranks
     assert backend.host_threads(x) == 2
+    monkeypatch.delenv("NUMBA_NUM_THREADS")
+    monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert backend.host_threads(x) == 4  # the cores
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # mpiexec -n 2 on this machine: 2 each
+    assert backend.host_threads(x) == 2
+    monkeypatch.setenv("MPI_LOCALNRANKS", "8")
+    assert backend.host_threads(x) == 1
+    monkeypatch.delenv("MPI_LOCALNRANKS")
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv(backend.THREADS_ENV_VAR, bad)
         with pytest.raises(ValueError, match=f"MINIMASKRCNN_THREADS='{bad}'"):
