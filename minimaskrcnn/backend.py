@@ -165,8 +165,8 @@ THREADS_ENV_VAR = "MINIMASKRCNN_THREADS"
 
 
 def host_threads(*arrays) -> int:
-    """How many threads a model stage may split one image's RoIs across on the CPU (the mask and
-    keypoint heads' RoIs in ``predict``, :func:`map_chunks`).
+    """How many threads a model stage may split one image's RoIs across on the CPU (the box,
+    mask and keypoint heads' RoIs in ``predict``, :func:`map_chunks`).
 
     1 when the op tier is the NumPy reference (``MINIMASKRCNN_TIER=numpy``: the specification
     stays plain and serial) and for CuPy arrays (the GPU parallelises itself). Otherwise
