@@ -15,8 +15,15 @@ postprocess usually keeps the maximum of 500 detections and pastes 500 masks: a 
 case next to a trained model's detections (torchvision's results were measured with a trained
 model).
 
-    python benchmarks/bench_model.py [--iters 5] [--images 4] [--blas-threads 1] \
-        [--torch $TORCH_VENV/bin/python]
+    python benchmarks/bench_model.py [--iters 5] [--images 4] [--repeats 3] [--blas-threads 1] \
+        [--threads N] [--compare-threads] [--torch $TORCH_VENV/bin/python]
+
+``--threads`` is the RoI heads' threads in ``predict`` (``MINIMASKRCNN_THREADS``; default the
+cores) and torchvision's ``set_num_threads`` (default ``--blas-threads``); ``--compare-threads``
+also times ``predict`` with 1 and with N RoI-head threads interleaved image by image in this
+process; ``--repeats`` passes over the val images give the inference medians. The script prints
+the machine's sgemm rate on 1 and on all cores, and runs torchvision before and after ours (the
+machine's speed drifts).
 
 ``--torch`` also runs ``benchmarks/torch_model.py`` (torchvision's MaskRCNN built to the preset,
 ``torch.set_num_threads`` = ``--blas-threads``) on the same training batch and val images, in a
