@@ -165,8 +165,8 @@ THREADS_ENV_VAR = "MINIMASKRCNN_THREADS"
 
 
 def host_threads(*arrays) -> int:
-    """How many threads a model stage may split one image's RoIs across on the CPU (the box,
-    mask and keypoint heads' RoIs in ``predict``, :func:`map_chunks`).
+    """How many threads a model stage may split one image's RoIs across on the CPU (the mask
+    and keypoint heads' RoIs in ``predict``, :func:`map_chunks`).
 
     1 when the op tier is the NumPy reference (``MINIMASKRCNN_TIER=numpy``: the specification
     stays plain and serial) and for CuPy arrays (the GPU parallelises itself). Otherwise
@@ -197,14 +197,14 @@ def host_threads(*arrays) -> int:
 
 @functools.cache
 def _thread_pool(n: int):
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (first threaded predict)
 
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="minimaskrcnn")
 
 
 @functools.cache
 def _blas_controller():
-    from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+    from threadpoolctl import ThreadpoolController  # noqa: PLC0415  (loaded when limits are set)
 
     return ThreadpoolController()
 
@@ -226,7 +226,7 @@ def map_chunks(fn: Callable, n: int, threads: int, min_chunk: int = 1) -> list:
     if k == 1:
         return [fn(0, n)]
     bounds = [(i * n) // k for i in range(k + 1)]
-    from concurrent.futures import wait  # noqa: PLC0415
+    from concurrent.futures import wait  # noqa: PLC0415  (only where slices run on threads)
 
     with _blas_controller().limit(limits=1, user_api="blas"):
         futures = [_thread_pool(k).submit(fn, bounds[i], bounds[i + 1]) for i in range(k)]

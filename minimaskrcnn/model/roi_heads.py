@@ -116,6 +116,8 @@ def branch_predict(pool, head, predictor, features, rois, image_shape):
     summation order (a slice's matrix products are blocked differently); with the NumPy
     reference tier it is one serial call, exactly :func:`branch_forward`.
 
+    ``predict`` runs the mask and keypoint branches through it; the box branch stays one call.
+
     Returns:
         the predictor's outputs (an array, or a tuple of arrays), RoIs along axis 0.
     """
@@ -461,7 +463,9 @@ class RoIHeads(Stage):
         image_shape = images.tensors.shape[-2:]
         dtype = features[0].dtype
         proposals = [p.astype(dtype) for p in proposals]
-        class_logits, box_regression = branch_predict(
+        # one call: its two large products run well on one BLAS thread, and the boxes stay
+        # bit-identical to the serial ones (chapter 2 reproduces them by hand)
+        (class_logits, box_regression), _ = branch_forward(
             self.box_roi_pool, self.box_head, self.box_predictor, features, proposals,
             image_shape)
         return postprocess_detections(

@@ -59,7 +59,8 @@ TRAIN_SYNCS = {
 }
 PREDICT_SYNCS = {
     "model/rpn.py:filter_proposals": "small boxes, score threshold, NMS",
-    "model/roi_heads.py:branch_predict": "pooler (box, mask): RoI checks",
+    "model/roi_heads.py:branch_forward": "pooler (box): RoI checks",
+    "model/roi_heads.py:branch_predict": "pooler (mask): RoI checks",
     "model/box_head.py:postprocess_detections": "score threshold, small boxes, NMS",
     "model/transform.py:postprocess": "pasted masks -> host (chunk by chunk)",
     "model/mask_rcnn.py:predict": "detections -> host",
