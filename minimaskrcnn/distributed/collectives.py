@@ -129,7 +129,7 @@ def split_batch(global_batch_size: int, comm: Comm | None = None) -> list[int]:
 IMAGE_COST_IN_INSTANCES = 25.0
 """The work of one training crop besides its instances, in instances (:func:`balance_batch`):
 a nuclei-mini crop costs about 0.117 s one-thread forward + backward whatever it holds
-(backbone, FPN, RPN, 512 box-head RoIs) plus about 4.5 ms per foreground RoI (the mask head),
+(backbone, FPN, RPN, 256 box-head RoIs) plus about 4.5 ms per foreground RoI (the mask head),
 measured on the 2-core machine (docs/performance.md)."""
 
 
@@ -248,16 +248,17 @@ class RoIExchange:
         plan = (keep, sent, received, bool(transfers))
         if not transfers:  # the same on every rank: no alltoall anywhere
             return arrays, plan
-        xp = get_array_module(arrays[0])
         outgoing, start = [None] * comm.size, keep
         for dst, k in sent:
             outgoing[dst] = tuple(to_numpy(a[start:start + k]) for a in arrays)
             start += k
         incoming = comm.alltoall(outgoing)
-        held = tuple(xp.concatenate([a[:keep]] + [xp.asarray(incoming[src][i])
-                                                  for src, _ in received])
-                     for i, a in enumerate(arrays))
-        return held, plan
+        held = []
+        for i, a in enumerate(arrays):  # each array stays where it was (device or host)
+            xp = get_array_module(a)
+            held.append(xp.concatenate([a[:keep]] + [xp.asarray(incoming[src][i])
+                                                     for src, _ in received]))
+        return tuple(held), plan
 
     def gather_gradient(self, grad, plan):
         """``grad``: the gradient of :meth:`scatter`'s first array as this rank holds it.
