@@ -16,9 +16,10 @@ W > 1 gives one row per ``--split``: the batch in contiguous blocks of B / W ima
 before ``balance_batch``); dealt by the crops' instances (``balance_batch``); and that with
 the mask head's foreground RoIs evened out over the ranks after pooling (``RoIExchange``): what
 the training loop does. In one ``mpiexec`` job, each batch runs with every rule in turn, so the
-rules share the machine's conditions (its speed drifts by 10-20 % over minutes). The script also prints the machine's sgemm rate on one and on all cores (measured in the
-same run) and the FLOPs of the iteration's matrix products (``flops.py``): their quotient is the
-floor of an iteration on these cores, and the ``x floor`` column is how far each row is from it.
+rules share the machine's conditions (its speed drifts by 10-20 % over minutes). The script
+also prints the machine's sgemm rate on one and on all cores (measured in the same run) and the
+FLOPs of the iteration's matrix products (``flops.py``): their quotient is the floor of an
+iteration on these cores, and the ``x floor`` column is how far each row is from it.
 
 Each W runs in its own ``mpiexec -n W`` (W = 1: a plain process, no MPI) with one BLAS thread
 and ``cores / W`` Numba threads per rank, one after the other. torchvision's time on the same

@@ -29,6 +29,7 @@ import functools
 import importlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from types import ModuleType
 
 import numpy as np
@@ -197,8 +198,6 @@ def host_threads(*arrays) -> int:
 
 @functools.cache
 def _thread_pool(n: int):
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (first threaded predict)
-
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="minimaskrcnn")
 
 
@@ -226,8 +225,6 @@ def map_chunks(fn: Callable, n: int, threads: int, min_chunk: int = 1) -> list:
     if k == 1:
         return [fn(0, n)]
     bounds = [(i * n) // k for i in range(k + 1)]
-    from concurrent.futures import wait  # noqa: PLC0415  (only where slices run on threads)
-
     with _blas_controller().limit(limits=1, user_api="blas"):
         futures = [_thread_pool(k).submit(fn, bounds[i], bounds[i + 1]) for i in range(k)]
         wait(futures)  # every slice done before BLAS gets its threads back

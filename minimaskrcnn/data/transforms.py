@@ -367,12 +367,20 @@ def crop_instances(dataset: CocoDataset, index: int, crop_size: int, rng: np.ran
     """
     info = dataset.image_info(index)
     h, w = int(info["height"]), int(info["width"])
+    _, boxes, big_h, big_w = _crop_setup(dataset, index, h, w, image_scale, augment, rng)
+    y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
+    return int(_boxes_meeting(boxes, _window(h, w, big_h, big_w, y0, x0, crop_size).src).size)
+
+
+def _crop_setup(dataset, index, h, w, image_scale, augment, rng):
+    """What :func:`sample_crop` and :func:`crop_instances` draw and read before the window, in
+    the same order: the annotations, their ``(G, 4)`` boxes (source pixels), and the scaled
+    image size ``(big_h, big_w)`` after the scale jitter's draw."""
     anns = dataset.annotations(index)
     boxes = np.array([dataset.ann_box(index, a) for a in anns]).reshape(-1, 4)
     image_scale = augment.draw_scale(image_scale, rng)
     big_h, big_w = (h, w) if image_scale == 1 else scaled_size(h, w, image_scale)
-    y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
-    return int(_boxes_meeting(boxes, _window(h, w, big_h, big_w, y0, x0, crop_size).src).size)
+    return anns, boxes, big_h, big_w
 
 
 def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: float,
@@ -395,10 +403,7 @@ def sample_crop(dataset: CocoDataset, index: int, crop_size: int, hflip_prob: fl
     """
     image = dataset.load_image(index)
     h, w = image.shape[:2]
-    anns = dataset.annotations(index)
-    boxes = np.array([dataset.ann_box(index, a) for a in anns]).reshape(-1, 4)
-    image_scale = augment.draw_scale(image_scale, rng)
-    big_h, big_w = (h, w) if image_scale == 1 else scaled_size(h, w, image_scale)
+    anns, boxes, big_h, big_w = _crop_setup(dataset, index, h, w, image_scale, augment, rng)
     for _ in range(max_tries):
         y0, x0 = _draw_window(big_h, big_w, crop_size, rng)
         win = _window(h, w, big_h, big_w, y0, x0, crop_size)

@@ -68,12 +68,12 @@ from minimaskrcnn.distributed.launch import (
 )
 
 __all__ = [
-    "FORCE_ENV_VAR", "IMAGE_COST_IN_INSTANCES", "IN_PLACE", "MPI_LAUNCHER_ENV_VARS", "SUM", "Comm", "MPIComm",
-    "ParameterMismatchError", "RoIExchange", "SingleProcessComm", "abort_on_error", "allreduce_gradients",
-    "allreduce_sum", "assign_by_cost", "balance_batch", "bind_gradient_buffer", "broadcast_parameters", "check_parameters_equal",
-    "choose_workers", "error_line", "file_fingerprint", "find_mpiexec", "first_disagreement",
-    "gather_to_main", "get_comm",
-    "install_excepthook", "launched_by_mpi", "main_only", "parameter_checksum",
-    "parameter_digests", "plan_roi_transfers", "relaunch_under_mpi", "shard", "shard_range", "split_batch",
-    "usable_cores",
+    "FORCE_ENV_VAR", "IMAGE_COST_IN_INSTANCES", "IN_PLACE", "MPI_LAUNCHER_ENV_VARS", "SUM", "Comm",
+    "MPIComm", "ParameterMismatchError", "RoIExchange", "SingleProcessComm", "abort_on_error",
+    "allreduce_gradients", "allreduce_sum", "assign_by_cost", "balance_batch",
+    "bind_gradient_buffer", "broadcast_parameters", "check_parameters_equal", "choose_workers",
+    "error_line", "file_fingerprint", "find_mpiexec", "first_disagreement", "gather_to_main",
+    "get_comm", "install_excepthook", "launched_by_mpi", "main_only", "parameter_checksum",
+    "parameter_digests", "plan_roi_transfers", "relaunch_under_mpi", "shard", "shard_range",
+    "split_batch", "usable_cores",
 ]

@@ -234,9 +234,12 @@ class RoIExchange:
         self.image_cost = float(image_cost)
 
     def scatter(self, arrays: tuple):
-        """``arrays``: this rank's RoIs, arrays with the same first axis R (pooled features,
-        targets, labels). Returns ``(arrays it holds now, plan)``: the first ``keep`` of its own
-        RoIs, then those received, by source rank; ``plan`` is for :meth:`gather_gradient`."""
+        """``arrays``: this rank's R RoIs as arrays sharing axis 0, on the host or the device
+        (the mask head: pooled features ``(R, C, S, S)`` float32, targets ``(R, M, M)`` float32,
+        predictor channels ``(R,)`` int64). A collective: every rank calls it, in the same
+        iteration. Returns ``(the arrays this rank holds now, plan)``: the first ``keep`` of its
+        own RoIs, then those received, by source rank, each array where it was; ``plan`` is for
+        :meth:`gather_gradient`."""
         comm, rank = self.comm, self.comm.rank
         n = int(arrays[0].shape[0])
         counts = comm.allgather((n, self.images))
@@ -261,8 +264,9 @@ class RoIExchange:
         return tuple(held), plan
 
     def gather_gradient(self, grad, plan):
-        """``grad``: the gradient of :meth:`scatter`'s first array as this rank holds it.
-        Returns the gradient of this rank's own RoIs, in their original order."""
+        """``grad``: the gradient of :meth:`scatter`'s first array as this rank holds it (the
+        pooled features' ``(R_held, C, S, S)``). A collective, like :meth:`scatter`. Returns
+        the gradient of this rank's own R RoIs, in their original order."""
         keep, sent, received, any_transfer = plan
         if not any_transfer:
             return grad

@@ -21,8 +21,8 @@ dealt by their instances, known from the annotations before any image is read, s
 ranks' forward and backward passes take about as long: ``balance_batch``), and applies the
 same SGD step to the summed gradient; each image's crops and samples come from streams keyed by
 its sample number, so W ranks compute the gradient of one process up to float summation order
-whichever rank runs which crop, and a run may resume with another W. Rank 0 alone writes the run folder and
-shows the progress bar; validation shares the images among the ranks. An exception on any rank
+whichever rank runs which crop, and a run may resume with another W. Rank 0 alone writes the
+run folder and shows the progress bar; validation shares the images among the ranks. An exception on any rank
 stops the whole job (``abort_on_error``), leaving the last good checkpoint as it is.
 
 The guard (:mod:`~minimaskrcnn.training.guard`) stops the run with

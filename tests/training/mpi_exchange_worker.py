@@ -37,9 +37,15 @@ def batch():
 
 def main():
     comm = get_comm()
-    moved = []
+    moved = []  # every transfer the exchange plans
     plan = collectives.plan_roi_transfers
-    collectives.plan_roi_transfers = lambda *a: moved.extend(plan(*a)) or plan(*a)
+
+    def recording_plan(*args):
+        transfers = plan(*args)
+        moved.extend(transfers)
+        return transfers
+
+    collectives.plan_roi_transfers = recording_plan
     images, targets = batch()
     for name, over in (("fcn", {}), ("mlp", {"mask_head_type": "mlp", "mask_mlp_dims": (32,)}),
                        ("agnostic", {"mask_class_agnostic": True})):
