@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from types import ModuleType
@@ -196,9 +197,17 @@ def host_threads(*arrays) -> int:
     return max(1, (cores or 1) // ranks)
 
 
+_worker = threading.local()  # .active is True in the pool's threads
+
+
+def _mark_worker() -> None:
+    _worker.active = True
+
+
 @functools.cache
 def _thread_pool(n: int):
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="minimaskrcnn")
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="minimaskrcnn",
+                              initializer=_mark_worker)
 
 
 @functools.cache
@@ -215,20 +224,28 @@ def map_chunks(fn: Callable, n: int, threads: int, min_chunk: int = 1) -> list:
     BLAS threads; the cores are the slices' instead). NumPy releases the GIL inside its BLAS
     calls and array loops, so slices of NumPy work run side by side.
 
-    ``fn`` must only read shared state (the layers' ``forward`` is such a function) and must
-    not call Numba's parallel kernels (its default ``workqueue`` threading layer is not
-    thread-safe). With ``threads <= 1``, or fewer than ``2 * min_chunk`` items, it is one call
+    ``fn`` must only read shared state and write disjoint outputs (the layers' ``forward`` is
+    such a function) and must not call Numba's parallel kernels (its default ``workqueue``
+    threading layer is not thread-safe). With ``threads <= 1``, fewer than ``2 * min_chunk``
+    items, or when called from inside a slice (a convolution inside the mask head's slice:
+    the cores are already busy, and waiting on the same pool would deadlock), it is one call
     ``fn(0, n)`` in the calling thread. The results are in slice order; an exception in any
-    slice is raised here.
+    slice is raised here. The first slice runs in the calling thread, the others on the pool.
     """
     k = max(1, min(int(threads), n // max(1, int(min_chunk))))
-    if k == 1:
+    if k == 1 or getattr(_worker, "active", False):
         return [fn(0, n)]
     bounds = [(i * n) // k for i in range(k + 1)]
     with _blas_controller().limit(limits=1, user_api="blas"):
-        futures = [_thread_pool(k).submit(fn, bounds[i], bounds[i + 1]) for i in range(k)]
-        wait(futures)  # every slice done before BLAS gets its threads back
-    return [f.result() for f in futures]
+        futures = [_thread_pool(k - 1).submit(fn, bounds[i], bounds[i + 1])
+                   for i in range(1, k)]
+        _worker.active = True  # the first slice runs here, as a slice (one handoff fewer)
+        try:
+            first = fn(bounds[0], bounds[1])
+        finally:
+            _worker.active = False
+            wait(futures)  # every slice done before BLAS gets its threads back
+    return [first] + [f.result() for f in futures]
 
 
 # --------------------------------------------------------------------------------------------

@@ -118,22 +118,24 @@ def test_map_chunks_slices_in_order_on_threads_with_one_blas_thread():
     seen = []
 
     def fn(start, stop):
-        seen.append((threading.get_ident(), blas_counts()))
+        seen.append((start, threading.get_ident(), blas_counts()))
         return list(range(start, stop))
 
     with backend.blas_threads(2):
         parts = backend.map_chunks(fn, 10, 3)
         after = blas_counts()
     assert parts == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]  # near-equal, contiguous, in order
-    assert all(ident != threading.get_ident() for ident, _ in seen)  # on the pool's threads
+    # the first slice in the calling thread, the others on the pool's threads
+    assert {start: ident == threading.get_ident() for start, ident, _ in seen} == {
+        0: True, 3: False, 6: False}
     if after:  # a BLAS visible to threadpoolctl: one thread inside, restored after
-        assert all(counts == {1} for _, counts in seen) and after == {2}
+        assert all(counts == {1} for _, _, counts in seen) and after == {2}
     # serial: one call in the calling thread, for 1 thread or too few items
     seen.clear()
     assert backend.map_chunks(fn, 10, 1) == [list(range(10))]
     assert backend.map_chunks(fn, 10, 4, min_chunk=6) == [list(range(10))]
     assert backend.map_chunks(fn, 10, 4, min_chunk=5) == [list(range(5)), list(range(5, 10))]
-    assert seen[0][0] == threading.get_ident() and seen[1][0] == threading.get_ident()
+    assert seen[0][1] == threading.get_ident() and seen[1][1] == threading.get_ident()
 
 
 def test_map_chunks_raises_a_slice_error():
@@ -144,3 +146,42 @@ def test_map_chunks_raises_a_slice_error():
 
     with pytest.raises(ValueError, match="slice 5:10 refused"):
         backend.map_chunks(fn, 10, 2)
+
+
+def test_map_chunks_inside_a_slice_runs_serially_in_that_slice():
+    """A convolution inside the mask head's slice calls map_chunks again: the inner call is one
+    slice in the worker's own thread (the pool is busy with the outer slices; waiting on it
+    would deadlock), and the outer call still splits."""
+    import threading
+
+    def inner(start, stop):
+        return (threading.get_ident(), list(range(start, stop)))
+
+    def outer(start, stop):
+        parts = backend.map_chunks(inner, 6, 2)
+        return threading.get_ident(), parts
+
+    caller = threading.get_ident()
+    results = backend.map_chunks(outer, 4, 2)
+    assert [ident == caller for ident, _ in results] == [True, False]  # first slice here
+    for ident, parts in results:
+        assert parts == [(ident, list(range(6)))]  # one inner slice, on the outer slice's thread
+    # after the outer call, the caller splits again
+    assert len(backend.map_chunks(inner, 6, 2)) == 2
+
+
+def test_import_makes_openmp_threads_passive_unless_the_user_chose():
+    """Numba's OpenMP threads must not spin beside the host threads that follow its kernels:
+    importing the package sets OMP_WAIT_POLICY=PASSIVE, keeping a value already set."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, minimaskrcnn; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "ACTIVE"

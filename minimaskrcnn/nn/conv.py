@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import get_array_module, host_threads, map_chunks
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Module, Param
 
@@ -95,6 +95,25 @@ def _flat_len(g: Geometry) -> int:
 def _is_pointwise(g: Geometry) -> bool:
     """1x1, stride 1, no padding: ``cols`` is the input itself (no im2col, no col2im)."""
     return g.kh == 1 and g.kw == 1 and g.wide and g.ph == 0 and g.pw == 0
+
+
+def _tiles_input(g: Geometry) -> bool:
+    """Kernel = stride, no padding or dilation, and the output's windows tile the input
+    exactly: every input pixel is read by one tap of one output pixel. col2im is then a pure
+    rearrangement (:func:`_depth_to_space`). The transposed conv with kernel 2 stride 2 (the
+    mask head's 2x upsampling) is the backward of such a conv."""
+    return (not g.wide and (g.kh, g.kw) == (g.sh, g.sw) and g.ph == g.pw == 0
+            and g.dh == g.dw == 1 and (g.H, g.W) == (g.Ho * g.sh, g.Wo * g.sw))
+
+
+def _depth_to_space(dcols, g: Geometry, C: int, N: int):
+    """col2im for :func:`_tiles_input` geometries: ``dcols (C*kh*kw, N*Ho*Wo)`` -> the
+    ``(N, C, H, W)`` image whose pixel ``(i*kh + a, j*kw + b)`` of channel ``c`` is
+    ``dcols[(c, a, b), (n, i, j)]``; one copy instead of zeroing, kh*kw strided adds and the
+    un-padding."""
+    xp = get_array_module(dcols)
+    blocks = dcols.reshape(C, g.kh, g.kw, N, g.Ho, g.Wo).transpose(3, 0, 4, 1, 5, 2)
+    return xp.ascontiguousarray(blocks).reshape(N, C, g.H, g.W)
 
 
 def pad_input(x, g: Geometry):
@@ -207,17 +226,26 @@ def conv_lowered(buf, g: Geometry, w2=None, dyw=None):
         yw = xp.empty((w2.shape[0], N, g.Ho * g.Wq), dtype=buf.dtype)
     if dyw is not None:
         dw = xp.zeros((dyw.shape[0], C * kk), dtype=buf.dtype)
-    if blocks and _per_tap(g, blocks):
-        _conv_lowered_per_tap(buf, g, blocks, w2, yw, dyw, dw)
-        return yw, dw
-    biggest = max((_block_size(blk, g) for blk in blocks), default=0)
-    scratch = None if _is_pointwise(g) else xp.empty((C, kk, biggest), dtype=buf.dtype)
-    for blk in blocks:
-        cols = _cols_block(buf, g, blk, scratch)                 # (C*kh*kw, n)
-        if w2 is not None:
-            xp.matmul(w2, cols, out=_span(yw, blk, g))
-        if dyw is not None:
-            dw += _span(dyw, blk, g) @ cols.T
+    per_tap = bool(blocks) and _per_tap(g, blocks)
+
+    def run(b0: int, b1: int) -> None:                           # blocks b0:b1, in order
+        part = blocks[b0:b1]
+        if per_tap:
+            _conv_lowered_per_tap(buf, g, part, w2, yw, dyw, dw)
+            return
+        biggest = max((_block_size(blk, g) for blk in part), default=0)
+        scratch = None if _is_pointwise(g) else xp.empty((C, kk, biggest), dtype=buf.dtype)
+        for blk in part:
+            cols = _cols_block(buf, g, blk, scratch)             # (C*kh*kw, n)
+            if w2 is not None:
+                xp.matmul(w2, cols, out=_span(yw, blk, g))
+            if dyw is not None:
+                dw[...] += _span(dyw, blk, g) @ cols.T  # in place (conv_lowered.dw)
+
+    # The forward's blocks write disjoint spans of yw with the same products as in one thread:
+    # split over the host threads, bit-identical. dW sums over the blocks: one thread, in order.
+    threads = host_threads(buf) if dyw is None else 1
+    map_chunks(run, len(blocks), threads)
     return yw, dw
 
 
@@ -269,9 +297,18 @@ def conv_lowered_input_grad(dyw, g: Geometry, w2, C: int):
     if _is_pointwise(g):
         dx = xp.matmul(w2t, dyw.reshape(dyw.shape[0], -1))         # (C, N*H*W)
         return unpad(dx.reshape(C, N, g.H * g.W), g)
+    blocks = _blocks(xp, g, N, C)
+    if _tiles_input(g):
+        dcols = xp.empty((C * kk, N, g.Ho * g.Wq), dtype=dyw.dtype)
+
+        def run(b0: int, b1: int) -> None:  # disjoint spans of dcols: the host threads' work
+            for blk in blocks[b0:b1]:
+                xp.matmul(w2t, _span(dyw, blk, g), out=_span(dcols, blk, g))
+
+        map_chunks(run, len(blocks), host_threads(dyw))
+        return _depth_to_space(dcols, g, C, N)
     shape = (C, N, _flat_len(g)) if g.wide else (C, N, g.Hp, g.Wp)
     dbuf = xp.zeros(shape, dtype=dyw.dtype)
-    blocks = _blocks(xp, g, N, C)
     scratch = xp.empty((C * kk, max((_block_size(blk, g) for blk in blocks), default=0)),
                        dtype=dyw.dtype)
     for blk in blocks:

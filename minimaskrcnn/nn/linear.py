@@ -10,9 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from minimaskrcnn._validate import shape_str
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import get_array_module, host_threads, map_chunks
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Module, Param
+
+PARALLEL_MIN_MACS = 1 << 24
+"""A 2-D forward of at least this many multiply-adds (~0.2 ms on one core) splits its rows over
+the host threads; below it the handoff to the pool (~0.1 ms) does not pay."""
+
+PARALLEL_MIN_ROWS = 64
+"""Rows per thread at least, when the forward splits its rows."""
 
 
 class Linear(Module):
@@ -25,7 +32,12 @@ class Linear(Module):
             U(+-1/sqrt(in_features))); ``None``: fresh OS entropy.
         dtype: parameter dtype (float32).
 
-    ``forward(x)``: x ``(*, in_features)`` -> ``(y (*, out_features), cache)``.
+    ``forward(x)``: x ``(*, in_features)`` -> ``(y (*, out_features), cache)``. A large 2-D
+    NumPy input (the box head's FC6 and FC7 on 1000 proposals in ``predict``) has its rows split
+    over :func:`~minimaskrcnn.backend.host_threads` threads, one BLAS thread each
+    (:func:`~minimaskrcnn.backend.map_chunks`): each row is the one-thread row up to float
+    summation order (the BLAS blocks a product of fewer rows differently), and the same for a
+    given thread count.
 
     Raises:
         ValueError: x has rank 0 or its last axis is not ``in_features`` (names layer, shapes).
@@ -49,7 +61,18 @@ class Linear(Module):
             raise ValueError(f"{self!r}: input must have shape (*, {self.in_features}), got "
                              f"{shape_str(x.shape) if hasattr(x, 'shape') else type(x).__name__}")
         self._check_input(x, x.ndim, None, "", self.weight.data)
-        y = x @ self.weight.data.T
+        w = self.weight.data
+        rows = x.shape[0] if x.ndim == 2 else 0
+        threads = host_threads(x) if rows * w.size >= PARALLEL_MIN_MACS else 1
+        if threads > 1:
+            y = np.empty((rows, self.out_features), dtype=x.dtype)
+
+            def run(r0: int, r1: int) -> None:
+                np.matmul(x[r0:r1], w.T, out=y[r0:r1])
+
+            map_chunks(run, rows, threads, PARALLEL_MIN_ROWS)
+        else:
+            y = x @ w.T
         if self.bias is not None:
             y += self.bias.data
         return y, x

@@ -141,6 +141,8 @@ TRANSPOSE_CASES = [
     (2, 3, 3, 1, 1, 0, 1, 4, 3, True),
     (2, 2, 3, 2, 1, 1, 1, 3, 3, False),
     (2, 2, 3, 2, 0, 0, 2, 3, 2, True),
+    (2, 3, 3, 3, 0, 0, 1, 2, 3, True),       # kernel = stride 3: the windows tile the output
+    (2, 2, 2, 2, 0, 1, 1, 3, 3, True),       # kernel = stride, output_padding: they do not
 ]
 
 
@@ -276,3 +278,35 @@ def test_multi_image_blocks_with_partial_last_block(monkeypatch, block):
                                  convt.padding, convt.output_padding, convt.dilation)
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
     check_layer(convt, x, directions=3, seeds=(0,))
+
+
+def test_forward_on_host_threads_is_bit_identical(monkeypatch):
+    """The forward's blocks of ``cols`` (several images, bands of rows with and without the
+    per-tap products, the transposed conv's depth-to-space) split over two host threads give
+    the one-thread result bit for bit: the same products, written to disjoint spans."""
+    import minimaskrcnn.nn.conv as conv_module
+
+    calls = []
+    real_map_chunks = conv_module.map_chunks
+
+    def spy(fn, n, threads, min_chunk=1):
+        calls.append((n, threads))
+        return real_map_chunks(fn, n, threads, min_chunk)
+
+    monkeypatch.setattr(conv_module, "map_chunks", spy)
+    monkeypatch.setattr(conv_module, "BLOCK_ELEMENTS", 600)
+    monkeypatch.delenv("MINIMASKRCNN_TIER", raising=False)
+    rng = np.random.default_rng(12)
+    cases = [(Conv2d(3, 5, 3, padding=1, rng=rng), (7, 3, 5, 6)),            # images per block
+             (Conv2d(3, 5, 3, padding=1, rng=rng), (1, 3, 30, 20)),           # per-tap row bands
+             (Conv2d(3, 5, 3, stride=2, padding=1, rng=rng), (2, 3, 30, 20)),  # strided bands
+             (ConvTranspose2d(4, 3, 2, stride=2, rng=rng), (9, 4, 5, 6))]     # depth-to-space
+    for layer, shape in cases:
+        x = rng.standard_normal(shape).astype(np.float32)
+        monkeypatch.setenv("MINIMASKRCNN_THREADS", "1")
+        serial, _ = layer.forward(x)
+        monkeypatch.setenv("MINIMASKRCNN_THREADS", "2")
+        calls.clear()
+        threaded, _ = layer.forward(x)
+        assert any(n >= 2 and threads == 2 for n, threads in calls), (layer, calls)
+        np.testing.assert_array_equal(threaded, serial)

@@ -42,6 +42,42 @@ def test_linear_golden_and_gradcheck(rng):
     check_layer(Linear(5, 3, bias=False, rng=rng), rng.standard_normal((2, 3, 5)), directions=3)
 
 
+def test_linear_rows_on_host_threads(monkeypatch, rng):
+    """A large 2-D forward splits its rows over the host threads (spied): the float64 result
+    equals x @ W^T + b, the float32 one the one-thread result to float summation order; the
+    same thread count gives the same bits; small inputs stay one product."""
+    import minimaskrcnn.nn.linear as linear_module
+
+    calls = []
+    real_map_chunks = linear_module.map_chunks
+
+    def spy(fn, n, threads, min_chunk=1):
+        calls.append((n, threads))
+        return real_map_chunks(fn, n, threads, min_chunk)
+
+    monkeypatch.setattr(linear_module, "map_chunks", spy)
+    monkeypatch.setattr(linear_module, "PARALLEL_MIN_MACS", 1000)
+    monkeypatch.setattr(linear_module, "PARALLEL_MIN_ROWS", 4)
+    monkeypatch.delenv("MINIMASKRCNN_TIER", raising=False)
+    layer = Linear(30, 7, rng=rng)
+    x = rng.standard_normal((21, 30)).astype(np.float32)
+    monkeypatch.setenv("MINIMASKRCNN_THREADS", "1")
+    serial, _ = layer.forward(x)
+    assert not calls
+    monkeypatch.setenv("MINIMASKRCNN_THREADS", "3")
+    threaded, _ = layer.forward(x)
+    assert calls == [(21, 3)]
+    np.testing.assert_allclose(threaded, serial, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(layer.forward(x)[0], threaded)
+    layer64 = Linear(30, 7, rng=rng).astype(np.float64)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(layer64.forward(x64)[0],
+                               x64 @ layer64.weight.data.T + layer64.bias.data, rtol=1e-12)
+    calls.clear()
+    layer.forward(x[:3])  # 3 * 210 multiply-adds: below the threshold
+    assert not calls
+
+
 def test_flatten_roundtrip(rng):
     x = rng.standard_normal((2, 3, 4, 5))
     y, cache = Flatten().forward(x)
