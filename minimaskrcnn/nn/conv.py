@@ -106,14 +106,22 @@ def _tiles_input(g: Geometry) -> bool:
             and g.dh == g.dw == 1 and (g.H, g.W) == (g.Ho * g.sh, g.Wo * g.sw))
 
 
-def _depth_to_space(dcols, g: Geometry, C: int, N: int):
+def _depth_to_space(dcols, g: Geometry, C: int, N: int, bias=None):
     """col2im for :func:`_tiles_input` geometries: ``dcols (C*kh*kw, N*Ho*Wo)`` -> the
     ``(N, C, H, W)`` image whose pixel ``(i*kh + a, j*kw + b)`` of channel ``c`` is
-    ``dcols[(c, a, b), (n, i, j)]``; one copy instead of zeroing, kh*kw strided adds and the
-    un-padding."""
+    ``dcols[(c, a, b), (n, i, j)] (+ bias[c])``: one strided copy per tap (the bias added in the
+    same pass) instead of zeroing, kh*kw strided adds, the un-padding and a pass for the bias."""
     xp = get_array_module(dcols)
-    blocks = dcols.reshape(C, g.kh, g.kw, N, g.Ho, g.Wo).transpose(3, 0, 4, 1, 5, 2)
-    return xp.ascontiguousarray(blocks).reshape(N, C, g.H, g.W)
+    src = dcols.reshape(C, g.kh, g.kw, N, g.Ho, g.Wo)
+    out = xp.empty((N, C, g.Ho, g.kh, g.Wo, g.kw), dtype=dcols.dtype)
+    for a in range(g.kh):
+        for b in range(g.kw):
+            tap = src[:, a, b].transpose(1, 0, 2, 3)                 # (N, C, Ho, Wo) view
+            if bias is None:
+                out[:, :, :, a, :, b] = tap
+            else:
+                xp.add(tap, bias[:, None, None], out=out[:, :, :, a, :, b])
+    return out.reshape(N, C, g.H, g.W)
 
 
 def pad_input(x, g: Geometry):
@@ -287,16 +295,17 @@ def _conv_lowered_per_tap(buf, g: Geometry, blocks, w2, yw, dyw, dw):
                 dw3[:, :, t] += dyb @ x_t.T
 
 
-def conv_lowered_input_grad(dyw, g: Geometry, w2, C: int):
+def conv_lowered_input_grad(dyw, g: Geometry, w2, C: int, bias=None):
     """``col2im(w2^T @ dyw)`` un-padded: from ``dyw (O, N, Ho*Wq)`` the gradient
-    ``(N, C, H, W)`` of the conv input (equivalently: the transposed convolution of ``dyw``)."""
+    ``(N, C, H, W)`` of the conv input (equivalently: the transposed convolution of ``dyw``),
+    plus ``bias (C,)`` on every channel if given (the transposed conv's bias)."""
     xp = get_array_module(dyw)
     N = dyw.shape[1]
     kk = g.kh * g.kw
     w2t = xp.ascontiguousarray(w2.T)                               # (C*kh*kw, O)
     if _is_pointwise(g):
         dx = xp.matmul(w2t, dyw.reshape(dyw.shape[0], -1))         # (C, N*H*W)
-        return unpad(dx.reshape(C, N, g.H * g.W), g)
+        return _plus_bias(unpad(dx.reshape(C, N, g.H * g.W), g), bias)
     blocks = _blocks(xp, g, N, C)
     if _tiles_input(g):
         dcols = xp.empty((C * kk, N, g.Ho * g.Wq), dtype=dyw.dtype)
@@ -306,7 +315,7 @@ def conv_lowered_input_grad(dyw, g: Geometry, w2, C: int):
                 xp.matmul(w2t, _span(dyw, blk, g), out=_span(dcols, blk, g))
 
         map_chunks(run, len(blocks), host_threads(dyw))
-        return _depth_to_space(dcols, g, C, N)
+        return _depth_to_space(dcols, g, C, N, bias)
     shape = (C, N, _flat_len(g)) if g.wide else (C, N, g.Hp, g.Wp)
     dbuf = xp.zeros(shape, dtype=dyw.dtype)
     scratch = xp.empty((C * kk, max((_block_size(blk, g) for blk in blocks), default=0)),
@@ -320,7 +329,14 @@ def conv_lowered_input_grad(dyw, g: Geometry, w2, C: int):
             for b in range(g.kw):
                 tap = _tap(dbuf, g, a, b, blk)
                 tap += dcols[:, a * g.kw + b].reshape(tap.shape)
-    return unpad(dbuf, g)
+    return _plus_bias(unpad(dbuf, g), bias)
+
+
+def _plus_bias(x, bias):
+    """``x (N, C, H, W)`` (a fresh array) with ``bias (C,)`` added in place, if given."""
+    if bias is not None:
+        x += bias[:, None, None]
+    return x
 
 
 def to_wide(y, g: Geometry):
@@ -491,9 +507,8 @@ class ConvTranspose2d(Module):
         g = self.geometry(x.shape[2], x.shape[3])
         xw = to_wide(x, g)                                       # (C, N, H*Wq)
         w2 = self.weight.data.reshape(self.in_channels, -1)      # (C, O*kh*kw)
-        y = conv_lowered_input_grad(xw, g, w2, self.out_channels)  # (N, O, Ho, Wo)
-        if self.bias is not None:
-            y = y + self.bias.data[:, None, None]
+        bias = None if self.bias is None else self.bias.data
+        y = conv_lowered_input_grad(xw, g, w2, self.out_channels, bias)  # (N, O, Ho, Wo)
         return y, (xw, g)
 
     def backward(self, dy, cache):
