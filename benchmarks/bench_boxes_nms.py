@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from boxes_nms_data import IOU_SIZE, NMS_SIZES, NMS_THRESHOLD, REPEATS, make_boxes  # noqa: E402
-from timing import time_ms, timed_tiers  # noqa: E402
+from timing import time_ms, timed_tiers, torch_env  # noqa: E402
 
 from minimaskrcnn.ops import box_iou, nms  # noqa: E402
 
@@ -70,7 +70,7 @@ def run(tiers):
 def torch_numbers(python: str) -> dict:
     script = Path(__file__).with_name("torch_boxes_nms.py")
     out = subprocess.run([python, str(script), "--json"], check=True, capture_output=True,
-                         text=True).stdout
+                         text=True, env=torch_env()).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -40,6 +40,9 @@ import numpy as np  # noqa: E402
 
 from minimaskrcnn.nn import Conv2d, ConvTranspose2d, GroupNorm  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import torch_env  # noqa: E402
+
 TORCH_PYTHON = os.path.join(os.environ.get("TORCH_VENV", "torch-venv"), "bin", "python")
 
 CASES = {
@@ -82,7 +85,7 @@ def torch_times(python: str, repeat: int, threads: int, cpu_time: bool) -> dict:
         return {}
     cmd = [python, script, "--repeat", str(repeat), "--threads", str(threads)]
     out = subprocess.run(cmd + (["--cpu-time"] if cpu_time else []), capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, env=torch_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -21,7 +21,7 @@ import numba
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mask_ops_data import REPEATS, M, loss_inputs, paste_inputs, target_inputs  # noqa: E402
-from timing import time_ms, timed_tiers  # noqa: E402
+from timing import time_ms, timed_tiers, torch_env  # noqa: E402
 
 from minimaskrcnn.ops.mask_ops import (  # noqa: E402
     mask_loss,
@@ -70,7 +70,8 @@ def main():
     cols = list(tiers)
     if args.torch:
         out = subprocess.run([args.torch, str(Path(__file__).parent / "torch_mask_ops.py"),
-                              "--json"], capture_output=True, text=True, check=True)
+                              "--json"], capture_output=True, text=True, check=True,
+                             env=torch_env())
         for case, ms in json.loads(out.stdout).items():
             table[case]["torchvision"] = ms
         cols.append("torchvision")

@@ -66,7 +66,7 @@ from minimaskrcnn.data.transforms import sample_crop, standardize  # noqa: E402
 from minimaskrcnn.model import StageTimer, build_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import sgemm_gflops  # noqa: E402
+from timing import sgemm_gflops, torch_env  # noqa: E402
 
 STAGES = ("backbone_fpn", "rpn", "box_head", "mask_head", "backward")
 INFERENCE_STAGES = ("backbone_fpn", "rpn", "box_head", "mask_head", "postprocess")
@@ -143,7 +143,7 @@ def run_torch(python, images, targets, n_val, iters, threads, max_dets, repeats=
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_model.py")
         out = subprocess.run([python, script, path, "--threads", str(threads), "--iters", str(iters),
                               "--max-dets", str(max_dets), "--repeats", str(repeats)],
-                             check=True, capture_output=True, text=True).stdout
+                             check=True, capture_output=True, text=True, env=torch_env()).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

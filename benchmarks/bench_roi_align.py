@@ -28,7 +28,7 @@ import numba
 
 sys.path.insert(0, str(Path(__file__).parent))
 from roi_align_data import ALIGNED, CASES, REPEATS, SAMPLING_RATIO, make_inputs  # noqa: E402
-from timing import time_ms, timed_tiers  # noqa: E402
+from timing import time_ms, timed_tiers, torch_env  # noqa: E402
 
 from minimaskrcnn.ops import roi_align, roi_align_backward  # noqa: E402
 
@@ -60,7 +60,8 @@ def time_case(tier, shape, num_rois, size, stride):
 
 def torch_times(python):
     script = Path(__file__).with_name("torch_roi_align.py")
-    out = subprocess.run([python, str(script)], check=True, capture_output=True, text=True)
+    out = subprocess.run([python, str(script)], check=True, capture_output=True, text=True,
+                         env=torch_env())
     return json.loads(out.stdout)
 
 

@@ -19,8 +19,10 @@ __version__ = "0.1.0"
 # layers' blocks, backend.map_chunks) then share their cores with spinning threads: the box
 # head right after its RoIAlign took 0.018-0.022 s instead of 0.012-0.014 (docs/performance.md).
 # Passive threads sleep at once. Set before Numba loads its OpenMP runtime; a value the user
-# set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# set is kept (benchmarks/timing.py's torch_env gives other frameworks' processes the default).
+OMP_WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ
+if OMP_WAIT_POLICY_SET:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 __all__ = ["__version__", "build_model", "load_model"]
 
