@@ -162,13 +162,14 @@ def blas_threads(n: int | None):
 
 
 THREADS_ENV_VAR = "MINIMASKRCNN_THREADS"
-"""Environment variable: how many host threads one image's RoI work may use (see
+"""Environment variable: how many host threads one image's work may use (see
 :func:`host_threads`)."""
 
 
 def host_threads(*arrays) -> int:
-    """How many threads a model stage may split one image's RoIs across on the CPU (the mask
-    and keypoint heads' RoIs in ``predict``, :func:`map_chunks`).
+    """How many threads one image's work may be split across on the CPU (:func:`map_chunks`):
+    the mask and keypoint heads' RoIs in ``predict``, a convolution forward's blocks, a large
+    ``Linear`` forward's rows.
 
     1 when the op tier is the NumPy reference (``MINIMASKRCNN_TIER=numpy``: the specification
     stays plain and serial) and for CuPy arrays (the GPU parallelises itself). Otherwise
